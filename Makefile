@@ -1,0 +1,44 @@
+# Every target sets up what it needs from nothing: a .venv with requirements-dev.txt, the CDK CLI pinned in
+# package-lock.json (run with npx), and, for the real-boot tests, the Debian packages in scripts/setup-debian.sh.
+SHELL := /bin/bash
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed
+NODE_STAMP := node_modules/.installed
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export CDK_DISABLE_CLI_TELEMETRY := true
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup demo synth test test-fast storm bench clean
+
+setup: $(VENV_STAMP) $(NODE_STAMP)
+
+$(VENV_STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+debian-packages:
+	bash scripts/setup-debian.sh
+
+synth: setup
+	rm -rf cdk.out
+	npx --no-install cdk synth --no-notices --quiet
+	$(PY) -m cdk_audit_backlog report cdk.out
+
+demo: synth
+
+test: setup debian-packages
+	$(PY) -m pytest
+
+storm: setup debian-packages
+	$(PY) -m e2e.storm
+
+bench: setup
+	$(PY) benchmarks/synth_overhead.py
+
+clean:
+	rm -rf cdk.out .venv node_modules build dist .pytest_cache .hypothesis
