@@ -1,0 +1,121 @@
+"""Renders the boot block from ``userdata/audit-backlog.sh`` with validated inputs.
+
+This module takes decisions, it makes none: the aspect decides the limit; here the inputs are validated
+once more (they end up in a root shell) and written into the script's input section. See
+``docs/design.md`` for the block's shape and why it is a here-document run by its own ``/bin/bash``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Optional
+
+from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
+
+__all__ = ["BlockInputs", "render_block", "BLOCK_BEGIN", "BLOCK_END", "SCRIPT_NAME"]
+
+BLOCK_BEGIN = "# >>> cdk-audit-backlog >>>"
+BLOCK_END = "# <<< cdk-audit-backlog <<<"
+SCRIPT_NAME = "audit-backlog.sh"
+_HEREDOC = "CDK_AUDIT_BACKLOG"
+_INPUTS_BEGIN = "# @@CAB_INPUTS_BEGIN@@"
+_INPUTS_END = "# @@CAB_INPUTS_END@@"
+_SOURCE_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]*(/[0-9]+MiB)?$")
+
+
+@dataclass(frozen=True)
+class BlockInputs:
+    """What the boot block is told.
+
+    :param target: the backlog limit, or None to compute it at boot from MemTotal ("auto").
+    :param policy: the policy ``auto`` applies at boot. Default: ``BacklogPolicy()``.
+    :param backlog_wait_time: ``--backlog_wait_time`` in kernel ticks, or None to leave it. Default: None.
+    :param kernel_cmdline: also persist ``audit_backlog_limit=N`` on the kernel command line. Default: False.
+    :param install_auditd: install auditd where it is missing. Default: False.
+    :param allow_lower: allow lowering a larger existing limit. Default: False.
+    :param source: what the limit was chosen from, e.g. ``m5.large/8192MiB``. Default: ``unknown``.
+    """
+
+    target: Optional[int] = None
+    policy: BacklogPolicy = field(default_factory=BacklogPolicy)
+    backlog_wait_time: Optional[int] = None
+    kernel_cmdline: bool = False
+    install_auditd: bool = False
+    allow_lower: bool = False
+    source: str = "unknown"
+
+    def __post_init__(self) -> None:
+        if self.target is not None:
+            validate_backlog_limit(self.target, "target")
+        if self.backlog_wait_time is not None:
+            validate_backlog_wait_time(self.backlog_wait_time)
+        if not isinstance(self.policy, BacklogPolicy):
+            raise ValueError(f"policy must be a BacklogPolicy, got {self.policy!r}")
+        for name in ("kernel_cmdline", "install_auditd", "allow_lower"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.source, str) or not _SOURCE_RE.match(self.source):
+            raise ValueError(
+                f"source must match {_SOURCE_RE.pattern} (an instance type and its memory), got {self.source!r}"
+            )
+
+    def assignments(self) -> list[str]:
+        p = self.policy
+        wait = "" if self.backlog_wait_time is None else str(self.backlog_wait_time)
+        return [
+            f"CAB_TARGET={'auto' if self.target is None else self.target}",
+            f"CAB_FRACTION_PPM={p.fraction_ppm}",
+            f"CAB_MIN={p.minimum}",
+            f"CAB_MAX={p.maximum}",
+            f"CAB_WAIT={wait}",
+            f"CAB_KERNEL_CMDLINE={int(self.kernel_cmdline)}",
+            f"CAB_INSTALL_AUDITD={int(self.install_auditd)}",
+            f"CAB_ALLOW_LOWER={int(self.allow_lower)}",
+            f"CAB_SOURCE={self.source}",
+        ]
+
+
+def script_text() -> str:
+    """The shipped script as it is in ``userdata/`` (package data)."""
+    return resources.files(__package__).joinpath("userdata", SCRIPT_NAME).read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=1)
+def _compact_body() -> str:
+    """The script's body without shebang, comments, blank lines, indentation and its input section.
+
+    Safe because the script has no here-documents and no multi-line strings (a test checks that the
+    compacted script still passes ``bash -n`` and behaves the same as the file).
+    """
+    text = script_text()
+    if _INPUTS_BEGIN not in text or _INPUTS_END not in text:
+        raise RuntimeError(f"{SCRIPT_NAME} lost its input markers {_INPUTS_BEGIN} / {_INPUTS_END}")
+    before, rest = text.split(_INPUTS_BEGIN, 1)
+    _, after = rest.split(_INPUTS_END, 1)
+    lines = []
+    for line in (before + after).splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        lines.append(stripped)
+    body = "\n".join(lines) + "\n"
+    if _HEREDOC in body:
+        raise RuntimeError(f"{SCRIPT_NAME} must not contain the here-document delimiter {_HEREDOC}")
+    return body
+
+
+def render_block(inputs: BlockInputs) -> str:
+    """The block, from its begin marker to its end marker, each line ending in a newline."""
+    return "".join(
+        [
+            BLOCK_BEGIN + "\n",
+            f"/bin/bash -s <<'{_HEREDOC}' || true\n",
+            "\n".join(inputs.assignments()) + "\n",
+            _compact_body(),
+            _HEREDOC + "\n",
+            BLOCK_END + "\n",
+        ]
+    )
