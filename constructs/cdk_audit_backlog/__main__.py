@@ -1,0 +1,7 @@
+"""``python -m cdk_audit_backlog``: the operator CLI (see ``cli.py``)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
