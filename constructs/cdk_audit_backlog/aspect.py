@@ -1,0 +1,411 @@
+"""``AuditBacklog``: the aspect that tunes every EC2 Linux launch under a scope.
+
+How it works, in the order CDK drives it:
+
+1. ``visit`` (aspect phase) sees every construct; for each launch L1 (``AWS::EC2::Instance``,
+   ``AWS::EC2::LaunchTemplate``, ``AWS::AutoScaling::LaunchConfiguration``) it records a *claim* on a hidden
+   child of that L1 (:class:`_Tuning`) and, on the first claim only, overrides the L1's ``UserData`` and adds
+   ``Metadata`` with lazy values. Every later visit, by this or another ``AuditBacklog``, only adds a claim,
+   so a resource is tuned once however many aspects apply.
+2. Validation (after all aspects) and synthesis resolve those lazy values through one cached outcome: the
+   claim of the aspect nearest to the resource wins; the instance type (or the types of the Auto Scaling
+   groups / node groups that use a launch template) gives the memory, the policy gives the limit, and
+   :mod:`.splice` puts the rendered block into the user data the user's code produced. Because the original
+   user data is resolved only then, lines the user adds after creating the launch are still kept.
+3. Launches that cannot be tuned safely (Windows, Bottlerocket, user data behind a token) keep their user
+   data byte for byte, get ``{"skipped": reason}`` Metadata and a warning with a stable id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import jsii
+from aws_cdk import (
+    Annotations,
+    AspectPriority,
+    Aspects,
+    CfnResource,
+    IAspect,
+    IResolvable,
+    IResolveContext,
+    Stack,
+    Stage,
+    Token,
+)
+from aws_cdk import aws_ec2 as ec2
+from constructs import Construct, IConstruct, IValidation
+
+from . import instance_memory
+from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
+from .splice import Unsupported, literal_bytes, splice_user_data
+from .user_data import BlockInputs, render_block
+
+__all__ = ["AuditBacklog", "METADATA_KEY", "EC2_USER_DATA_LIMIT"]
+
+#: CloudFormation Metadata key on every launch the aspect saw.
+METADATA_KEY = "cdk-audit-backlog"
+#: EC2 refuses user data larger than 16 KB before Base64 encoding.
+EC2_USER_DATA_LIMIT = 16384
+
+# Resource type -> dotted path of its UserData property.
+_USER_DATA_PATH = {
+    "AWS::EC2::Instance": "UserData",
+    "AWS::EC2::LaunchTemplate": "LaunchTemplateData.UserData",
+    "AWS::AutoScaling::LaunchConfiguration": "UserData",
+}
+_TUNING_ID = "CdkAuditBacklog"
+_SKIP_METADATA = "cdk-audit-backlog:skip"
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    metadata: Dict[str, Any]
+    user_data: Any  # resolved UserData value to emit
+    warning: Optional[Tuple[str, str]] = None  # (id, message)
+
+
+@jsii.implements(IAspect)
+class AuditBacklog:
+    """Sizes the kernel audit backlog of every EC2 Linux launch under the scope it is added to.
+
+    Add it to an app with :meth:`apply_to` (reaches Stages too), or ``Aspects.of(scope).add(AuditBacklog())``.
+
+    :param backlog_limit: a fixed limit for every launch, 1..2147483647. Default: None (chosen per launch
+        from the instance type's memory with ``policy``; "auto" at boot where the type is unknown).
+    :param policy: how the limit follows memory. Default: ``BacklogPolicy()`` (1 % of memory, 320..262144).
+    :param backlog_wait_time: ``--backlog_wait_time`` in kernel ticks, 0..60000 (how long an audited process
+        sleeps when the queue is full; 60*HZ is the kernel's default). Default: None (left as the image has it).
+    :param kernel_cmdline: also set ``audit_backlog_limit=N`` on the kernel command line, which covers the
+        boot before auditd starts (takes effect at the next boot). Default: False.
+    :param install_auditd: install auditd where the image lacks it. Default: False.
+    :param allow_lower: lower a larger limit the image already has. Default: False (never lower).
+    :param exclude: predicate on each launch L1 resource; True leaves it untouched (Metadata says so).
+        Default: None (no exclusions). See also :meth:`skip`.
+    """
+
+    def __init__(
+        self,
+        *,
+        backlog_limit: Optional[int] = None,
+        policy: Optional[BacklogPolicy] = None,
+        backlog_wait_time: Optional[int] = None,
+        kernel_cmdline: bool = False,
+        install_auditd: bool = False,
+        allow_lower: bool = False,
+        exclude: Optional[Callable[[CfnResource], bool]] = None,
+    ) -> None:
+        if backlog_limit is not None:
+            validate_backlog_limit(backlog_limit)
+        if policy is not None and not isinstance(policy, BacklogPolicy):
+            raise ValueError(f"policy must be a BacklogPolicy, got {policy!r}")
+        if backlog_wait_time is not None:
+            validate_backlog_wait_time(backlog_wait_time)
+        for name, value in (
+            ("kernel_cmdline", kernel_cmdline),
+            ("install_auditd", install_auditd),
+            ("allow_lower", allow_lower),
+        ):
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+        if exclude is not None and not callable(exclude):
+            raise ValueError(f"exclude must be a callable taking a CfnResource, got {exclude!r}")
+        self.backlog_limit = backlog_limit
+        self.policy = policy or BacklogPolicy()
+        self.backlog_wait_time = backlog_wait_time
+        self.kernel_cmdline = kernel_cmdline
+        self.install_auditd = install_auditd
+        self.allow_lower = allow_lower
+        self.exclude = exclude
+
+    # -- entry points ------------------------------------------------------------------------------
+
+    @classmethod
+    def apply_to(cls, scope: IConstruct, **options: Any) -> "AuditBacklog":
+        """Adds one ``AuditBacklog(**options)`` to ``scope`` and to every Stage beneath it, however deep.
+
+        CDK does not carry an app's aspects into Stages (each Stage is its own cloud assembly), so CDK
+        Pipelines apps need this. Call it after the app's stacks and stages exist, just before ``app.synth()``.
+        Calling it again adds nothing twice.
+        """
+        aspect = cls(**options)
+        targets = [scope] + [c for c in scope.node.find_all() if c is not scope and Stage.is_stage(c)]
+        for target in targets:
+            if not any(isinstance(a, AuditBacklog) for a in Aspects.of(target).all):
+                Aspects.of(target).add(aspect, priority=AspectPriority.MUTATING)
+        return aspect
+
+    @staticmethod
+    def skip(scope: IConstruct, reason: str) -> None:
+        """Leaves every launch under ``scope`` untouched; the reason shows in each launch's Metadata."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValueError("reason must be a non-empty string saying why the launch is not tuned")
+        scope.node.add_metadata(_SKIP_METADATA, reason)
+
+    # -- the aspect --------------------------------------------------------------------------------
+
+    def visit(self, node: IConstruct) -> None:
+        if not isinstance(node, CfnResource):
+            if isinstance(node, Stage) and node.node.scope is None:
+                _warn_about_unreached_stages(node, self)
+            return
+        if node.cfn_resource_type not in _USER_DATA_PATH:
+            return
+        _Tuning.of(node).claim(self, _distance_to_aspect(node, self))
+
+    def block_inputs(self, target: Optional[int], source: str) -> BlockInputs:
+        return BlockInputs(
+            target=target,
+            policy=self.policy,
+            backlog_wait_time=self.backlog_wait_time,
+            kernel_cmdline=self.kernel_cmdline,
+            install_auditd=self.install_auditd,
+            allow_lower=self.allow_lower,
+            source=source,
+        )
+
+
+def _distance_to_aspect(node: IConstruct, aspect: AuditBacklog) -> int:
+    """Depth of the nearest scope (the node itself or an ancestor) that carries ``aspect``; deeper is nearer."""
+    scopes = node.node.scopes  # root first
+    for depth in range(len(scopes) - 1, -1, -1):
+        if any(a is aspect for a in Aspects.of(scopes[depth]).all):
+            return depth
+    return -1  # invoked through a path we cannot see (e.g. a Stage's inherited list): farthest
+
+
+def _warn_about_unreached_stages(app: Stage, aspect: AuditBacklog) -> None:
+    """``Aspects.of(app).add(...)`` never reaches Stages: say so where the user sees it."""
+    if not any(a is aspect for a in Aspects.of(app).all):
+        return
+    unreached = [
+        c
+        for c in app.node.find_all()
+        if c is not app and Stage.is_stage(c) and not any(isinstance(a, AuditBacklog) for a in Aspects.of(c).all)
+    ]
+    if not unreached:
+        return
+    names = ", ".join(s.node.path for s in unreached)
+    message = (
+        f"cdk-audit-backlog: AuditBacklog was added to the app, but CDK does not apply an app's aspects inside "
+        f"Stages, so launches in {names} are NOT tuned. Use AuditBacklog.apply_to(app) just before app.synth()."
+    )
+    stacks = [c for c in app.node.children if Stack.is_stack(c)]
+    for stack in stacks:
+        Annotations.of(stack).add_warning_v2("cdk-audit-backlog:stage-not-reached", message)
+    if not stacks:
+        import sys
+
+        print(f"[Warning] {message}", file=sys.stderr)
+
+
+class _Tuning(Construct):
+    """Hidden child of one launch L1: the claims of the aspects that reached it and the cached outcome."""
+
+    @classmethod
+    def of(cls, resource: CfnResource) -> "_Tuning":
+        existing = resource.node.try_find_child(_TUNING_ID)
+        if isinstance(existing, _Tuning):
+            return existing
+        return cls(resource, _TUNING_ID, resource)
+
+    def __init__(self, scope: CfnResource, id: str, resource: CfnResource) -> None:
+        super().__init__(scope, id)
+        self.resource = resource
+        self.claims: List[Tuple[int, int, AuditBacklog]] = []
+        self._outcome: Optional[_Outcome] = None
+        path = _USER_DATA_PATH[resource.cfn_resource_type]
+        resource.add_property_override(path, _Producer(self, "user_data"))
+        resource.add_metadata(METADATA_KEY, _Producer(self, "metadata"))
+        resource.node.add_validation(_Validation(self))
+
+    def claim(self, aspect: AuditBacklog, depth: int) -> None:
+        if not any(a is aspect for _, _, a in self.claims):
+            self.claims.append((depth, len(self.claims), aspect))
+
+    @property
+    def winner(self) -> AuditBacklog:
+        # Nearest scope wins; between aspects on the same scope, the one added (and so visiting) last.
+        return max(self.claims, key=lambda c: (c[0], c[1]))[2]
+
+    def outcome(self) -> _Outcome:
+        if self._outcome is None:
+            self._outcome = _decide(self.resource, self.winner)
+            if self._outcome.warning:
+                Annotations.of(self.resource).add_warning_v2(*self._outcome.warning)
+        return self._outcome
+
+
+@jsii.implements(IValidation)
+class _Validation:
+    def __init__(self, tuning: _Tuning) -> None:
+        self._tuning = tuning
+
+    def validate(self) -> List[str]:
+        outcome = self._tuning.outcome()
+        size = literal_bytes(outcome.user_data)
+        if size > EC2_USER_DATA_LIMIT:
+            return [
+                f"cdk-audit-backlog: the user data of {self._tuning.resource.node.path} is {size} bytes with the "
+                f"audit backlog block (at least, not counting tokens); EC2 accepts at most {EC2_USER_DATA_LIMIT} "
+                f"bytes. Shorten the user data or exclude this launch with AuditBacklog.skip()."
+            ]
+        return []
+
+
+@jsii.implements(IResolvable)
+class _Producer:
+    """Lazy value of the overridden UserData or of the Metadata, both from the one cached outcome.
+
+    An ``IResolvable`` of our own rather than ``Lazy.any``: CDK resolves it only at synthesis, every time
+    with a context, and the outcome it reads is computed once.
+    """
+
+    def __init__(self, tuning: _Tuning, field: str) -> None:
+        self._tuning = tuning
+        self._field = field
+
+    @property
+    def creation_stack(self) -> List[str]:
+        return []
+
+    def resolve(self, context: IResolveContext) -> Any:
+        return getattr(self._tuning.outcome(), self._field)
+
+    def to_string(self) -> str:
+        return Token.as_string(self)
+
+
+# -- deciding -------------------------------------------------------------------------------------
+
+
+def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
+    stack = Stack.of(resource)
+    resolved = stack.resolve(_original_user_data(resource))
+    skip_reason = _skip_reason(resource, aspect)
+    if skip_reason:
+        return _Outcome({"skipped": skip_reason}, resolved)
+
+    consumers = _consumers(resource) if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate" else []
+    if aspect.backlog_limit is not None:
+        target: Optional[int] = aspect.backlog_limit
+        types, memory, reason = [], None, "backlog_limit set on the aspect"
+    else:
+        target, types, memory, reason = _limit_from_types(resource, consumers, aspect.policy)
+    source = f"{types[0]}/{memory}MiB" if types and memory else "unknown"
+    require_mime = any(c.cfn_resource_type == "AWS::EKS::Nodegroup" for c in consumers)
+    try:
+        new_user_data = splice_user_data(
+            resolved, render_block(aspect.block_inputs(target, source)), require_mime=require_mime
+        )
+    except Unsupported as e:
+        message = f"cdk-audit-backlog: {resource.node.path} is not tuned: {e}."
+        return _Outcome({"skipped": str(e)}, resolved, ("cdk-audit-backlog:skipped", message))
+    # CloudFormation drops nulls: unknown type and memory are simply absent.
+    metadata: Dict[str, Any] = {"limit": "auto" if target is None else target, "reason": reason}
+    if types and memory:
+        metadata.update(instanceType=types[0], memoryMiB=memory)
+    return _Outcome(metadata, new_user_data)
+
+
+def _original_user_data(resource: CfnResource) -> Any:
+    if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate":
+        data = Stack.of(resource).resolve(resource.launch_template_data)  # type: ignore[attr-defined]
+        return _get(data, "UserData")
+    return resource.user_data  # type: ignore[attr-defined]
+
+
+def _skip_reason(resource: CfnResource, aspect: AuditBacklog) -> Optional[str]:
+    for scope in reversed(resource.node.scopes):
+        for entry in scope.node.metadata:
+            if entry.type == _SKIP_METADATA:
+                return f"excluded with AuditBacklog.skip() on {scope.node.path or 'the app'}: {entry.data}"
+    if aspect.exclude is not None and aspect.exclude(resource):
+        return "excluded by the aspect's exclude predicate"
+    parent = resource.node.scope
+    if isinstance(parent, (ec2.LaunchTemplate, ec2.Instance)):
+        os_type = getattr(parent, "os_type", None)
+        if os_type == ec2.OperatingSystemType.WINDOWS:
+            return "Windows launch (no Linux audit subsystem)"
+    return None
+
+
+def _limit_from_types(
+    resource: CfnResource, consumers: Sequence[CfnResource], policy: BacklogPolicy
+) -> Tuple[Optional[int], List[str], Optional[int], str]:
+    """(limit or None for auto, types ordered smallest memory first, that memory, reason)."""
+    stack = Stack.of(resource)
+    if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate":
+        own = _get(stack.resolve(resource.launch_template_data), "InstanceType")  # type: ignore[attr-defined]
+        candidates: List[Any] = [own] if own is not None else []
+        where = "the launch template"
+        if not candidates:
+            for consumer in consumers:
+                candidates.extend(_consumer_types(consumer))
+            where = "the groups that use this launch template"
+    else:
+        candidates = [stack.resolve(resource.instance_type)]  # type: ignore[attr-defined]
+        where = "the resource"
+    if not candidates:
+        return None, [], None, f"no instance type on {where}: computed at boot from MemTotal"
+    known: List[Tuple[int, str]] = []
+    for t in candidates:
+        memory = instance_memory.memory_mib(t) if isinstance(t, str) else None
+        if memory is None:
+            shown = t if isinstance(t, str) else "a token or instance requirements"
+            return None, [], None, f"instance type {shown} of {where} has no known memory: computed at boot from MemTotal"
+        known.append((memory, t))
+    known.sort()
+    memory, smallest = known[0]
+    types = [smallest] + sorted({t for _, t in known} - {smallest})
+    limit = policy.limit_for_memory(memory)
+    if len(types) > 1:
+        reason = f"smallest memory among {', '.join(types)} ({where}), {memory} MiB"
+    else:
+        reason = f"instance type {smallest} ({memory} MiB) of {where}"
+    return limit, types, memory, reason
+
+
+def _consumers(launch_template: CfnResource) -> List[CfnResource]:
+    """The Auto Scaling groups and EKS node groups of the same stack that use ``launch_template``."""
+    stack = Stack.of(launch_template)
+    ref = {"Ref": stack.resolve(launch_template.logical_id)}
+    out = []
+    for c in stack.node.find_all():
+        if not isinstance(c, CfnResource) or Stack.of(c) is not stack:
+            continue
+        if c.cfn_resource_type == "AWS::AutoScaling::AutoScalingGroup":
+            mixed = stack.resolve(c.mixed_instances_policy)  # type: ignore[attr-defined]
+            specs = [
+                stack.resolve(c.launch_template),  # type: ignore[attr-defined]
+                _get(_get(mixed, "LaunchTemplate"), "LaunchTemplateSpecification"),
+            ]
+            if any(_get(s, "LaunchTemplateId") == ref for s in specs):
+                out.append(c)
+        elif c.cfn_resource_type == "AWS::EKS::Nodegroup":
+            spec = stack.resolve(c.launch_template)  # type: ignore[attr-defined]
+            if _get(spec, "Id") == ref:
+                out.append(c)
+    return out
+
+
+def _consumer_types(consumer: CfnResource) -> List[Any]:
+    """Instance types a group may launch; a non-string entry means "not known at synth time"."""
+    stack = Stack.of(consumer)
+    if consumer.cfn_resource_type == "AWS::EKS::Nodegroup":
+        types = stack.resolve(consumer.instance_types)  # type: ignore[attr-defined]
+        return list(types) if isinstance(types, list) and types else [None]
+    mixed = stack.resolve(consumer.mixed_instances_policy)  # type: ignore[attr-defined]
+    overrides = _get(_get(mixed, "LaunchTemplate"), "Overrides")
+    # InstanceRequirements (attribute-based selection) cannot be known at synth: None, so auto.
+    return [_get(o, "InstanceType") for o in overrides] if isinstance(overrides, list) else []
+
+
+def _get(data: Any, name: str) -> Any:
+    """A property of a resolved L1 struct: CDK resolves L1 structs with camelCase keys, raw overrides use
+    CloudFormation's PascalCase; accept both."""
+    if not isinstance(data, dict):
+        return None
+    camel = name[0].lower() + name[1:]
+    return data[camel] if camel in data else data.get(name)

@@ -1,0 +1,16 @@
+import os
+
+import pytest
+
+# Tests synthesize many small apps: skip the 4-10 s built-in validator per process (cfn-lint checks
+# templates instead) and the Node end-of-life banner.
+os.environ.setdefault("CDK_VALIDATION", "false")
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+os.environ.setdefault("CDK_DISABLE_CLI_TELEMETRY", "true")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def repo_root() -> str:
+    return REPO
