@@ -1,0 +1,387 @@
+"""``AuditBacklogCheck``: read-only enforcement of the backlog policy, as a CDK policy-validation plugin.
+
+For teams that enforce through ``cdk synth`` failing, the way cdk-nag 3.x is used::
+
+    from aws_cdk import Validations
+    from cdk_audit_backlog.check import AuditBacklogCheck
+
+    Validations.of(app).add_plugins(AuditBacklogCheck())
+
+It never changes the app: it reads the synthesized templates (so it sees exactly what will be deployed,
+raw overrides and escape hatches included), decodes each launch's user data with :mod:`.testing` and
+compares the block it finds with the policy. A plugin registered on the app sees every stack of the app,
+those inside Stages too; nested stacks are followed through their template files.
+
+Rules (ids for ``Validations.of(scope).acknowledge(Acknowledgment(id="CdkAuditBacklog::<rule>", reason=…))``,
+which CDK applies to the resource it is called on and to everything beneath it):
+
+``Untuned``
+    an EC2 Linux launch whose user data carries no ``cdk-audit-backlog`` block.
+``TunedMoreThanOnce``
+    the user data carries more than one block (two tools, or a block copied by hand).
+``BelowPolicy``
+    the block sets a limit below what the policy gives the smallest-memory instance type the resource may
+    launch; or the type is not known at synth time and the block sets a fixed limit below the policy's
+    maximum (only ``auto``, computed at boot, is right then); or the block's ``auto`` uses a weaker policy.
+``MalformedBlock``
+    a block whose ``CAB_TARGET`` line is missing or unreadable.
+
+Not violations: Windows (``<powershell>`` / ``<script>`` / EC2Launch v2 YAML) and Bottlerocket (TOML
+``[settings…]``) user data, which have no auditd to tune, and resources whose Metadata says ``skipped``
+(``AuditBacklog.skip()`` or an ``exclude`` predicate; the aspect warned about those at synth).
+
+Which instance types a resource launches, from the template alone:
+
+- ``AWS::EC2::Instance`` and ``AWS::AutoScaling::LaunchConfiguration``: their ``InstanceType``.
+- ``AWS::EC2::LaunchTemplate``: for each Auto Scaling group using it, the ``InstanceType`` of its
+  ``MixedInstancesPolicy`` overrides (overrides replace the template's own type at launch;
+  ``InstanceRequirements`` means "not known"), else the template's own ``LaunchTemplateData.InstanceType``;
+  for each EKS node group, its ``InstanceTypes``, else the template's own; with no user at all, the
+  template's own type. The smallest memory among them sets the required limit.
+- A type that is a token or missing from the bundled table is "not known at synth time".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import jsii
+from aws_cdk import (
+    IPolicyValidationContext,
+    IPolicyValidationPlugin,
+    PolicyValidationPluginReport,
+    PolicyViolatingResource,
+    PolicyViolation,
+)
+
+from .policy import BacklogPolicy
+from .testing import LAUNCH_TYPES, METADATA_KEY, block_settings, decode_user_data, template_dict, user_data_value
+
+__all__ = ["AuditBacklogCheck", "Finding", "RULES", "PLUGIN_NAME"]
+
+#: The plugin's name in CDK's validation report; also the prefix of acknowledgment ids.
+PLUGIN_NAME = "CdkAuditBacklog"
+
+#: Rule id -> what it means (the description in the report).
+RULES: Dict[str, str] = {
+    "Untuned": "EC2 Linux launch whose user data does not set the audit backlog limit (auditctl -b).",
+    "TunedMoreThanOnce": "EC2 launch whose user data carries more than one cdk-audit-backlog block.",
+    "BelowPolicy": "EC2 launch whose audit backlog limit is below the policy for its instance type.",
+    "MalformedBlock": "EC2 launch whose cdk-audit-backlog block has no readable CAB_TARGET line.",
+}
+
+_FIX = (
+    "Tune the app with AuditBacklog.apply_to(app) from cdk_audit_backlog (or Aspects.of(scope).add(AuditBacklog())), "
+    "or acknowledge with Validations.of(resource).acknowledge(Acknowledgment(id='CdkAuditBacklog::RULE', reason=...))."
+)
+
+MemoryOf = Callable[[str], Optional[int]]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One violation.
+
+    :param rule: a key of :data:`RULES`.
+    :param logical_id: the launch resource's logical id.
+    :param resource_type: its CloudFormation type.
+    :param message: what is wrong with this resource, in one sentence.
+    :param template_path: the template file it was found in, when known.
+    :param required: the limit the policy asks for, or None when only ``auto`` is right (type unknown).
+    :param found: the limit found (``"auto"`` for auto), or None when the resource has no block.
+    """
+
+    rule: str
+    logical_id: str
+    resource_type: str
+    message: str
+    template_path: Optional[str] = None
+    required: Optional[int] = None
+    found: Optional[Any] = None
+
+
+def _default_memory_of(instance_type: str) -> Optional[int]:
+    from .instance_memory import memory_mib
+
+    return memory_mib(instance_type)
+
+
+@jsii.implements(IPolicyValidationPlugin)
+class AuditBacklogCheck:
+    """Reports every EC2 Linux launch that is not tuned, tuned twice, or tuned below the policy.
+
+    :param policy: the policy a launch must meet. Default: ``BacklogPolicy()`` (the aspect's default).
+    :param memory_of: instance type -> MiB, None when unknown. Default: the bundled table
+        (``cdk_audit_backlog.instance_memory.memory_mib``).
+    """
+
+    def __init__(self, *, policy: Optional[BacklogPolicy] = None, memory_of: Optional[MemoryOf] = None) -> None:
+        if policy is not None and not isinstance(policy, BacklogPolicy):
+            raise ValueError(f"policy must be a BacklogPolicy, got {policy!r}")
+        if memory_of is not None and not callable(memory_of):
+            raise ValueError(f"memory_of must be a callable taking an instance type name, got {memory_of!r}")
+        self._policy = policy or BacklogPolicy()
+        self._memory_of: MemoryOf = memory_of or _default_memory_of
+
+    # -- IPolicyValidationPlugin ------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return PLUGIN_NAME
+
+    @property
+    def version(self) -> Optional[str]:
+        try:
+            from importlib.metadata import version
+
+            return version("cdk-audit-backlog")
+        except Exception:  # not installed as a distribution (running from a checkout)
+            return None
+
+    @property
+    def rule_ids(self) -> Optional[List[str]]:
+        return list(RULES)
+
+    @property
+    def policy(self) -> BacklogPolicy:
+        return self._policy
+
+    def validate(self, context: IPolicyValidationContext) -> PolicyValidationPluginReport:
+        """Called by CDK after synthesis with every template of the app; never writes anything."""
+        findings: List[Finding] = []
+        for path in context.template_paths:
+            findings.extend(self.check_template(path, template_path=path))
+        violations = [
+            PolicyViolation(
+                rule_name=f.rule,
+                description=f"{RULES[f.rule]} {f.message}",
+                fix=_FIX.replace("RULE", f.rule),
+                severity="error",
+                violating_resources=[
+                    PolicyViolatingResource(
+                        resource_logical_id=f.logical_id,
+                        template_path=f.template_path or "",
+                        locations=[_user_data_location(f.resource_type)],
+                    )
+                ],
+            )
+            for f in findings
+        ]
+        return PolicyValidationPluginReport(success=not violations, violations=violations)
+
+    # -- plain Python entry point -----------------------------------------------------------------
+
+    def check_template(self, template: Any, *, template_path: Optional[str] = None) -> List[Finding]:
+        """Findings for one template (a dict, an ``assertions.Template`` or a template file path).
+
+        Nested stacks are followed when their template file can be found next to ``template_path``
+        (CDK writes them into the same cloud assembly directory).
+        """
+        if template_path is None and isinstance(template, (str, os.PathLike)):
+            template_path = os.fspath(template)
+        doc = template_dict(template)
+        resources: Mapping[str, Any] = doc.get("Resources") or {}
+        findings: List[Finding] = []
+        for logical_id, resource in resources.items():
+            if not isinstance(resource, Mapping) or resource.get("Type") not in LAUNCH_TYPES:
+                continue
+            finding = self._check_launch(logical_id, resource, resources, template_path)
+            if finding is not None:
+                findings.append(finding)
+        if template_path is not None:
+            base = os.path.dirname(os.path.abspath(template_path))
+            for nested in _nested_template_paths(resources, base):
+                findings.extend(self.check_template(nested, template_path=nested))
+        return findings
+
+    def _check_launch(
+        self, logical_id: str, resource: Mapping[str, Any], resources: Mapping[str, Any], template_path: Optional[str]
+    ) -> Optional[Finding]:
+        resource_type = resource["Type"]
+
+        def finding(rule: str, message: str, required: Optional[int] = None, found: Any = None) -> Finding:
+            return Finding(rule, logical_id, resource_type, message, template_path, required, found)
+
+        metadata = (resource.get("Metadata") or {}).get(METADATA_KEY)
+        if isinstance(metadata, Mapping) and "skipped" in metadata:
+            return None
+        value = user_data_value(resource)
+        try:
+            text = None if value is None else decode_user_data(value)
+        except ValueError as e:
+            return finding("Untuned", f"{logical_id} ({resource_type}) has user data that cannot be read: {e}.")
+        if text is not None and _not_linux(text) is not None:
+            return None
+        blocks = block_settings(text) if text else []
+        if not blocks:
+            what = "has no user data" if text is None else "has user data without a cdk-audit-backlog block"
+            return finding("Untuned", f"{logical_id} ({resource_type}) {what}.")
+        if len(blocks) > 1:
+            return finding(
+                "TunedMoreThanOnce",
+                f"{logical_id} carries {len(blocks)} blocks; the last one to run wins at boot.",
+            )
+        settings = blocks[0]
+        target = settings.get("CAB_TARGET")
+        if target is None or not (target == "auto" or (target.isdigit() and not target.startswith("0"))):
+            return finding("MalformedBlock", f"{logical_id} has CAB_TARGET={target!r}.")
+
+        types = _instance_types(logical_id, resources)
+        required, why = self._required(types)
+        if target == "auto":
+            weaker = self._weaker_auto(settings)
+            if weaker:
+                return finding("BelowPolicy", f"{logical_id} computes auto with {weaker}.", required, "auto")
+            return None
+        limit = int(target)
+        if required is None:
+            if limit >= self._policy.maximum:
+                return None
+            return finding(
+                "BelowPolicy",
+                f"{logical_id} sets {limit}, but {why}: only auto (computed at boot) or a limit of at "
+                f"least the policy maximum {self._policy.maximum} is sure to meet the policy.",
+                None,
+                limit,
+            )
+        if limit < required:
+            return finding(
+                "BelowPolicy", f"{logical_id} sets {limit}; the policy asks for {required} ({why}).", required, limit
+            )
+        return None
+
+    def _required(self, types: Sequence[Optional[str]]) -> Tuple[Optional[int], str]:
+        """(limit the policy asks for or None when a type is unknown, explanation)."""
+        if not types:
+            return None, "its instance type is not known at synth time"
+        memories: List[Tuple[int, str]] = []
+        for t in types:
+            memory = self._memory_of(t) if isinstance(t, str) else None
+            if memory is None:
+                shown = repr(t) if isinstance(t, str) else "a token or instance requirements"
+                return None, f"instance type {shown} has no known memory at synth time"
+            memories.append((memory, t))  # type: ignore[arg-type]
+        memory, smallest = min(memories)
+        return self._policy.limit_for_memory(memory), f"{smallest}, {memory} MiB, is the smallest it launches"
+
+    def _weaker_auto(self, settings: Mapping[str, str]) -> Optional[str]:
+        """Why an ``auto`` block computes less than the policy would, or None when it never does."""
+        p = self._policy
+        wanted = {"CAB_FRACTION_PPM": p.fraction_ppm, "CAB_MIN": p.minimum, "CAB_MAX": p.maximum}
+        weaker = []
+        for key, value in wanted.items():
+            got = settings.get(key, "")
+            if not got.isdigit() or int(got) < value:
+                weaker.append(f"{key}={got or 'missing'} (policy {value})")
+        return ", ".join(weaker) or None
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+
+def _user_data_location(resource_type: str) -> str:
+    if resource_type == "AWS::EC2::LaunchTemplate":
+        return "Properties/LaunchTemplateData/UserData"
+    return "Properties/UserData"
+
+
+def _not_linux(text: str) -> Optional[str]:
+    """The reason ``text`` is user data for a system with no Linux auditd to tune, or None."""
+    stripped = text.lstrip("\ufeff \t\r\n")
+    if stripped.startswith("#!") or stripped.lower().startswith(("content-type:", "mime-version:")):
+        return None  # a script or a cloud-init archive: Linux
+    lowered = stripped.lower()
+    if any(tag in lowered for tag in ("<powershell>", "<script>", "<persist>")):
+        return "Windows (EC2Launch / EC2Config tags)"
+    first = lowered.split("\n", 1)[0].strip()
+    if first.startswith("version:") and "\ntasks:" in lowered:
+        return "Windows (EC2Launch v2 YAML)"
+    for line in stripped.splitlines():
+        if line.strip().startswith("[settings"):
+            return "Bottlerocket (TOML settings)"
+    return None
+
+
+def _ref_to(value: Any, logical_id: str, name: Optional[str]) -> bool:
+    if value == {"Ref": logical_id}:
+        return True
+    return name is not None and value == name
+
+
+def _spec_uses(spec: Any, logical_id: str, name: Optional[str], id_key: str, name_key: str) -> bool:
+    if not isinstance(spec, Mapping):
+        return False
+    return _ref_to(spec.get(id_key), logical_id, None) or (
+        name_key in spec and _ref_to(spec.get(name_key), logical_id, name)
+    )
+
+
+def _instance_types(logical_id: str, resources: Mapping[str, Any]) -> List[Optional[str]]:
+    """Instance types ``logical_id`` may launch (None = not known at synth); empty = none known at all."""
+    resource = resources[logical_id]
+    props = resource.get("Properties") or {}
+    if resource.get("Type") != "AWS::EC2::LaunchTemplate":
+        return [_type_or_none(props.get("InstanceType"))]
+    data = props.get("LaunchTemplateData") or {}
+    own = _type_or_none(data.get("InstanceType")) if "InstanceType" in data else None
+    name = props.get("LaunchTemplateName") if isinstance(props.get("LaunchTemplateName"), str) else None
+    out: List[Optional[str]] = []
+    used = False
+    for other in resources.values():
+        if not isinstance(other, Mapping):
+            continue
+        kind, oprops = other.get("Type"), other.get("Properties") or {}
+        if kind == "AWS::AutoScaling::AutoScalingGroup":
+            mixed = oprops.get("MixedInstancesPolicy") or {}
+            mlt = mixed.get("LaunchTemplate") or {}
+            main = mlt.get("LaunchTemplateSpecification")
+            overrides = [o for o in (mlt.get("Overrides") or []) if isinstance(o, Mapping)]
+            ids = ("LaunchTemplateId", "LaunchTemplateName")
+            if _spec_uses(oprops.get("LaunchTemplate"), logical_id, name, *ids):
+                used = True
+                out.append(own)
+            main_is_ours = _spec_uses(main, logical_id, name, *ids)
+            mine = []
+            for o in overrides:
+                spec = o.get("LaunchTemplateSpecification")
+                if (spec is None and main_is_ours) or _spec_uses(spec, logical_id, name, *ids):
+                    mine.append(o)
+            if mine:
+                used = True
+                out.extend(_type_or_none(o.get("InstanceType")) for o in mine)
+            elif main_is_ours:
+                used = True
+                out.append(own)
+        elif kind == "AWS::EKS::Nodegroup":
+            if _spec_uses(oprops.get("LaunchTemplate"), logical_id, name, "Id", "Name"):
+                used = True
+                types = oprops.get("InstanceTypes")
+                if isinstance(types, list) and types:
+                    out.extend(_type_or_none(t) for t in types)
+                else:
+                    out.append(own)
+        elif kind == "AWS::EC2::Instance":
+            if _spec_uses(oprops.get("LaunchTemplate"), logical_id, name, "LaunchTemplateId", "LaunchTemplateName"):
+                used = True
+                out.append(_type_or_none(oprops["InstanceType"]) if "InstanceType" in oprops else own)
+    if not used:
+        return [own]
+    return out
+
+
+def _type_or_none(value: Any) -> Optional[str]:
+    return value if isinstance(value, str) and value else None
+
+
+def _nested_template_paths(resources: Mapping[str, Any], base: str) -> Iterable[str]:
+    """Template files of the nested stacks in ``resources`` that exist under ``base`` (the cloud assembly)."""
+    for resource in resources.values():
+        if not isinstance(resource, Mapping) or resource.get("Type") != "AWS::CloudFormation::Stack":
+            continue
+        asset_path = (resource.get("Metadata") or {}).get("aws:asset:path")
+        if isinstance(asset_path, str) and asset_path.endswith(".json"):
+            path = os.path.join(base, asset_path)
+            if os.path.isfile(path):
+                yield path
