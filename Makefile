@@ -7,6 +7,8 @@ NODE_STAMP := node_modules/.installed
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export CDK_DISABLE_CLI_TELEMETRY := true
 export PYTHONDONTWRITEBYTECODE := 1
+# cdk.json runs `python3 app.py`: the venv's python3 must come first.
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 .PHONY: setup demo synth test test-fast storm bench clean
 

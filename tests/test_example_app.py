@@ -1,0 +1,99 @@
+"""The example app as users run it: python, the real CDK CLI, cfn-lint, a snapshot, and the built wheel."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cdk_audit_backlog.testing import launches
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STACK = "AuditBacklogExample"
+VENV_BIN = os.path.join(REPO, ".venv", "bin")
+
+
+def _env(**extra):
+    env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ["PATH"], **extra)
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def example_template(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cdk.out")
+    subprocess.run([sys.executable, "app.py"], cwd=REPO, env=_env(CDK_OUTDIR=str(out)), check=True, timeout=300)
+    with open(out / f"{STACK}.template.json") as f:
+        return json.load(f), out / f"{STACK}.template.json"
+
+
+def test_every_launch_in_the_example_carries_the_block_once(example_template):
+    template, _ = example_template
+    found = {l.logical_id: l for l in launches(template)}
+    kinds = sorted(l.resource_type for l in found.values())
+    assert kinds == ["AWS::EC2::Instance", "AWS::EC2::LaunchTemplate"]
+    targets = {l.resource_type: l.tuning.target for l in found.values()}
+    assert targets == {"AWS::EC2::Instance": 1024, "AWS::EC2::LaunchTemplate": 8192}
+    assert all(l.tuning.count == 1 for l in found.values())
+
+
+def test_example_template_snapshot(example_template, snapshot):
+    template, _ = example_template
+    assert template == snapshot
+
+
+def test_cfn_lint_finds_no_errors(example_template):
+    _, path = example_template
+    result = subprocess.run([os.path.join(VENV_BIN, "cfn-lint"), str(path)], capture_output=True, text=True, timeout=300)
+    # cfn-lint's exit code is a bit mask: 2 = error, 4 = warning, 8 = informational.
+    assert result.returncode & 2 == 0, result.stdout + result.stderr
+
+
+@pytest.mark.cli
+def test_real_cdk_cli_synthesizes_the_example(tmp_path):
+    npx = subprocess.run(["npx", "--no-install", "cdk", "--version"], cwd=REPO, capture_output=True, text=True, env=_env())
+    assert npx.returncode == 0, "the CDK CLI is not installed: run `make setup` (npm ci)\n" + npx.stderr
+    result = subprocess.run(
+        ["npx", "--no-install", "cdk", "synth", "--no-notices", "--quiet", "-o", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env=_env(),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    with open(tmp_path / f"{STACK}.template.json") as f:
+        template = json.load(f)
+    assert {l.tuning.target for l in launches(template)} == {1024, 8192}
+
+
+def test_built_wheel_installed_outside_the_repo_ships_the_script(tmp_path):
+    wheel_dir = tmp_path / "dist"
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "-o", str(wheel_dir), REPO],
+                   check=True, capture_output=True, timeout=600)
+    wheel = next(wheel_dir.glob("cdk_audit_backlog-*.whl"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    subprocess.run(pip + [str(wheel), "aws-cdk-lib==2.275.0"], check=True, timeout=900)
+    app = tmp_path / "tiny_app.py"
+    app.write_text(textwrap.dedent("""
+        import json, sys
+        import aws_cdk as cdk
+        from aws_cdk import aws_ec2 as ec2
+        import cdk_audit_backlog
+        from cdk_audit_backlog import AuditBacklog
+        assert "site-packages" in cdk_audit_backlog.__file__, cdk_audit_backlog.__file__
+        app = cdk.App()
+        stack = cdk.Stack(app, "Tiny")
+        ec2.CfnLaunchTemplate(stack, "LT", launch_template_data=ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(
+            instance_type="m5.large"))
+        AuditBacklog.apply_to(app)
+        t = app.synth().get_stack_by_name("Tiny").template
+        ud = t["Resources"]["LT"]["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]
+        print(json.dumps(ud))
+    """))
+    result = subprocess.run([str(venv / "bin" / "python"), str(app)], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300, env=_env(CDK_OUTDIR=str(tmp_path / "out")))
+    assert result.returncode == 0, result.stderr
+    user_data = json.loads(result.stdout.strip().splitlines()[-1])
+    assert user_data.startswith("#!/bin/bash\n# >>> cdk-audit-backlog >>>\n")
+    assert "CAB_TARGET=8192" in user_data and "cab_main </dev/null" in user_data
