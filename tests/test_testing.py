@@ -1,0 +1,339 @@
+"""cdk_audit_backlog.testing: decoding templates the way users' snapshot tests need it.
+
+The decoder is checked against text built here (Base64, Fn::Join splits, MIME archives made with
+Python's ``email`` package) and against templates the real aspect synthesized.
+"""
+
+import ast
+import base64
+import json
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from pathlib import Path
+
+import pytest
+from aws_cdk import App, Aspects, Stack
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk.assertions import Template
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cdk_audit_backlog import AuditBacklog
+from cdk_audit_backlog.policy import BacklogPolicy
+from cdk_audit_backlog.testing import (
+    Launch,
+    MalformedBlock,
+    Tuning,
+    decode_user_data,
+    is_mime,
+    launches,
+    shell_parts,
+    tuning_of,
+)
+from cdk_audit_backlog.user_data import BlockInputs, render_block
+
+TESTING_PY = Path(__file__).resolve().parents[1] / "constructs" / "cdk_audit_backlog" / "testing.py"
+
+# Script text as users write it: printable characters, tabs, newlines, some non-ASCII.
+script_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\x85\u2028\u2029")
+    | st.sampled_from("\n\t"),
+    max_size=300,
+)
+
+
+# -- the reader shares no code with the writer ----------------------------------------------------
+
+
+def test_testing_module_imports_nothing_from_the_code_that_writes_the_block():
+    tree = ast.parse(TESTING_PY.read_text(encoding="utf-8"))
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            imported.add((node.level, node.module or ""))
+        elif isinstance(node, ast.Import):
+            imported.update((0, a.name) for a in node.names)
+    relative = {module for level, module in imported if level > 0}
+    absolute = {module for level, module in imported if level == 0}
+    assert not relative, f"testing.py imports package modules: {relative}"
+    assert not any(m.startswith("cdk_audit_backlog") for m in absolute), absolute
+
+
+# -- decode_user_data -----------------------------------------------------------------------------
+
+
+@given(script_text)
+def test_literal_base64_round_trips(text):
+    encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
+    assert decode_user_data(encoded) == text
+
+
+@given(script_text)
+def test_fn_base64_of_a_literal_is_the_literal(text):
+    assert decode_user_data({"Fn::Base64": text}) == text
+
+
+@given(script_text, st.data())
+def test_fn_join_with_an_empty_delimiter_reassembles_any_split(text, data):
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=8)))
+    pieces = [text[a:b] for a, b in zip([0] + cuts, cuts + [len(text)])]
+    assert decode_user_data({"Fn::Base64": {"Fn::Join": ["", pieces]}}) == text
+
+
+@given(st.lists(script_text, max_size=6), st.sampled_from(["", "\n", " ", ",", "\n\n"]))
+def test_fn_join_puts_the_delimiter_between_parts(parts, delimiter):
+    expected = delimiter.join(parts)
+    assert decode_user_data({"Fn::Base64": {"Fn::Join": [delimiter, parts]}}) == expected
+
+
+@given(st.lists(st.one_of(script_text.filter(lambda s: "${" not in s), st.sampled_from(["REF", "GETATT", "REGION"])), max_size=8))
+def test_tokens_become_stable_placeholders_in_order(items):
+    tokens = {
+        "REF": ({"Ref": "MyQueue4C5D6E7F"}, "${Ref:MyQueue4C5D6E7F}"),
+        "GETATT": ({"Fn::GetAtt": ["MyQueue4C5D6E7F", "Arn"]}, "${Fn::GetAtt:MyQueue4C5D6E7F.Arn}"),
+        "REGION": ({"Ref": "AWS::Region"}, "${AWS::Region}"),
+    }
+    parts = [tokens[i][0] if i in tokens else i for i in items]
+    expected = "".join(tokens[i][1] if i in tokens else i for i in items)
+    assert decode_user_data({"Fn::Base64": {"Fn::Join": ["", parts]}}) == expected
+
+
+def test_nested_join_and_other_intrinsics():
+    value = {
+        "Fn::Base64": {
+            "Fn::Join": [
+                "",
+                [
+                    "#!/bin/bash\nexport A=",
+                    {"Fn::Join": ["-", ["x", {"Ref": "AWS::StackName"}]]},
+                    "\nexport B=",
+                    {"Fn::ImportValue": "shared-vpc"},
+                    "\nexport C=",
+                    {"Fn::GetAtt": "Bucket.Arn"},
+                    "\n",
+                ],
+            ]
+        }
+    }
+    assert decode_user_data(value) == (
+        "#!/bin/bash\nexport A=x-${AWS::StackName}\nexport B=${Fn::ImportValue:\"shared-vpc\"}\n"
+        "export C=${Fn::GetAtt:Bucket.Arn}\n"
+    )
+
+
+def test_fn_sub_substitutes_literal_variables_and_renders_the_rest_as_placeholders():
+    value = {
+        "Fn::Base64": {
+            "Fn::Sub": [
+                "#!/bin/bash\necho ${Greeting} ${Queue} ${Bucket.Arn} ${AWS::Region} ${!HOME} ${Name}\n",
+                {"Greeting": "hello", "Name": {"Ref": "Param"}},
+            ]
+        }
+    }
+    assert decode_user_data(value) == (
+        "#!/bin/bash\necho hello ${Ref:Queue} ${Fn::GetAtt:Bucket.Arn} ${AWS::Region} ${HOME} ${Ref:Param}\n"
+    )
+    assert decode_user_data({"Fn::Base64": {"Fn::Sub": "#!/bin/sh\necho ${AWS::AccountId}"}}) == (
+        "#!/bin/sh\necho ${AWS::AccountId}"
+    )
+
+
+def test_a_bare_parameter_reference_is_a_placeholder():
+    assert decode_user_data({"Ref": "UserDataParam"}) == "${Ref:UserDataParam}"
+
+
+@pytest.mark.parametrize("bad", ["not base64!", base64.b64encode(b"\xff\xfe\xfa").decode()])
+def test_a_literal_that_is_not_base64_of_utf8_is_an_error(bad):
+    with pytest.raises(ValueError, match="Base64"):
+        decode_user_data(bad)
+
+
+# -- MIME -----------------------------------------------------------------------------------------
+
+
+def _mime(parts):
+    archive = MIMEMultipart(boundary="==test-boundary==")
+    for subtype, text, charset in parts:
+        archive.attach(MIMEText(text, subtype, charset))
+    return archive.as_string()
+
+
+ascii_script = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126) | st.just("\n"), max_size=200)
+
+
+@settings(max_examples=60)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["x-shellscript", "cloud-config", "plain"]),
+            st.one_of(ascii_script, script_text),
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_shell_parts_returns_every_shell_part_in_order_whatever_the_transfer_encoding(parts):
+    # utf-8 makes email use Base64; us-ascii keeps 7bit text. Both must decode to the script.
+    built = [(sub, text, "us-ascii" if text.isascii() else "utf-8") for sub, text in parts]
+    user_data = _mime(built)
+    assert is_mime(user_data)
+    assert shell_parts(user_data) == [text for sub, text, _ in built if sub == "x-shellscript"]
+
+
+@given(script_text.filter(lambda s: not s.lower().lstrip("\ufeff").startswith(("content-type:", "mime-version:"))))
+def test_a_plain_script_is_its_own_single_shell_part(text):
+    assert shell_parts(text) == [text]
+
+
+# -- the block ------------------------------------------------------------------------------------
+
+block_inputs = st.builds(
+    BlockInputs,
+    target=st.one_of(st.none(), st.integers(1, 2**31 - 1)),
+    source=st.one_of(
+        st.just("unknown"),
+        st.builds(lambda t, m: f"{t}/{m}MiB", st.sampled_from(["m5.large", "t3.micro", "x2iedn.32xlarge"]), st.integers(1, 4_000_000)),
+    ),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(block_inputs, script_text)
+def test_tuning_reads_back_what_the_renderer_was_given(inputs, user_lines):
+    text = "#!/bin/bash\n" + render_block(inputs) + user_lines
+    assert tuning_of(text) == Tuning(target=inputs.target, source=inputs.source, count=1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(block_inputs, block_inputs)
+def test_two_blocks_are_counted_and_the_first_one_is_reported(first, second):
+    text = "#!/bin/bash\n" + render_block(first) + render_block(second) + "echo user\n"
+    assert tuning_of(text) == Tuning(target=first.target, source=first.source, count=2)
+
+
+def test_a_block_inside_a_base64_mime_shell_part_is_found_and_one_in_cloud_config_is_not():
+    block = render_block(BlockInputs(target=4096, source="m5.large/8192MiB"))
+    user_data = _mime(
+        [
+            ("x-shellscript", "#!/bin/bash\n" + block + "echo é\n", "utf-8"),
+            ("cloud-config", "#cloud-config\n" + render_block(BlockInputs(target=77)), "us-ascii"),
+        ]
+    )
+    assert "CAB_TARGET=4096" not in user_data  # Base64 transfer encoding hides it from a plain search
+    assert tuning_of(user_data) == Tuning(target=4096, source="m5.large/8192MiB", count=1)
+
+
+def test_no_block_means_no_tuning_and_a_marker_in_a_comment_is_not_a_block():
+    assert tuning_of("#!/bin/bash\necho '# >>> cdk-audit-backlog >>>'\n") is None
+
+
+@pytest.mark.parametrize("line", ["CAB_TARGET=lots", "CAB_TARGET=", "CAB_TARGET=-5", "CAB_TARGET=0", None])
+def test_an_unreadable_target_is_reported_as_malformed(line):
+    body = "" if line is None else line + "\n"
+    text = "#!/bin/bash\n# >>> cdk-audit-backlog >>>\n" + body + "CAB_SOURCE=unknown\n# <<< cdk-audit-backlog <<<\n"
+    with pytest.raises(MalformedBlock):
+        tuning_of(text)
+
+
+# -- launches() on hand-written and synthesized templates -----------------------------------------
+
+
+def test_launches_lists_every_launch_type_with_user_data_and_metadata():
+    block = render_block(BlockInputs(target=1024, source="t3.micro/1024MiB"))
+    template = {
+        "Resources": {
+            "Bucket": {"Type": "AWS::S3::Bucket"},
+            "Inst": {
+                "Type": "AWS::EC2::Instance",
+                "Properties": {"InstanceType": "t3.micro", "UserData": {"Fn::Base64": "#!/bin/bash\n" + block}},
+                "Metadata": {"cdk-audit-backlog": {"limit": 1024, "instanceType": "t3.micro", "memoryMiB": 1024, "reason": "r"}},
+            },
+            "Lt": {"Type": "AWS::EC2::LaunchTemplate", "Properties": {"LaunchTemplateData": {}}},
+            "Lc": {
+                "Type": "AWS::AutoScaling::LaunchConfiguration",
+                "Properties": {"UserData": base64.b64encode(b"<powershell>\n</powershell>").decode()},
+                "Metadata": {"cdk-audit-backlog": {"skipped": "Windows"}},
+            },
+        }
+    }
+    found = launches(template)
+    assert [(l.logical_id, l.resource_type) for l in found] == [
+        ("Inst", "AWS::EC2::Instance"),
+        ("Lt", "AWS::EC2::LaunchTemplate"),
+        ("Lc", "AWS::AutoScaling::LaunchConfiguration"),
+    ]
+    inst, lt, lc = found
+    assert inst.tuning == Tuning(1024, "t3.micro/1024MiB", 1)
+    assert inst.metadata["limit"] == 1024 and inst.skipped is None
+    assert lt == Launch("Lt", "AWS::EC2::LaunchTemplate", None, None, None)
+    assert lc.user_data == "<powershell>\n</powershell>" and lc.tuning is None and lc.skipped == "Windows"
+
+
+def _tiny_app_stack(tuned: bool) -> Stack:
+    app = App(builtin_cloud_formation_validation=False)
+    stack = Stack(app, "Tiny")
+    vpc = ec2.Vpc(
+        stack,
+        "Vpc",
+        nat_gateways=0,
+        max_azs=1,
+        subnet_configuration=[ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC)],
+    )
+    user_data = ec2.UserData.for_linux()
+    user_data.add_commands("echo first", "echo second")
+    ec2.Instance(
+        stack,
+        "Web",
+        vpc=vpc,
+        instance_type=ec2.InstanceType("m5.large"),
+        machine_image=ec2.MachineImage.generic_linux({"us-east-1": "ami-12345678"}),
+        user_data=user_data,
+    )
+    autoscaling.AutoScalingGroup(
+        stack,
+        "Workers",
+        vpc=vpc,
+        instance_type=ec2.InstanceType("t3.micro"),
+        machine_image=ec2.MachineImage.generic_linux({"us-east-1": "ami-12345678"}),
+    )
+    if tuned:
+        Aspects.of(app).add(AuditBacklog())
+    return stack
+
+
+def test_launches_reads_a_tuned_app_from_a_template_a_dict_and_a_file(tmp_path):
+    template = Template.from_stack(_tiny_app_stack(tuned=True))
+    path = tmp_path / "Tiny.template.json"
+    path.write_text(json.dumps(template.to_json()))
+    from_template, from_dict, from_file = launches(template), launches(template.to_json()), launches(str(path))
+    assert from_template == from_dict == from_file
+    by_type = {l.resource_type: l for l in from_template}
+    web = by_type["AWS::EC2::Instance"]
+    expected = BacklogPolicy().limit_for_memory(8192)
+    assert web.tuning == Tuning(target=expected, source="m5.large/8192MiB", count=1)
+    assert web.metadata["limit"] == expected
+    assert web.user_data.startswith("#!/bin/bash\n# >>> cdk-audit-backlog >>>\n")
+    assert web.user_data.endswith("# <<< cdk-audit-backlog <<<\necho first\necho second")
+    workers = next(l for l in from_template if l.logical_id.startswith("Workers"))
+    assert workers.tuning is not None and workers.tuning.count == 1
+
+
+def test_launches_of_an_untuned_app_find_no_tuning():
+    found = launches(Template.from_stack(_tiny_app_stack(tuned=False)))
+    assert found and all(l.tuning is None and l.metadata is None for l in found)
+
+
+def test_readme_example_snapshot(snapshot):
+    """The README's example: what a user's snapshot test records for each launch."""
+    template = Template.from_stack(_tiny_app_stack(tuned=True))
+    summary = [
+        {
+            "resource": launch.resource_type,
+            "limit": None if launch.tuning is None else (launch.tuning.target or "auto"),
+            "source": None if launch.tuning is None else launch.tuning.source,
+            "blocks": 0 if launch.tuning is None else launch.tuning.count,
+        }
+        for launch in launches(template)
+    ]
+    assert summary == snapshot
