@@ -43,7 +43,9 @@ Which instance types a resource launches, from the template alone:
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -124,6 +126,10 @@ class AuditBacklogCheck:
             raise ValueError(f"memory_of must be a callable taking an instance type name, got {memory_of!r}")
         self._policy = policy or BacklogPolicy()
         self._memory_of: MemoryOf = memory_of or _default_memory_of
+        #: Launch resources examined and findings of the last ``validate`` call (CDK leaves a plugin
+        #: with no violations out of its report; these show it ran).
+        self.last_checked: List[str] = []
+        self.last_findings: List[Finding] = []
 
     # -- IPolicyValidationPlugin ------------------------------------------------------------------
 
@@ -151,8 +157,10 @@ class AuditBacklogCheck:
     def validate(self, context: IPolicyValidationContext) -> PolicyValidationPluginReport:
         """Called by CDK after synthesis with every template of the app; never writes anything."""
         findings: List[Finding] = []
+        checked: List[str] = []
         for path in context.template_paths:
-            findings.extend(self.check_template(path, template_path=path))
+            findings.extend(self.check_template(path, template_path=path, checked=checked))
+        self.last_checked, self.last_findings = checked, findings
         violations = [
             PolicyViolation(
                 rule_name=f.rule,
@@ -173,11 +181,14 @@ class AuditBacklogCheck:
 
     # -- plain Python entry point -----------------------------------------------------------------
 
-    def check_template(self, template: Any, *, template_path: Optional[str] = None) -> List[Finding]:
+    def check_template(
+        self, template: Any, *, template_path: Optional[str] = None, checked: Optional[List[str]] = None
+    ) -> List[Finding]:
         """Findings for one template (a dict, an ``assertions.Template`` or a template file path).
 
         Nested stacks are followed when their template file can be found next to ``template_path``
-        (CDK writes them into the same cloud assembly directory).
+        (CDK writes them into the same cloud assembly directory). ``checked``, when given, receives
+        ``"<template>:<logical id>"`` for every launch resource examined.
         """
         if template_path is None and isinstance(template, (str, os.PathLike)):
             template_path = os.fspath(template)
@@ -187,13 +198,16 @@ class AuditBacklogCheck:
         for logical_id, resource in resources.items():
             if not isinstance(resource, Mapping) or resource.get("Type") not in LAUNCH_TYPES:
                 continue
+            if checked is not None:
+                checked.append(f"{os.path.basename(template_path or '')}:{logical_id}")
             finding = self._check_launch(logical_id, resource, resources, template_path)
             if finding is not None:
                 findings.append(finding)
         if template_path is not None:
             base = os.path.dirname(os.path.abspath(template_path))
-            for nested in _nested_template_paths(resources, base):
-                findings.extend(self.check_template(nested, template_path=nested))
+            files = _asset_files(template_path)
+            for nested in _nested_template_paths(resources, base, files):
+                findings.extend(self.check_template(nested, template_path=nested, checked=checked))
         return findings
 
     def _check_launch(
@@ -375,12 +389,52 @@ def _type_or_none(value: Any) -> Optional[str]:
     return value if isinstance(value, str) and value else None
 
 
-def _nested_template_paths(resources: Mapping[str, Any], base: str) -> Iterable[str]:
+def _asset_files(template_path: str) -> Dict[str, str]:
+    """Asset hash -> file path (relative to the cloud assembly) from the stack's ``.assets.json``, if any.
+
+    Nested stack templates are file assets of the top-level stack; their ``TemplateURL`` ends in the
+    asset's object key ``<hash>.json``. Nested templates share their top-level stack's manifest.
+    """
+    stem = template_path
+    for suffix in (".nested.template.json", ".template.json"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    candidates = [stem + ".assets.json"] + [
+        os.path.join(os.path.dirname(template_path), f)
+        for f in sorted(os.listdir(os.path.dirname(template_path) or "."))
+        if f.endswith(".assets.json")
+    ]
+    out: Dict[str, str] = {}
+    for manifest in candidates:
+        if not os.path.isfile(manifest):
+            continue
+        try:
+            with open(manifest, encoding="utf-8") as f:
+                files = (json.load(f).get("files") or {}).items()
+        except (OSError, ValueError, AttributeError):
+            continue
+        for asset_hash, asset in files:
+            path = ((asset or {}).get("source") or {}).get("path")
+            if isinstance(path, str) and path.endswith(".json"):
+                out.setdefault(asset_hash, path)
+    return out
+
+
+_OBJECT_KEY_RE = re.compile(r"([0-9a-f]{64})\.json")
+
+
+def _nested_template_paths(resources: Mapping[str, Any], base: str, files: Mapping[str, str]) -> Iterable[str]:
     """Template files of the nested stacks in ``resources`` that exist under ``base`` (the cloud assembly)."""
     for resource in resources.values():
         if not isinstance(resource, Mapping) or resource.get("Type") != "AWS::CloudFormation::Stack":
             continue
         asset_path = (resource.get("Metadata") or {}).get("aws:asset:path")
+        if not isinstance(asset_path, str):
+            url = (resource.get("Properties") or {}).get("TemplateURL")
+            text = url if isinstance(url, str) else ("" if url is None else decode_user_data(url))
+            match = _OBJECT_KEY_RE.search(text)
+            asset_path = files.get(match.group(1)) if match else None
         if isinstance(asset_path, str) and asset_path.endswith(".json"):
             path = os.path.join(base, asset_path)
             if os.path.isfile(path):

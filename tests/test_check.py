@@ -1,0 +1,393 @@
+"""AuditBacklogCheck: loud on untuned / doubly tuned / under-tuned launches, silent once tuned.
+
+Tiny stacks built here, with hand-written user data holding a block from ``user_data.render_block`` (or
+none); then the same check as a CDK validation plugin in real synthesis, with Stages, nested stacks,
+acknowledgments, the AuditBacklog aspect, and beside cdk-nag in ``tests/apps/nag_app.py``.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import pytest
+from aws_cdk import Acknowledgment, App, Fn, NestedStack, Stack, Stage, Validations
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk.assertions import Template
+
+from cdk_audit_backlog import AuditBacklog
+from cdk_audit_backlog.check import PLUGIN_NAME, RULES, AuditBacklogCheck, Finding
+from cdk_audit_backlog.policy import BacklogPolicy
+from cdk_audit_backlog.user_data import BlockInputs, render_block
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGE = ec2.MachineImage.generic_linux({"us-east-1": "ami-0123456789abcdef0"})
+POLICY = BacklogPolicy()
+
+
+def block(target: Optional[int], source: str = "unknown", policy: BacklogPolicy = POLICY) -> str:
+    return render_block(BlockInputs(target=target, source=source, policy=policy))
+
+
+def script(*blocks: str) -> ec2.UserData:
+    return ec2.UserData.custom("#!/bin/bash\n" + "".join(blocks) + "echo 'user line'\n")
+
+
+def _stack() -> Stack:
+    return Stack(App(builtin_cloud_formation_validation=False), "S")
+
+
+def _vpc(stack: Stack) -> ec2.Vpc:
+    return ec2.Vpc(
+        stack,
+        "Vpc",
+        nat_gateways=0,
+        max_azs=1,
+        subnet_configuration=[ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC)],
+    )
+
+
+def instance_stack(instance_type: str, user_data: Optional[ec2.UserData]) -> Stack:
+    stack = _stack()
+    ec2.CfnInstance(
+        stack,
+        "Web",
+        instance_type=instance_type,
+        image_id="ami-0123456789abcdef0",
+        user_data=None if user_data is None else Fn.base64(user_data.render()),
+    )
+    return stack
+
+
+def findings(stack: Stack, check: Optional[AuditBacklogCheck] = None) -> List[Finding]:
+    return (check or AuditBacklogCheck()).check_template(Template.from_stack(stack))
+
+
+def rules(stack: Stack, check: Optional[AuditBacklogCheck] = None) -> List[str]:
+    return [f.rule for f in findings(stack, check)]
+
+
+# -- one launch, hand-written user data -----------------------------------------------------------
+
+
+def test_instance_without_a_block_is_untuned():
+    found = findings(instance_stack("m5.large", script()))
+    assert [(f.rule, f.logical_id) for f in found] == [("Untuned", "Web")]
+    assert "without a cdk-audit-backlog block" in found[0].message
+
+
+def test_instance_without_any_user_data_is_untuned():
+    assert rules(instance_stack("m5.large", None)) == ["Untuned"]
+
+
+def test_instance_tuned_to_the_policy_limit_is_silent():
+    limit = POLICY.limit_for_memory(8192)
+    assert rules(instance_stack("m5.large", script(block(limit, "m5.large/8192MiB")))) == []
+
+
+def test_instance_tuned_above_the_policy_is_silent_and_below_is_loud():
+    assert rules(instance_stack("m5.large", script(block(65536)))) == []
+    found = findings(instance_stack("m5.large", script(block(4096))))
+    assert [(f.rule, f.required, f.found) for f in found] == [("BelowPolicy", 8192, 4096)]
+    assert "m5.large" in found[0].message
+
+
+def test_instance_tuned_twice_is_reported():
+    found = findings(instance_stack("m5.large", script(block(8192), block(8192))))
+    assert [f.rule for f in found] == ["TunedMoreThanOnce"]
+    assert "2 blocks" in found[0].message
+
+
+def test_auto_is_right_for_any_instance_type():
+    assert rules(instance_stack("m5.large", script(block(None)))) == []
+    assert rules(instance_stack("no-such.type", script(block(None)))) == []
+
+
+def test_auto_with_a_weaker_policy_than_the_check_is_below_policy():
+    weak = BacklogPolicy(memory_fraction=0.001, minimum=64)
+    found = findings(instance_stack("m5.large", script(block(None, policy=weak))))
+    assert [f.rule for f in found] == ["BelowPolicy"]
+    assert "CAB_FRACTION_PPM=1000 (policy 10000)" in found[0].message and "CAB_MIN=64 (policy 320)" in found[0].message
+    # The same block meets a check configured with that weaker policy.
+    assert rules(instance_stack("m5.large", script(block(None, policy=weak))), AuditBacklogCheck(policy=weak)) == []
+
+
+def test_unknown_instance_type_needs_auto_or_the_policy_maximum():
+    found = findings(instance_stack("zz9.enormous", script(block(8192))))
+    assert [(f.rule, f.required, f.found) for f in found] == [("BelowPolicy", None, 8192)]
+    assert rules(instance_stack("zz9.enormous", script(block(POLICY.maximum)))) == []
+
+
+def test_a_block_with_an_unreadable_target_is_malformed():
+    text = block(8192).replace("CAB_TARGET=8192", "CAB_TARGET=plenty")
+    assert rules(instance_stack("m5.large", script(text))) == ["MalformedBlock"]
+
+
+def test_the_check_uses_its_policy_and_memory_table():
+    strict = AuditBacklogCheck(policy=BacklogPolicy(memory_fraction=0.04), memory_of={"m5.large": 8192}.get)
+    found = findings(instance_stack("m5.large", script(block(8192))), strict)
+    assert [(f.rule, f.required) for f in found] == [("BelowPolicy", 32768)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<powershell>\nWrite-Host hi\n</powershell>\n",
+        "<script>\necho hi\n</script>",
+        "version: 1.0\ntasks:\n- task: executeScript\n",
+        '[settings.kubernetes]\ncluster-name = "demo"\n',
+        '# Bottlerocket\n[settings.host-containers.admin]\nenabled = true\n',
+    ],
+)
+def test_windows_and_bottlerocket_user_data_are_not_violations(text):
+    assert rules(instance_stack("m5.large", ec2.UserData.custom(text))) == []
+
+
+def test_windows_l2_user_data_is_not_a_violation():
+    stack = _stack()
+    ec2.Instance(
+        stack,
+        "Win",
+        vpc=_vpc(stack),
+        instance_type=ec2.InstanceType("m5.large"),
+        machine_image=ec2.MachineImage.generic_windows({"us-east-1": "ami-0123456789abcdef0"}),
+    )
+    assert rules(stack) == []
+
+
+def test_cloud_config_without_a_block_is_untuned():
+    assert rules(instance_stack("m5.large", ec2.UserData.custom("#cloud-config\nruncmd: [ls]\n"))) == ["Untuned"]
+
+
+def test_a_launch_the_user_opted_out_is_not_a_violation():
+    stack = instance_stack("m5.large", script())
+    web = stack.node.find_child("Web")
+    web.add_metadata("cdk-audit-backlog", {"skipped": "excluded with AuditBacklog.skip(): legacy fleet"})
+    assert rules(stack) == []
+
+
+# -- launch templates and their groups ------------------------------------------------------------
+
+
+def mixed_stack(lt_type: Optional[str], overrides: List[Optional[str]], user_data: ec2.UserData) -> Stack:
+    stack = _stack()
+    template = ec2.LaunchTemplate(
+        stack,
+        "Lt",
+        machine_image=IMAGE,
+        user_data=user_data,
+        instance_type=None if lt_type is None else ec2.InstanceType(lt_type),
+    )
+    autoscaling.AutoScalingGroup(
+        stack,
+        "Asg",
+        vpc=_vpc(stack),
+        mixed_instances_policy=autoscaling.MixedInstancesPolicy(
+            launch_template=template,
+            launch_template_overrides=[
+                autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t))
+                if t is not None
+                else autoscaling.LaunchTemplateOverrides(
+                    instance_requirements=autoscaling.CfnAutoScalingGroup.InstanceRequirementsProperty(
+                        memory_mib=autoscaling.CfnAutoScalingGroup.MemoryMiBRequestProperty(min=2048),
+                        v_cpu_count=autoscaling.CfnAutoScalingGroup.VCpuCountRequestProperty(min=2),
+                    )
+                )
+                for t in overrides
+            ],
+        ),
+    )
+    return stack
+
+
+def test_mixed_instances_need_the_limit_of_the_smallest_memory_override():
+    # t3.micro has 1 GiB, m5.xlarge 16 GiB: the template must be tuned for t3.micro at least.
+    assert rules(mixed_stack(None, ["m5.xlarge", "t3.micro"], script(block(1024)))) == []
+    found = findings(mixed_stack(None, ["m5.xlarge", "t3.micro"], script(block(512))))
+    assert [(f.rule, f.required) for f in found] == [("BelowPolicy", 1024)]
+    assert "t3.micro" in found[0].message
+
+
+def test_overrides_replace_the_launch_template_type():
+    # EC2 launches the override types, not the template's r5.4xlarge (128 GiB): 1024 is enough.
+    assert rules(mixed_stack("r5.4xlarge", ["t3.micro"], script(block(1024)))) == []
+    assert [f.required for f in findings(mixed_stack("t3.micro", ["m5.xlarge"], script(block(1024))))] == [16384]
+
+
+def test_attribute_based_instance_selection_needs_auto():
+    assert rules(mixed_stack(None, [None], script(block(None)))) == []
+    assert rules(mixed_stack(None, [None], script(block(8192)))) == ["BelowPolicy"]
+
+
+def test_launch_template_with_its_own_type_and_a_plain_group():
+    stack = _stack()
+    template = ec2.LaunchTemplate(
+        stack, "Lt", machine_image=IMAGE, instance_type=ec2.InstanceType("m5.xlarge"), user_data=script(block(8192))
+    )
+    autoscaling.AutoScalingGroup(stack, "Asg", vpc=_vpc(stack), launch_template=template)
+    found = findings(stack)
+    assert [(f.rule, f.resource_type, f.required) for f in found] == [("BelowPolicy", "AWS::EC2::LaunchTemplate", 16384)]
+
+
+def test_launch_template_without_user_data_is_untuned():
+    stack = _stack()
+    ec2.LaunchTemplate(stack, "Lt", instance_type=ec2.InstanceType("m5.large"))
+    found = findings(stack)
+    assert [(f.rule, f.resource_type) for f in found] == [("Untuned", "AWS::EC2::LaunchTemplate")]
+    assert "has no user data" in found[0].message
+
+
+def test_launch_configuration_of_an_asg_is_checked():
+    stack = _stack()
+    autoscaling.AutoScalingGroup(
+        stack,
+        "Asg",
+        vpc=_vpc(stack),
+        instance_type=ec2.InstanceType("m5.large"),
+        machine_image=IMAGE,
+        user_data=script(block(2048)),
+    )
+    found = findings(stack)
+    assert [(f.rule, f.resource_type, f.required, f.found) for f in found] == [
+        ("BelowPolicy", "AWS::AutoScaling::LaunchConfiguration", 8192, 2048)
+    ]
+
+
+# -- as a CDK validation plugin -------------------------------------------------------------------
+
+
+def _report(outdir: Path) -> dict:
+    """Our plugin's part of CDK's validation report (absent when it found nothing)."""
+    report = json.loads((outdir / "validation-report.json").read_text())
+    ours = [r for r in report["pluginReports"] if r["pluginName"] == PLUGIN_NAME]
+    return ours[0] if ours else {"conclusion": "success", "violations": []}
+
+
+def _violations(outdir: Path):
+    return sorted(
+        (v["ruleName"], c["constructPath"]) for v in _report(outdir)["violations"] for c in v["violatingConstructs"]
+    )
+
+
+def _app_with_launches(outdir: Path):
+    app = App(builtin_cloud_formation_validation=False, outdir=str(outdir))
+    stack = Stack(app, "Plain")
+    vpc = _vpc(stack)
+    user_data = ec2.UserData.for_linux()
+    user_data.add_commands("echo hello")
+    ec2.Instance(stack, "Web", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=IMAGE, user_data=user_data)
+    template = ec2.LaunchTemplate(stack, "Lt", machine_image=IMAGE)
+    autoscaling.AutoScalingGroup(
+        stack,
+        "Asg",
+        vpc=vpc,
+        mixed_instances_policy=autoscaling.MixedInstancesPolicy(
+            launch_template=template,
+            launch_template_overrides=[autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType("m5.large"))],
+        ),
+    )
+    stage = Stage(app, "Prod")
+    staged = Stack(stage, "Service")
+    ec2.CfnInstance(staged, "Box", instance_type="c5.large", image_id="ami-0123456789abcdef0")
+    return app, stack
+
+
+def test_plugin_fails_synth_before_the_aspect_and_passes_after(tmp_path):
+    app, _ = _app_with_launches(tmp_path / "before")
+    check = AuditBacklogCheck()
+    Validations.of(app).add_plugins(check)
+    with pytest.raises(Exception, match="ValidationFailed") as raised:
+        app.synth()
+    assert "CdkAuditBacklog::Untuned" in str(raised.value)
+    assert _violations(tmp_path / "before") == [
+        ("Untuned", "Plain/Lt/Resource"),
+        ("Untuned", "Plain/Web/Resource"),
+        ("Untuned", "Prod/Service/Box"),  # a plugin on the app sees the stacks inside Stages
+    ]
+
+    app, _ = _app_with_launches(tmp_path / "after")
+    check = AuditBacklogCheck()
+    Validations.of(app).add_plugins(check)
+    AuditBacklog.apply_to(app)
+    app.synth()
+    assert _violations(tmp_path / "after") == []
+    assert len(check.last_checked) == 3 and check.last_findings == []
+
+
+def test_acknowledgment_silences_exactly_the_acknowledged_resource(tmp_path):
+    app, stack = _app_with_launches(tmp_path)
+    Validations.of(app).add_plugins(AuditBacklogCheck())
+    Validations.of(stack.node.find_child("Web")).acknowledge(
+        Acknowledgment(id=f"{PLUGIN_NAME}::Untuned", reason="this host runs no auditd")
+    )
+    with pytest.raises(Exception, match="ValidationFailed"):
+        app.synth()
+    assert _violations(tmp_path) == [("Untuned", "Plain/Lt/Resource"), ("Untuned", "Prod/Service/Box")]
+    suppressed = _report(tmp_path).get("suppressedViolations", [])
+    assert [(s["ruleName"], s["reason"]) for s in suppressed] == [("Untuned", "this host runs no auditd")]
+
+
+def test_plugin_follows_nested_stacks(tmp_path):
+    app = App(builtin_cloud_formation_validation=False, outdir=str(tmp_path))
+    parent = Stack(app, "Parent")
+    nested = NestedStack(parent, "Inner")
+    ec2.CfnInstance(nested, "Deep", instance_type="m5.large", image_id="ami-0123456789abcdef0")
+    check = AuditBacklogCheck()
+    Validations.of(app).add_plugins(check)
+    with pytest.raises(Exception, match="ValidationFailed"):
+        app.synth()
+    assert [(f.rule, f.logical_id) for f in check.last_findings] == [("Untuned", "Deep")]
+    assert check.last_findings[0].template_path.endswith(".nested.template.json")
+
+
+def test_plugin_names_and_rules():
+    check = AuditBacklogCheck()
+    assert check.name == PLUGIN_NAME
+    assert check.rule_ids == list(RULES) == ["Untuned", "TunedMoreThanOnce", "BelowPolicy", "MalformedBlock"]
+    with pytest.raises(ValueError, match="policy"):
+        AuditBacklogCheck(policy=0.01)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="memory_of"):
+        AuditBacklogCheck(memory_of={"m5.large": 8192})  # type: ignore[arg-type]
+
+
+# -- beside cdk-nag -------------------------------------------------------------------------------
+
+
+def _nag_app():
+    spec = importlib.util.spec_from_file_location("nag_app", REPO / "tests" / "apps" / "nag_app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_nag_app_reports_both_plugins_and_passes_once_tuned(tmp_path):
+    nag_app = _nag_app()
+    with pytest.raises(Exception, match="ValidationFailed"):
+        nag_app.build(tune=False, outdir=str(tmp_path / "untuned")).synth()
+    report = json.loads((tmp_path / "untuned" / "validation-report.json").read_text())
+    by_plugin = {r["pluginName"]: r for r in report["pluginReports"]}
+    assert set(by_plugin) == {"AwsSolutions", PLUGIN_NAME}
+    nag_suppressed = {f"AwsSolutions::{s['ruleName']}" for s in by_plugin["AwsSolutions"]["suppressedViolations"]}
+    assert nag_suppressed == set(nag_app.NAG_ACKNOWLEDGED)
+    assert by_plugin["AwsSolutions"]["conclusion"] == "success"
+    assert sorted(v["ruleName"] for v in by_plugin[PLUGIN_NAME]["violations"]) == ["Untuned", "Untuned"]
+
+    nag_app.build(tune=True, outdir=str(tmp_path / "tuned")).synth()
+    assert _violations(tmp_path / "tuned") == []
+
+
+def test_nag_app_as_a_program_exits_non_zero_untuned(tmp_path):
+    env = dict(os.environ, NAG_APP_TUNE="0", CDK_OUTDIR=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "apps" / "nag_app.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert "CdkAuditBacklog::Untuned" in done.stdout + done.stderr
