@@ -26,13 +26,16 @@ from aws_cdk import (
     Annotations,
     AspectPriority,
     Aspects,
+    CfnParameter,
     CfnResource,
+    Reference,
     IAspect,
     IResolvable,
     IResolveContext,
     Stack,
     Stage,
     Token,
+    Tokenization,
 )
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct, IConstruct, IValidation
@@ -55,6 +58,7 @@ _USER_DATA_PATH = {
     "AWS::EC2::LaunchTemplate": "LaunchTemplateData.UserData",
     "AWS::AutoScaling::LaunchConfiguration": "UserData",
 }
+_CONSUMER_TYPES = ("AWS::AutoScaling::AutoScalingGroup", "AWS::EKS::Nodegroup")
 _TUNING_ID = "CdkAuditBacklog"
 _SKIP_METADATA = "cdk-audit-backlog:skip"
 
@@ -150,9 +154,11 @@ class AuditBacklog:
             if isinstance(node, Stage) and node.node.scope is None:
                 _warn_about_unreached_stages(node, self)
             return
-        if node.cfn_resource_type not in _USER_DATA_PATH:
-            return
-        _Tuning.of(node).claim(self, _distance_to_aspect(node, self))
+        kind = node.cfn_resource_type
+        if kind in _USER_DATA_PATH:
+            _Tuning.of(node).claim(self, _distance_to_aspect(node, self))
+        elif kind in _CONSUMER_TYPES and not _skip_reason(node, self):
+            _warn_if_launch_is_out_of_reach(node)
 
     def block_inputs(self, target: Optional[int], source: str) -> BlockInputs:
         return BlockInputs(
@@ -173,6 +179,47 @@ def _distance_to_aspect(node: IConstruct, aspect: AuditBacklog) -> int:
         if any(a is aspect for a in Aspects.of(scopes[depth]).all):
             return depth
     return -1  # invoked through a path we cannot see (e.g. a Stage's inherited list): farthest
+
+
+def _warn_if_launch_is_out_of_reach(group: CfnResource) -> None:
+    """A group whose launch template or configuration is not a resource of this app cannot be tuned: say so."""
+    if group.cfn_resource_type == "AWS::EKS::Nodegroup":
+        spec = getattr(group, "launch_template", None)
+        if spec is None:
+            reason: Optional[str] = (
+                "the node group has no launch template, so EKS writes its user data; give it a launch template"
+            )
+        else:
+            reason = _out_of_reach([getattr(spec, "id", None), getattr(spec, "name", None)])
+    else:
+        spec = getattr(group, "launch_template", None)
+        if spec is None:
+            mixed_lt = getattr(getattr(group, "mixed_instances_policy", None), "launch_template", None)
+            spec = getattr(mixed_lt, "launch_template_specification", None)
+        refs = [getattr(spec, "launch_template_id", None), getattr(spec, "launch_template_name", None)]
+        refs.append(getattr(group, "launch_configuration_name", None))
+        reason = _out_of_reach(refs)
+    if reason:
+        Annotations.of(group).add_warning_v2(
+            "cdk-audit-backlog:skipped", f"cdk-audit-backlog: {group.node.path} is not tuned: {reason}."
+        )
+
+
+def _out_of_reach(refs: List[Any]) -> Optional[str]:
+    """Why the launch named by ``refs`` (id/name strings or tokens) cannot be tuned, or None if it can."""
+    refs = [r for r in refs if isinstance(r, str)]
+    if not refs:
+        return None  # nothing we can read: say nothing rather than guess
+    for ref in refs:
+        if not Token.is_unresolved(ref):
+            continue
+        token = Tokenization.reverse(ref)
+        target = token.target if isinstance(token, Reference) else None
+        if isinstance(target, CfnResource) and target.cfn_resource_type in _USER_DATA_PATH:
+            return None
+        if isinstance(target, CfnParameter):
+            return f"its launch template comes from the parameter {target.node.path}"
+    return "its launch template is imported (not defined in this app), so its user data cannot be seen or changed here"
 
 
 def _warn_about_unreached_stages(app: Stage, aspect: AuditBacklog) -> None:

@@ -216,6 +216,10 @@ def _render(value: Any) -> str:
                 return delimiter.join(_render(p) for p in parts)
         if name == "Fn::Sub":
             return _render_sub(arg)
+        if name == "Fn::Base64" and _is_literal(arg):
+            # A nested Base64 of literal text (MultipartUserData's base64 parts): CloudFormation encodes
+            # it, so we do too, and the MIME part decodes to the real script.
+            return base64.b64encode(_render(arg).encode("utf-8")).decode("ascii")
         if name == "Ref" and isinstance(arg, str):
             return "${" + arg + "}" if arg.startswith("AWS::") else "${Ref:" + arg + "}"
         if name == "Fn::GetAtt":
@@ -225,6 +229,17 @@ def _render(value: Any) -> str:
                 return "${Fn::GetAtt:" + arg + "}"
         return "${" + name + ":" + _compact(arg) + "}"
     return "${" + _compact(value) + "}"
+
+
+def _is_literal(value: Any) -> bool:
+    """True when ``value`` renders without any placeholder (only strings and Fn::Join of them)."""
+    if isinstance(value, str):
+        return True
+    if isinstance(value, Mapping) and list(value) == ["Fn::Join"]:
+        arg = value["Fn::Join"]
+        return (isinstance(arg, list) and len(arg) == 2 and isinstance(arg[0], str) and isinstance(arg[1], list)
+                and all(_is_literal(p) for p in arg[1]))
+    return False
 
 
 def _compact(value: Any) -> str:
