@@ -391,3 +391,102 @@ def test_nag_app_as_a_program_exits_non_zero_untuned(tmp_path):
     )
     assert done.returncode != 0
     assert "CdkAuditBacklog::Untuned" in done.stdout + done.stderr
+
+
+# -- agreement with the mutating aspect -----------------------------------------------------------
+
+
+def _zoo(tuned: bool, extra=None) -> Stack:
+    """Many kinds of launch in one stack: L2 and L1, known / unknown / token types, Windows, tokens."""
+    from aws_cdk import CfnParameter
+
+    stack = _stack()
+    vpc = _vpc(stack)
+    linux = ec2.UserData.for_linux()
+    linux.add_commands("echo one")
+    ec2.Instance(stack, "L2Instance", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=IMAGE, user_data=linux)
+    ec2.Instance(
+        stack,
+        "WindowsBox",
+        vpc=vpc,
+        instance_type=ec2.InstanceType("m5.large"),
+        machine_image=ec2.MachineImage.generic_windows({"us-east-1": "ami-0123456789abcdef0"}),
+    )
+    ec2.LaunchTemplate(stack, "BareTemplate")
+    ec2.CfnInstance(stack, "RawLiteral", instance_type="c5.2xlarge", image_id="ami-1", user_data=Fn.base64("#!/bin/sh\necho raw\n"))
+    queue_ref = CfnParameter(stack, "Greeting", default="hi")
+    ec2.CfnInstance(
+        stack,
+        "RawJoin",
+        instance_type="zz9.unknown",
+        image_id="ami-1",
+        user_data=Fn.base64(Fn.join("", ["#!/bin/bash\necho ", queue_ref.value_as_string, "\n"])),
+    )
+    type_param = CfnParameter(stack, "TypeParam", default="m5.large")
+    ec2.CfnInstance(stack, "TokenType", instance_type=type_param.value_as_string, image_id="ami-1")
+    ud_param = CfnParameter(stack, "UserDataParam", default="")
+    ec2.CfnInstance(stack, "OpaqueUserData", instance_type="m5.large", image_id="ami-1", user_data=ud_param.value_as_string)
+    autoscaling.AutoScalingGroup(stack, "Lc", vpc=vpc, instance_type=ec2.InstanceType("r5.large"), machine_image=IMAGE)
+    lt = ec2.LaunchTemplate(stack, "MixedTemplate", machine_image=IMAGE)
+    autoscaling.AutoScalingGroup(
+        stack,
+        "Mixed",
+        vpc=vpc,
+        mixed_instances_policy=autoscaling.MixedInstancesPolicy(
+            launch_template=lt,
+            launch_template_overrides=[
+                autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType("m5.xlarge")),
+                autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType("t3.small")),
+            ],
+        ),
+    )
+    if extra:
+        extra(stack, vpc)
+    if tuned:
+        AuditBacklog.apply_to(stack.node.root)
+    return stack
+
+
+def test_check_is_loud_on_every_linux_launch_before_the_aspect_and_silent_after():
+    before = findings(_zoo(tuned=False))
+    assert sorted((f.rule, f.logical_id.rstrip("0123456789ABCDEF")) for f in before) == sorted(
+        [
+            ("Untuned", "L2Instance"),
+            ("Untuned", "BareTemplate"),
+            ("Untuned", "RawLiteral"),
+            ("Untuned", "RawJoin"),
+            ("Untuned", "TokenType"),
+            ("Untuned", "OpaqueUserData"),  # a token the check cannot see into: loud until acknowledged
+            ("Untuned", "LcLaunchConfig"),
+            ("Untuned", "MixedTemplate"),
+        ]
+    )
+    tuned = _zoo(tuned=True)
+    assert findings(tuned) == []
+    # The aspect skipped (and warned about) the user data it cannot see into; the check honours that.
+    from cdk_audit_backlog.testing import launches
+
+    skipped = {l.logical_id for l in launches(Template.from_stack(tuned)) if l.skipped}
+    assert "OpaqueUserData" in skipped
+
+
+@pytest.mark.xfail(
+    reason="aspect.py takes a launch template's own InstanceType before its groups' MixedInstancesPolicy "
+    "overrides, but EC2 launches the override types: t3.micro template + m5.xlarge override gets 1024, "
+    "the policy for m5.xlarge is 16384",
+    strict=False,
+)
+def test_aspect_and_check_agree_when_overrides_replace_the_template_type():
+    def extra(stack, vpc):
+        lt = ec2.LaunchTemplate(stack, "TypedTemplate", machine_image=IMAGE, instance_type=ec2.InstanceType("t3.micro"))
+        autoscaling.AutoScalingGroup(
+            stack,
+            "TypedMixed",
+            vpc=vpc,
+            mixed_instances_policy=autoscaling.MixedInstancesPolicy(
+                launch_template=lt,
+                launch_template_overrides=[autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType("m5.xlarge"))],
+            ),
+        )
+
+    assert findings(_zoo(tuned=True, extra=extra)) == []
