@@ -70,6 +70,8 @@ DEFAULT_REGIONS = (
     "ap-southeast-1",
 )
 _MIB = 1024 * 1024
+#: Attempts per AWS call (botocore's standard retry mode: exponential backoff with jitter on throttling).
+MAX_ATTEMPTS = 10
 
 
 class CliError(Exception):
@@ -205,11 +207,10 @@ def _boto3() -> Any:
     return boto3
 
 
-def _client_config(max_attempts: int = 10) -> Any:
+def _client_config() -> Any:
     from botocore.config import Config
 
-    # botocore's standard retry mode backs off exponentially with jitter on throttling errors.
-    return Config(retries={"mode": "standard", "max_attempts": max_attempts}, max_pool_connections=32)
+    return Config(retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS}, max_pool_connections=32)
 
 
 def _aws_errors(what: str, fn: Callable[[], Any]) -> Any:
@@ -708,75 +709,34 @@ def _cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
 
 # ------------------------------------------------------------------------------------------ report
 
-_LAUNCH_TYPES = {
-    "AWS::EC2::Instance",
-    "AWS::EC2::LaunchTemplate",
-    "AWS::AutoScaling::LaunchConfiguration",
-    "AWS::AutoScaling::AutoScalingGroup",
-}
-
-
-def _render_intrinsic(value: Any) -> str:
-    """Template user data as text: Fn::Base64 / Fn::Join / Fn::Sub unwrapped, other tokens as ``${...}``."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict) and len(value) == 1:
-        (k, v), = value.items()
-        if k == "Fn::Base64":
-            return _render_intrinsic(v)
-        if k == "Fn::Join" and isinstance(v, list) and len(v) == 2:
-            return str(v[0]).join(_render_intrinsic(x) for x in v[1])
-        if k == "Fn::Sub":
-            return _render_intrinsic(v[0] if isinstance(v, list) else v)
-        if k == "Ref":
-            return "${" + str(v) + "}"
-        return "${" + k + "}"
-    return json.dumps(value, sort_keys=True)
-
-
-def _template_user_data(resource: Mapping[str, Any]) -> Optional[str]:
-    props = resource.get("Properties") or {}
-    ud = props.get("UserData")
-    if ud is None:
-        ud = (props.get("LaunchTemplateData") or {}).get("UserData")
-    if ud is None:
-        return None
-    text = _render_intrinsic(ud)
-    # A literal (not Fn::Base64) string in a template is already base64.
-    if isinstance(ud, str):
-        return decode_stored_user_data(ud)
-    return text
-
 
 @dataclass
 class ReportRow:
+    """One launch resource of a synthesized template.
+
+    ``limit`` is the Metadata's limit (``8192``, ``auto``), ``skipped``, or ``-`` when the aspect never saw
+    the resource; ``blocks`` is how many blocks its decoded user data carries (None: an ASG, whose launch
+    template or configuration carries them).
+    """
+
     template: str
     logical_id: str
     resource_type: str
     limit: str
     instance_type: Optional[str]
     memory_mib: Optional[int]
-    block: Optional[bool]
+    blocks: Optional[int]
     reason: str
 
 
-def _launches_via_testing(template: Mapping[str, Any]) -> Optional[Dict[str, Optional[str]]]:
-    """Decoded user data per logical id via ``cdk_audit_backlog.testing`` when it is installed."""
-    try:
-        from . import testing  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    launches = getattr(testing, "launches", None)
-    if launches is None:
-        return None
-    try:
-        return {l.logical_id: l.user_data for l in launches(template)}
-    except Exception:  # its own decoder failing must not hide the report; fall back to ours
-        return None
-
-
 def report_assembly(cdk_out: Path) -> List[ReportRow]:
-    """Rows for every launch resource of every template in a cloud assembly (nested assemblies too)."""
+    """Rows for every launch resource of every template in a cloud assembly (nested assemblies too).
+
+    User data is decoded by :mod:`cdk_audit_backlog.testing` (the reader that shares no code with the
+    writer); the choice is read from the ``cdk-audit-backlog`` Metadata the aspect writes.
+    """
+    from . import testing
+
     if not cdk_out.is_dir():
         raise CliError(f"report: {cdk_out} is not a directory (run cdk synth first)")
     templates = sorted(cdk_out.rglob("*.template.json"))
@@ -784,40 +744,30 @@ def report_assembly(cdk_out: Path) -> List[ReportRow]:
         raise CliError(f"report: no *.template.json under {cdk_out}")
     rows: List[ReportRow] = []
     for path in templates:
-        template = json.loads(path.read_text(encoding="utf-8"))
-        decoded = _launches_via_testing(template)
         name = str(path.relative_to(cdk_out))
+        try:
+            template = json.loads(path.read_text(encoding="utf-8"))
+            found = {l.logical_id: l for l in testing.launches(template)}
+        except ValueError as e:  # bad JSON, or testing.MalformedBlock
+            raise CliError(f"report: {name}: {e}") from None
         for logical_id, res in (template.get("Resources") or {}).items():
-            rtype = res.get("Type")
             meta = (res.get("Metadata") or {}).get(METADATA_KEY)
-            if rtype not in _LAUNCH_TYPES and meta is None:
+            launch = found.get(logical_id)
+            if launch is None and meta is None:
                 continue
-            if rtype == "AWS::AutoScaling::AutoScalingGroup" and meta is None:
-                continue  # its launch template / configuration carries the block
-            if rtype == "AWS::AutoScaling::AutoScalingGroup":
-                block: Optional[bool] = None
-            else:
-                text = decoded.get(logical_id) if decoded is not None and logical_id in decoded else None
-                if text is None:
-                    text = _template_user_data(res)
-                block = block_target(text)[0]
+            blocks = None
+            if launch is not None:
+                blocks = launch.tuning.count if launch.tuning else 0
+            row = ReportRow(name, logical_id, res.get("Type", "?"), "-", None, None, blocks,
+                            "no cdk-audit-backlog metadata")
             if isinstance(meta, dict) and "skipped" in meta:
-                rows.append(ReportRow(name, logical_id, rtype, "skipped", None, None, block, str(meta["skipped"])))
+                row.limit, row.reason = "skipped", str(meta["skipped"])
             elif isinstance(meta, dict):
-                rows.append(
-                    ReportRow(
-                        name,
-                        logical_id,
-                        rtype,
-                        str(meta.get("limit")),
-                        meta.get("instanceType"),
-                        meta.get("memoryMiB"),
-                        block,
-                        str(meta.get("reason", "")),
-                    )
-                )
-            else:
-                rows.append(ReportRow(name, logical_id, rtype, "-", None, None, block, "no cdk-audit-backlog metadata"))
+                row.limit = str(meta.get("limit"))
+                row.instance_type = meta.get("instanceType")
+                row.memory_mib = meta.get("memoryMiB")
+                row.reason = str(meta.get("reason", ""))
+            rows.append(row)
     return rows
 
 
@@ -836,18 +786,19 @@ def _cmd_report(args: argparse.Namespace, out: TextIO) -> int:
                 r.limit,
                 r.instance_type or "-",
                 "-" if r.memory_mib is None else str(r.memory_mib),
-                {True: "yes", False: "NO", None: "-"}[r.block],
+                "-" if r.blocks is None else {0: "NO", 1: "yes"}.get(r.blocks, f"{r.blocks} blocks!"),
                 r.reason,
             ]
             for r in rows
         ]
         out.write(format_table(headers, cells))
-    untuned = [r for r in rows if r.block is False]
+    untuned = [r for r in rows if r.blocks == 0]
+    doubled = [r for r in rows if r.blocks is not None and r.blocks > 1]
     if untuned:
         print(f"report: {len(untuned)} launch resource(s) without the block", file=sys.stderr)
-        if args.strict:
-            return 1
-    return 0
+    if doubled:
+        print(f"report: {len(doubled)} launch resource(s) carry the block more than once", file=sys.stderr)
+    return 1 if args.strict and (untuned or doubled) else 0
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -899,7 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="the limit chosen per launch resource of a synthesized cloud assembly")
     p.add_argument("cdk_out", metavar="CDK_OUT_DIR")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a launch resource lacks the block")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a launch resource lacks the block or has it twice")
     p.set_defaults(func=_cmd_report)
     return parser
 
