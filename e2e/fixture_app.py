@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""A second small app for the e2e scenarios the example app does not exercise, built like a user would:
+an Instance whose own user script runs with ``set -e`` and ends in ``exit 0``, tuned with
+``kernel_cmdline=True``. Synthesized by the harness exactly like ``app.py`` (``CDK_OUTDIR``), never imported.
+"""
+
+import aws_cdk as cdk
+from aws_cdk import aws_ec2 as ec2
+
+from cdk_audit_backlog import AuditBacklog
+
+app = cdk.App()
+stack = cdk.Stack(app, "AuditBacklogE2e")
+vpc = ec2.Vpc(
+    stack,
+    "Vpc",
+    max_azs=1,
+    nat_gateways=0,
+    subnet_configuration=[ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC)],
+)
+user_data = ec2.UserData.for_linux()
+user_data.add_commands(
+    "set -e",
+    "echo 'E2E-USER step=1 set -e is on'",
+    "false || echo 'E2E-USER step=2 errexit still allows ||'",
+    "touch /var/tmp/e2e-user-script-ran",
+    "echo 'E2E-USER step=3 last line before exit 0'",
+    "exit 0",
+)
+ec2.Instance(
+    stack,
+    "Strict",
+    vpc=vpc,
+    instance_type=ec2.InstanceType("t3.micro"),
+    machine_image=ec2.MachineImage.latest_amazon_linux2023(),
+    user_data=user_data,
+)
+AuditBacklog.apply_to(app, kernel_cmdline=True)
+app.synth()

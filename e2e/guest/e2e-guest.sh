@@ -1,0 +1,96 @@
+#!/bin/bash
+# e2e reporter, runs in the guest after cloud-final (e2e-guest.service). Prints what the host checks as
+# machine-readable lines on the serial console:
+#   E2E-RESULT boot=N key=value      (value runs to the end of the line)
+# then runs the storm if asked, and powers off (or reboots while boot N < e2e.boots).
+# Kernel command line options read here: e2e.boots=N  e2e.storm=SPEC  e2e.hold=1
+set -u
+exec >/dev/ttyS0 2>&1
+
+state=/var/lib/e2e
+mkdir -p "$state"
+boot=$(( $(cat "$state/boot-count" 2>/dev/null || echo 0) + 1 ))
+echo "$boot" > "$state/boot-count"
+sync
+
+r() { printf 'E2E-RESULT boot=%s %s=%s\n' "$boot" "$1" "$2"; }
+
+cmdline_opt() {  # value of e2e.NAME= on the kernel command line, or $2
+  local w
+  for w in $(cat /proc/cmdline); do
+    case "$w" in "e2e.$1="*) echo "${w#*=}"; return ;; esac
+  done
+  echo "${2:-}"
+}
+
+r phase start
+r uptime_s "$(cut -d' ' -f1 /proc/uptime)"
+r kernel "$(uname -r)"
+r cmdline "$(cat /proc/cmdline)"
+r instance_id "$(cat /var/lib/cloud/data/instance-id 2>/dev/null || echo none)"
+r cloud_init_errors "$(python3 -c 'import json;d=json.load(open("/run/cloud-init/result.json"))["v1"];print(json.dumps(d.get("errors",[])))' 2>/dev/null || echo unknown)"
+
+# The kernel's audit status, one key per field (auditctl -s talks to the kernel, not to auditd).
+while read -r k v; do
+  [ -n "$k" ] && r "audit.$k" "$v"
+done < <(auditctl -s 2>&1)
+r audit_rules_loaded "$(auditctl -l 2>/dev/null | grep -vc '^No rules')"
+r auditd_active "$(systemctl is-active auditd.service)"
+r auditd_refuse_manual_stop "$(systemctl show -p RefuseManualStop --value auditd.service)"
+
+# Files: hash, mode, owner, and the content as one base64 line.
+for f in /etc/audit/rules.d/* /etc/audit/audit.rules /etc/audit/audit.rules.prev \
+    /var/lib/cdk-audit-backlog/* /etc/default/grub /etc/default/grub.d/*; do
+  [ -f "$f" ] || continue
+  r "file:$f" "$(sha256sum < "$f" | cut -c1-64) $(stat -c '%a %U:%G %s %Y' "$f")"
+  r "b64:$f" "$(base64 -w0 < "$f")"
+done
+r motd "$(head -c 200 /etc/motd 2>/dev/null | head -n1)"
+r user_script_marker "$(test -e /var/tmp/e2e-user-script-ran && echo present || echo absent)"
+r grub_linux_line "$(grep -m1 -E '^[[:space:]]+linux[[:space:]]' /boot/grub/grub.cfg 2>/dev/null | sed 's/^[[:space:]]*//')"
+
+# What the user data printed during this boot, from the journal (the serial copy may be interleaved with
+# kernel lines; cloud-init-output.log accumulates over boots).
+n=0
+while IFS= read -r line; do
+  n=$((n + 1)); r "output.$n" "$line"
+done < <(journalctl -b -u cloud-final.service -o cat --no-pager 2>/dev/null | grep -E '^(cdk-audit-backlog: |E2E-USER )')
+r output_lines "$n"
+r user_data_errors "$(journalctl -b -u cloud-final.service -o cat --no-pager 2>/dev/null | grep -E 'command not found|Failed to enable' | head -n3 | tr '\n' '|')"
+
+# Timings (seconds since kernel start): block console lines from the journal, cloud-final's end, and the
+# scripts_user module (the whole user data: block and user's lines) from cloud-init's event log.
+ts=$(journalctl -b -o short-monotonic --no-pager 2>/dev/null | grep 'cdk-audit-backlog: ' | sed -n 's/^\[ *\([0-9.]*\)\].*/\1/p')
+r block_first_s "$(echo "$ts" | head -n1)"
+r block_last_s "$(echo "$ts" | tail -n1)"
+r cloud_final_done_s "$(( $(systemctl show -p ExecMainExitTimestampMonotonic --value cloud-final.service) / 1000 ))e-3"
+r scripts_user_s "$(python3 - <<'PY' 2>/dev/null
+import datetime, re
+start = end = None
+for line in open("/var/log/cloud-init.log", errors="replace"):
+    m = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*?(start|finish): modules-final/config-scripts[_-]user", line)
+    if m:
+        t = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+        if m.group(2) == "start":
+            start = t
+        else:
+            end = t
+print(f"{(end - start).total_seconds():.3f}" if start and end else "")
+PY
+)"
+r kernel_backlog_warnings "$(dmesg | grep -c 'audit_backlog_limit=' || true)"
+r phase reported
+
+spec=$(cmdline_opt storm)
+if [ -n "$spec" ] && [ "$boot" -eq "$(cmdline_opt storm_boot 1)" ]; then
+  /usr/local/sbin/e2e-storm "$spec"
+fi
+r phase done
+sync
+
+if [ "$(cmdline_opt hold 0)" = 1 ]; then exit 0; fi
+if [ "$boot" -lt "$(cmdline_opt boots 1)" ]; then
+  systemctl --no-block reboot
+else
+  systemctl --no-block poweroff
+fi

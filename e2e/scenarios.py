@@ -1,0 +1,171 @@
+"""The e2e scenarios: each boots the image (or a variant) with user data taken from a synthesized template
+and returns the parsed runs. Assertions live in ``tests/test_e2e_scenarios.py``; ``python -m e2e.scenarios``
+runs them all and prints a summary.
+
+VM sizes follow the instance type whose user data is booted: t3.micro = 2 vCPU / 1 GiB,
+m5.large = 2 vCPU / 8 GiB (TCG allocates guest memory lazily; an idle 8 GiB guest uses far less).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from . import image as images
+from . import userdata, vm
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = Path(os.environ.get("E2E_WORKDIR", REPO / ".cache" / "e2e" / "runs"))
+RESULT_LINE = re.compile(r"^cdk-audit-backlog: backlog_limit (\S+) -> (\S+) \((.*)\)$")
+T3_MICRO_MIB, M5_LARGE_MIB = 1024, 8192
+
+
+@functools.lru_cache(maxsize=None)
+def example_user_data() -> Dict[str, bytes]:
+    """The example app's launches (``app.py``): Web (t3.micro Instance), WorkerTemplate (m5.large)."""
+    return userdata.synthesized_user_data(REPO / "app.py")
+
+
+@functools.lru_cache(maxsize=None)
+def fixture_user_data() -> Dict[str, bytes]:
+    """``e2e/fixture_app.py``: Strict (t3.micro, kernel_cmdline=True, user script with set -e / exit 0)."""
+    return userdata.synthesized_user_data(REPO / "e2e" / "fixture_app.py")
+
+
+def workdir(name: str) -> Path:
+    d = WORK / name
+    if d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    return d
+
+
+def result_line(report: Dict[str, str]) -> Optional[Tuple[str, str, str]]:
+    for line in vm.outputs(report):
+        m = RESULT_LINE.match(line)
+        if m:
+            return m.group(1), m.group(2), m.group(3)
+    return None
+
+
+def merged_b(rules_text: str) -> Optional[int]:
+    """The last ``-b N`` of a rules file (what auditctl -R leaves in effect)."""
+    last = None
+    for line in rules_text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "-b":
+            last = int(parts[1])
+    return last
+
+
+@dataclass
+class Scenario:
+    name: str
+    runs: List[vm.Run]
+    user_data: bytes
+    seconds: float
+
+    @property
+    def target(self) -> str:
+        return userdata.block_target(self.user_data)
+
+
+def debian_default_and_rerun() -> Scenario:
+    """Scenarios 1 and 3: the t3.micro Instance's user data on Debian 12 as shipped, then the same disk with a
+    new instance-id (cloud-init runs the user data again)."""
+    started = time.monotonic()
+    ud = userdata.find(example_user_data(), "Web")
+    img = images.build_image(images.DEBIAN)
+    wd = workdir("debian")
+    first = vm.boot(img, name="debian-1", workdir=wd, user_data=ud, instance_id="i-e2e-debian-1",
+                    memory_mib=T3_MICRO_MIB)
+    second = vm.boot(img, name="debian-2-rerun", workdir=wd, user_data=ud, instance_id="i-e2e-debian-2",
+                     overlay=wd / "debian-1.qcow2", memory_mib=T3_MICRO_MIB)
+    return Scenario("debian", [first, second], ud, time.monotonic() - started)
+
+
+def al2_layout(storm_spec: str = "") -> Scenario:
+    """Scenario 2: the m5.large launch template's user data on an AL2-like layout (-b 320,
+    RefuseManualStop=yes), in an 8 GiB guest; optionally followed by a storm (see ``guest/e2e-storm.sh``)."""
+    started = time.monotonic()
+    ud = userdata.find(example_user_data(), "WorkerTemplate")
+    img = images.build_image(images.AL2)
+    wd = workdir("al2" + ("-storm" if storm_spec else ""))
+    extra = f"e2e.storm={storm_spec}" if storm_spec else ""
+    run = vm.boot(img, name="al2", workdir=wd, user_data=ud, instance_id="i-e2e-al2-1",
+                  memory_mib=M5_LARGE_MIB, extra_append=extra, timeout_s=1800 if storm_spec else 600)
+    return Scenario("al2", [run], ud, time.monotonic() - started)
+
+
+def immutable_then_reboot() -> Scenario:
+    """Scenario 4: AL2-like layout plus ``-e 2``: boot 1 cannot change the kernel; boot 2 (a reboot inside the
+    same qemu run, user data not re-run) must come up with the persisted limit."""
+    started = time.monotonic()
+    ud = userdata.find(example_user_data(), "Web")
+    img = images.build_image(images.IMMUTABLE)
+    wd = workdir("immutable")
+    run = vm.boot(img, name="immutable", workdir=wd, user_data=ud, instance_id="i-e2e-immutable-1",
+                  memory_mib=T3_MICRO_MIB, extra_append="e2e.boots=2", timeout_s=900)
+    return Scenario("immutable", [run], ud, time.monotonic() - started)
+
+
+def grub_args(linux_line: str) -> str:
+    """Kernel arguments of a grub.cfg ``linux /boot/vmlinuz-X args...`` line (what grub would pass)."""
+    parts = linux_line.split()
+    if len(parts) < 2 or parts[0] != "linux":
+        raise ValueError(f"not a grub linux line: {linux_line!r}")
+    return " ".join(parts[2:])
+
+
+def kernel_cmdline_and_strict_user_script() -> Scenario:
+    """Scenarios 5 and 6: the fixture app's Instance (kernel_cmdline=True; user script with ``set -e`` ending
+    in ``exit 0``). Boot 2 acts as the bootloader: it boots with the arguments of the first menuentry of the
+    grub.cfg that update-grub regenerated in boot 1 (the image has grub's configuration but boots with
+    -kernel; a real bootloader would pass exactly these)."""
+    started = time.monotonic()
+    ud = userdata.find(fixture_user_data(), "Strict")
+    img = images.build_image(images.DEBIAN)
+    wd = workdir("cmdline")
+    first = vm.boot(img, name="cmdline-1", workdir=wd, user_data=ud, instance_id="i-e2e-cmdline-1",
+                    memory_mib=T3_MICRO_MIB)
+    runs = [first]
+    line = first.boot(1).get("grub_linux_line", "")
+    if line:
+        args = grub_args(line)
+        second = vm.boot(img, name="cmdline-2-grub", workdir=wd, user_data=ud, instance_id="i-e2e-cmdline-1",
+                         overlay=wd / "cmdline-1.qcow2", memory_mib=T3_MICRO_MIB, append=args)
+        runs.append(second)
+    return Scenario("cmdline", runs, ud, time.monotonic() - started)
+
+
+def summary(s: Scenario) -> Dict[str, object]:
+    out: Dict[str, object] = {"scenario": s.name, "target": s.target, "seconds": round(s.seconds, 1), "boots": []}
+    for run in s.runs:
+        for n, rep in sorted(run.boots.items()):
+            out["boots"].append({  # type: ignore[union-attr]
+                "run": run.name, "boot": n, "accel": run.accel, "run_seconds": round(run.elapsed_s, 1),
+                "limit": vm.audit_status(rep).get("backlog_limit"), "enabled": vm.audit_status(rep).get("enabled"),
+                "result": result_line(rep), "cmdline": rep.get("cmdline"),
+            })
+    return out
+
+
+ALL = {
+    "debian": debian_default_and_rerun,
+    "al2": al2_layout,
+    "immutable": immutable_then_reboot,
+    "cmdline": kernel_cmdline_and_strict_user_script,
+}
+
+if __name__ == "__main__":
+    import sys
+
+    for name in sys.argv[1:] or list(ALL):
+        print(json.dumps(summary(ALL[name]()), indent=1), flush=True)

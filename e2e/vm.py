@@ -1,0 +1,191 @@
+"""Boots an image under qemu with a NoCloud seed and returns what the guest reported on its serial console.
+
+Every run: a qcow2 overlay over the cached raw image (the base stays clean; pass the same overlay again to
+boot the same disk), a seed made by ``cloud-localds``, ``-nic none``, ``timeout`` around qemu, and the
+serial console read line by line with a host timestamp into a log file. Results are parsed from lines the
+guest reporter prints (``E2E-RESULT boot=N key=value``, ``E2E-STORM ...``, ``E2E-MEM ...``).
+
+Acceleration is TCG (``-accel tcg,thread=multi``): on these machines ``/dev/kvm`` is a software
+virtualization driver that cannot run nested guests (see FACTS "VM testing"). ``E2E_ACCEL=kvm`` overrides.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from .image import Image
+
+BASE_APPEND = "root=/dev/vda rw console=ttyS0 quiet"
+_RESULT = re.compile(r"E2E-RESULT boot=(\d+) ([^=\s]+)=(.*?)\r?$")
+_KV = re.compile(r"(\w+)=(\S+)")
+
+
+class QemuError(RuntimeError):
+    pass
+
+
+@dataclass
+class Run:
+    """One qemu process (one or more boots of the same disk)."""
+
+    name: str
+    log: Path
+    elapsed_s: float
+    accel: str
+    append: str
+    lines: List[Tuple[float, str]]
+    boots: Dict[int, Dict[str, str]] = field(default_factory=dict)
+    boot_host_s: Dict[int, float] = field(default_factory=dict)  # host time of each boot's "phase=start"
+    storm: List[Dict[str, str]] = field(default_factory=list)
+    mem: List[Dict[str, str]] = field(default_factory=list)
+    storm_begin: Dict[str, str] = field(default_factory=dict)
+
+    def boot(self, n: int = 1) -> Dict[str, str]:
+        if n not in self.boots:
+            raise AssertionError(f"{self.name}: boot {n} reported nothing; serial log {self.log}\n{self.tail()}")
+        return self.boots[n]
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(f"[{t:8.3f}] {s}" for t, s in self.lines[-n:])
+
+    def grep(self, pattern: str) -> List[str]:
+        rx = re.compile(pattern)
+        return [s for _, s in self.lines if rx.search(s)]
+
+
+def _which(cmd: str) -> str:
+    path = shutil.which(cmd)
+    if not path:
+        raise QemuError(f"{cmd} is not installed: run scripts/setup-debian.sh (make test does)")
+    return path
+
+
+def make_seed(workdir: Path, user_data: bytes, instance_id: str) -> Path:
+    ud, md, seed = workdir / "user-data", workdir / "meta-data", workdir / f"seed-{instance_id}.img"
+    ud.write_bytes(user_data)
+    md.write_text(f"instance-id: {instance_id}\nlocal-hostname: e2e\n")
+    subprocess.run([_which("cloud-localds"), str(seed), str(ud), str(md)], check=True, capture_output=True)
+    return seed
+
+
+def make_overlay(image: Image, path: Path) -> Path:
+    subprocess.run(
+        [_which("qemu-img"), "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(image.disk), str(path)],
+        check=True, capture_output=True,
+    )
+    return path
+
+
+def boot(
+    image: Image,
+    *,
+    name: str,
+    workdir: Path,
+    user_data: bytes,
+    instance_id: str,
+    overlay: Optional[Path] = None,
+    memory_mib: int = 1024,
+    smp: int = 2,
+    append: str = BASE_APPEND,
+    extra_append: str = "",
+    timeout_s: int = 600,
+) -> Run:
+    """Boot (and reboot while the guest asks to) until the guest powers off; raise if it does not."""
+    qemu = _which("qemu-system-x86_64")
+    _which("timeout")
+    workdir.mkdir(parents=True, exist_ok=True)
+    if overlay is None:
+        overlay = make_overlay(image, workdir / f"{name}.qcow2")
+    seed_dir = Path(tempfile.mkdtemp(prefix="seed-", dir=workdir))
+    seed = make_seed(seed_dir, user_data, instance_id)
+    accel = os.environ.get("E2E_ACCEL", "tcg")
+    full_append = " ".join(x for x in (append, extra_append) if x)
+    cmd = [
+        "timeout", "--kill-after=10", str(timeout_s), qemu,
+        "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
+        "-accel", "tcg,thread=multi" if accel == "tcg" else accel,
+        "-smp", str(smp), "-m", str(memory_mib),
+        "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", full_append,
+        "-drive", f"file={overlay},if=virtio,format=qcow2",
+        "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
+        "-device", "virtio-rng-pci",
+        "-nic", "none",
+        "-serial", "stdio",
+    ]
+    log = workdir / f"{name}.serial.log"
+    lines: List[Tuple[float, str]] = []
+    started = time.monotonic()
+    with open(log, "w", encoding="utf-8", errors="replace") as out:
+        out.write(f"# {shlex.join(cmd)}\n")
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            t = time.monotonic() - started
+            text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)  # systemd's colour codes
+            lines.append((t, text))
+            out.write(f"[{t:8.3f}] {text}\n")
+            out.flush()
+        rc = proc.wait()
+    elapsed = time.monotonic() - started
+    shutil.rmtree(seed_dir, ignore_errors=True)
+    run = Run(name=name, log=log, elapsed_s=elapsed, accel=accel, append=full_append, lines=lines)
+    _parse(run)
+    if rc != 0:
+        why = "timed out" if rc in (124, 137) else f"exited with {rc}"
+        raise QemuError(f"qemu {why} after {elapsed:.0f}s ({name}); serial log {log}:\n{run.tail()}")
+    if not run.boots:
+        raise QemuError(f"{name}: the guest reported nothing (no E2E-RESULT lines); serial log {log}:\n{run.tail()}")
+    return run
+
+
+def _parse(run: Run) -> None:
+    for t, text in run.lines:
+        m = _RESULT.search(text)
+        if m:
+            n, key, value = int(m.group(1)), m.group(2), m.group(3)
+            run.boots.setdefault(n, {})[key] = value
+            if key == "phase" and value == "start":
+                run.boot_host_s[n] = t
+            continue
+        for tag, sink in (("E2E-STORM ", run.storm), ("E2E-MEM ", run.mem)):
+            i = text.find(tag)
+            if i >= 0:
+                sink.append(dict(_KV.findall(text[i + len(tag):])))
+        i = text.find("E2E-STORM-BEGIN ")
+        if i >= 0:
+            run.storm_begin = dict(_KV.findall(text[i:]))
+
+
+def audit_status(report: Dict[str, str]) -> Dict[str, str]:
+    return {k[len("audit."):]: v for k, v in report.items() if k.startswith("audit.")}
+
+
+def files(report: Dict[str, str]) -> Dict[str, Dict[str, object]]:
+    """path -> {sha256, mode, owner, size, content} from the reporter's file:/b64: lines."""
+    import base64
+
+    out: Dict[str, Dict[str, object]] = {}
+    for key, value in report.items():
+        if key.startswith("file:"):
+            sha, mode, owner, size, mtime = value.split()
+            out.setdefault(key[5:], {}).update(sha256=sha, mode=int(mode, 8), owner=owner, size=int(size),
+                                               mtime=int(mtime))
+        elif key.startswith("b64:"):
+            out.setdefault(key[4:], {})["content"] = base64.b64decode(value).decode("utf-8", "replace")
+    return out
+
+
+def outputs(report: Dict[str, str]) -> List[str]:
+    """Lines the user data printed (block and user's lines), in order, from cloud-init-output.log."""
+    n = int(report.get("output_lines", "0"))
+    return [report[f"output.{i}"] for i in range(1, n + 1)]
