@@ -5,6 +5,7 @@ none); then the same check as a CDK validation plugin in real synthesis, with St
 acknowledgments, the AuditBacklog aspect, and beside cdk-nag in ``tests/apps/nag_app.py``.
 """
 
+import importlib
 import importlib.util
 import json
 import os
@@ -490,3 +491,34 @@ def test_aspect_and_check_agree_when_overrides_replace_the_template_type():
         )
 
     assert findings(_zoo(tuned=True, extra=extra)) == []
+
+
+# -- the realistic apps of tests/apps/ ------------------------------------------------------------
+
+REALISTIC_APPS = ["mixed_instances", "ecs", "eks", "user_data_kinds", "l1_raw", "stages"]
+
+
+def _synth_checked(name: str, tuned: bool, outdir: Path) -> AuditBacklogCheck:
+    module = importlib.import_module(f"tests.apps.{name}")
+    app = App(builtin_cloud_formation_validation=False, outdir=str(outdir))
+    module.build(app)
+    check = AuditBacklogCheck()
+    Validations.of(app).add_plugins(check)
+    if tuned:
+        AuditBacklog.apply_to(app)
+    try:
+        app.synth()
+    except Exception as e:  # the report is read from the plugin below
+        if "ValidationFailed" not in str(e):
+            raise
+    return check
+
+
+@pytest.mark.parametrize("name", REALISTIC_APPS)
+def test_check_on_the_realistic_apps_is_loud_before_and_silent_after_the_aspect(name, tmp_path):
+    before = _synth_checked(name, tuned=False, outdir=tmp_path / "before")
+    assert before.last_findings, f"{name}: untuned app raised no finding"
+    assert {f.rule for f in before.last_findings} == {"Untuned"}
+    after = _synth_checked(name, tuned=True, outdir=tmp_path / "after")
+    assert after.last_checked == before.last_checked
+    assert after.last_findings == [], [f.message for f in after.last_findings]
