@@ -78,7 +78,7 @@ def rules(stack: Stack, check: Optional[AuditBacklogCheck] = None) -> List[str]:
 def test_instance_without_a_block_is_untuned():
     found = findings(instance_stack("m5.large", script()))
     assert [(f.rule, f.logical_id) for f in found] == [("Untuned", "Web")]
-    assert "without a cdk-audit-backlog block" in found[0].message
+    assert "has no cdk-audit-backlog block" in found[0].message
 
 
 def test_instance_without_any_user_data_is_untuned():
@@ -239,7 +239,7 @@ def test_launch_template_without_user_data_is_untuned():
     ec2.LaunchTemplate(stack, "Lt", instance_type=ec2.InstanceType("m5.large"))
     found = findings(stack)
     assert [(f.rule, f.resource_type) for f in found] == [("Untuned", "AWS::EC2::LaunchTemplate")]
-    assert "has no user data" in found[0].message
+    assert "It has no user data." == found[0].message
 
 
 def test_launch_configuration_of_an_asg_is_checked():

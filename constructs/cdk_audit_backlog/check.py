@@ -74,10 +74,7 @@ RULES: Dict[str, str] = {
     "MalformedBlock": "EC2 launch whose cdk-audit-backlog block has no readable CAB_TARGET line.",
 }
 
-_FIX = (
-    "Tune the app with AuditBacklog.apply_to(app) from cdk_audit_backlog (or Aspects.of(scope).add(AuditBacklog())), "
-    "or acknowledge with Validations.of(resource).acknowledge(Acknowledgment(id='CdkAuditBacklog::RULE', reason=...))."
-)
+_FIX = "Tune it with cdk_audit_backlog.AuditBacklog.apply_to(app), or acknowledge it with Validations.of(construct).acknowledge()."
 
 MemoryOf = Callable[[str], Optional[int]]
 
@@ -165,7 +162,7 @@ class AuditBacklogCheck:
             PolicyViolation(
                 rule_name=f.rule,
                 description=f"{RULES[f.rule]} {f.message}",
-                fix=_FIX.replace("RULE", f.rule),
+                fix=_FIX,
                 severity="error",
                 violating_resources=[
                     PolicyViolatingResource(
@@ -225,29 +222,29 @@ class AuditBacklogCheck:
         try:
             text = None if value is None else decode_user_data(value)
         except ValueError as e:
-            return finding("Untuned", f"{logical_id} ({resource_type}) has user data that cannot be read: {e}.")
+            return finding("Untuned", f"Its user data cannot be read: {e}.")
         if text is not None and _not_linux(text) is not None:
             return None
         blocks = block_settings(text) if text else []
         if not blocks:
-            what = "has no user data" if text is None else "has user data without a cdk-audit-backlog block"
-            return finding("Untuned", f"{logical_id} ({resource_type}) {what}.")
+            what = "It has no user data." if text is None else "Its user data has no cdk-audit-backlog block."
+            return finding("Untuned", what)
         if len(blocks) > 1:
             return finding(
                 "TunedMoreThanOnce",
-                f"{logical_id} carries {len(blocks)} blocks; the last one to run wins at boot.",
+                f"Its user data carries {len(blocks)} blocks; the last one to run wins at boot.",
             )
         settings = blocks[0]
         target = settings.get("CAB_TARGET")
         if target is None or not (target == "auto" or (target.isdigit() and not target.startswith("0"))):
-            return finding("MalformedBlock", f"{logical_id} has CAB_TARGET={target!r}.")
+            return finding("MalformedBlock", f"Its block has CAB_TARGET={target!r}.")
 
         types = _instance_types(logical_id, resources)
         required, why = self._required(types)
         if target == "auto":
             weaker = self._weaker_auto(settings)
             if weaker:
-                return finding("BelowPolicy", f"{logical_id} computes auto with {weaker}.", required, "auto")
+                return finding("BelowPolicy", f"Its block computes auto with {weaker}.", required, "auto")
             return None
         limit = int(target)
         if required is None:
@@ -255,14 +252,14 @@ class AuditBacklogCheck:
                 return None
             return finding(
                 "BelowPolicy",
-                f"{logical_id} sets {limit}, but {why}: only auto (computed at boot) or a limit of at "
+                f"It sets {limit}, but {why}: only auto (computed at boot) or a limit of at "
                 f"least the policy maximum {self._policy.maximum} is sure to meet the policy.",
                 None,
                 limit,
             )
         if limit < required:
             return finding(
-                "BelowPolicy", f"{logical_id} sets {limit}; the policy asks for {required} ({why}).", required, limit
+                "BelowPolicy", f"It sets {limit}; the policy asks for {required} ({why}).", required, limit
             )
         return None
 
