@@ -122,6 +122,15 @@ class AuditBacklog:
         self.install_auditd = install_auditd
         self.allow_lower = allow_lower
         self.exclude = exclude
+        # Per-stack index of which groups use which launch template, built once at synthesis (when the
+        # tree is final) by the first launch template that needs it.
+        self._group_index: Dict[int, Dict[str, List[CfnResource]]] = {}
+
+    def _groups_by_template(self, stack: Stack) -> Dict[str, List[CfnResource]]:
+        key = id(stack)  # jsii keeps one Python object per JS object alive for the process: ids are stable
+        if key not in self._group_index:
+            self._group_index[key] = _groups_by_launch_template(stack)
+        return self._group_index[key]
 
     # -- entry points ------------------------------------------------------------------------------
 
@@ -334,7 +343,7 @@ def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
     if skip_reason:
         return _Outcome({"skipped": skip_reason}, resolved)
 
-    consumers = _consumers(resource) if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate" else []
+    consumers = _consumers(resource, aspect) if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate" else []
     if aspect.backlog_limit is not None:
         target: Optional[int] = aspect.backlog_limit
         types, memory, reason = [], None, "backlog_limit set on the aspect"
@@ -414,26 +423,34 @@ def _limit_from_types(
     return limit, types, memory, reason
 
 
-def _consumers(launch_template: CfnResource) -> List[CfnResource]:
+def _consumers(launch_template: CfnResource, aspect: AuditBacklog) -> List[CfnResource]:
     """The Auto Scaling groups and EKS node groups of the same stack that use ``launch_template``."""
     stack = Stack.of(launch_template)
-    ref = {"Ref": stack.resolve(launch_template.logical_id)}
-    out = []
+    by_template = aspect._groups_by_template(stack)
+    return by_template.get(stack.resolve(launch_template.logical_id), [])
+
+
+def _groups_by_launch_template(stack: Stack) -> Dict[str, List[CfnResource]]:
+    """Logical id of a launch template -> the groups of ``stack`` that use it (one walk of the stack)."""
+    out: Dict[str, List[CfnResource]] = {}
     for c in stack.node.find_all():
         if not isinstance(c, CfnResource) or Stack.of(c) is not stack:
             continue
-        if c.cfn_resource_type == "AWS::AutoScaling::AutoScalingGroup":
+        kind = c.cfn_resource_type
+        if kind == "AWS::AutoScaling::AutoScalingGroup":
             mixed = stack.resolve(c.mixed_instances_policy)  # type: ignore[attr-defined]
             specs = [
                 stack.resolve(c.launch_template),  # type: ignore[attr-defined]
                 _get(_get(mixed, "LaunchTemplate"), "LaunchTemplateSpecification"),
             ]
-            if any(_get(s, "LaunchTemplateId") == ref for s in specs):
-                out.append(c)
-        elif c.cfn_resource_type == "AWS::EKS::Nodegroup":
-            spec = stack.resolve(c.launch_template)  # type: ignore[attr-defined]
-            if _get(spec, "Id") == ref:
-                out.append(c)
+            ids = [_get(spec, "LaunchTemplateId") for spec in specs]
+        elif kind == "AWS::EKS::Nodegroup":
+            ids = [_get(stack.resolve(c.launch_template), "Id")]  # type: ignore[attr-defined]
+        else:
+            continue
+        for ref in ids:
+            if isinstance(ref, dict) and isinstance(ref.get("Ref"), str):
+                out.setdefault(ref["Ref"], []).append(c)
     return out
 
 
