@@ -31,7 +31,10 @@ synth: setup
 	npx --no-install cdk synth --no-notices --quiet
 	$(PY) -m cdk_audit_backlog report cdk.out
 
-demo: synth
+# Deploys the example app to moto's server on localhost with the real CDK CLI (bootstrap + deploy), reads
+# every launch back with boto3 and prints the limit in its stored user data; stops the server at the end.
+demo: setup
+	$(PY) scripts/demo.py
 
 test: setup debian-packages
 	$(PY) -m pytest

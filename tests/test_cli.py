@@ -334,7 +334,7 @@ def test_verify_passes_a_tuned_stack(capsys):
     assert all(r["status"] == "tuned" and r["block"] for r in rows)
     web = next(r for r in rows if "(Web)" in r["resource"])
     assert (web["instance_type"], web["memory_mib"], web["expected"], web["target"]) == ("t3.micro", 1024, 1024, "1024")
-    asg_rows = [r for r in rows if "Asg" in r["resource"]]
+    asg_rows = [r for r in rows if r["resource"].endswith("(Asg instance)")]
     assert len(asg_rows) == 2 and all(r["instance_type"] == "m5.large" for r in asg_rows)
     assert "5 checked, 0 untuned" in err
 

@@ -544,7 +544,7 @@ def check_stack(
 
     resources = _aws_errors(what, lambda: _stack_resources(cfn, stack))
     instance_ids: Dict[str, str] = {}  # id -> label
-    asg_names: List[str] = []
+    asg_names: Dict[str, str] = {}  # physical name -> logical id
     lt_ids: Dict[str, str] = {}
     for r in resources:
         pid = r.get("PhysicalResourceId")
@@ -554,18 +554,19 @@ def check_stack(
         if rtype == "AWS::EC2::Instance":
             instance_ids[pid] = r["LogicalResourceId"]
         elif rtype == "AWS::AutoScaling::AutoScalingGroup":
-            asg_names.append(pid)
+            asg_names[pid] = r["LogicalResourceId"]
         elif rtype == "AWS::EC2::LaunchTemplate":
             lt_ids[pid] = r["LogicalResourceId"]
 
     def asg_instances() -> None:
-        for names in _chunks(asg_names, 50):
+        for names in _chunks(sorted(asg_names), 50):
             for page in asg.get_paginator("describe_auto_scaling_groups").paginate(
                 AutoScalingGroupNames=list(names)
             ):
                 for g in page.get("AutoScalingGroups", []):
                     for i in g.get("Instances", []):
-                        instance_ids.setdefault(i["InstanceId"], f"{g['AutoScalingGroupName']}")
+                        label = asg_names.get(g["AutoScalingGroupName"], g["AutoScalingGroupName"])
+                        instance_ids.setdefault(i["InstanceId"], f"{label} instance")
 
     _aws_errors(what, asg_instances)
 

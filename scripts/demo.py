@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""`make demo`: deploy the example app to a local AWS emulator and show what every launch booted with.
+
+1. starts moto's server on ``localhost`` (not 127.0.0.1: the CDK CLI would read the bootstrap bucket's
+   template URL as bucket "127") on a free port;
+2. runs the real CDK CLI against it, the path a real account takes: ``cdk bootstrap``, then
+   ``cdk deploy --method=direct --require-approval never`` (dummy credentials, account 123456789012,
+   us-east-1);
+3. reads back with boto3 every instance (the ASG's included) and launch template of the stack and prints
+   resource, instance type, memory, the limit in the stored user data, and whether the block is there;
+4. stops the emulator.
+
+Exit status 0 when every launch carries the block, 1 when one does not, 2 when a step fails.
+Against a real account the same deploy is ``npx cdk deploy`` with your credentials, and the same check is
+``cdk-audit-backlog verify --stack AuditBacklogExample``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Dict, List, Optional
+
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+REPO = Path(__file__).resolve().parent.parent
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+STACK = "AuditBacklogExample"
+
+
+def log(msg: str) -> None:
+    print(f"demo: {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+class MotoServer:
+    """moto's server as a child process on localhost; stopped by its own pid."""
+
+    def __init__(self, port: int, log_path: Path) -> None:
+        self.port = port
+        self.url = f"http://localhost:{port}"
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "localhost", "-p", str(port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto server exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise RuntimeError(f"moto server not answering on {self.url} after {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def emulator_env(endpoint: str) -> Dict[str, str]:
+    env = dict(os.environ)
+    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
+        env.pop(k, None)
+    env.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_REGION=REGION,
+        AWS_DEFAULT_REGION=REGION,
+        AWS_EC2_METADATA_DISABLED="true",
+        CDK_DEFAULT_ACCOUNT=ACCOUNT,
+        CDK_DEFAULT_REGION=REGION,
+        CDK_DISABLE_CLI_TELEMETRY="true",
+        JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION="20",
+        # app.py runs as `python3 app.py` (cdk.json): make that the venv's python.
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    )
+    return env
+
+
+def cdk(args: List[str], env: Dict[str, str], what: str) -> None:
+    cmd = ["npx", "--no-install", "cdk", *args, "--no-notices"]
+    log(f"{what}: {' '.join(cmd)}")
+    t = time.monotonic()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout)
+        raise RuntimeError(f"{what} failed (exit {proc.returncode})")
+    log(f"{what}: done in {time.monotonic() - t:.1f} s")
+
+
+def read_back(endpoint: str) -> int:
+    """Print the table; return the number of launches without the block."""
+    import boto3
+
+    from cdk_audit_backlog.cli import check_stack, format_table
+
+    session = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+    )
+    os.environ["AWS_ENDPOINT_URL"] = endpoint  # boto3 reads it per client
+    checks = check_stack(STACK, session=session, region=REGION, console=False)
+    headers = ("resource", "kind", "instance_type", "memory_mib", "limit_chosen", "block_in_user_data")
+    rows = [
+        [
+            c.resource,
+            c.kind,
+            c.instance_type or "-",
+            "unknown" if c.memory_mib is None else str(c.memory_mib),
+            c.target or "-",
+            "yes" if c.block else "NO",
+        ]
+        for c in sorted(checks, key=lambda c: (c.kind != "launch-template", c.resource))
+    ]
+    print(format_table(headers, rows), end="", flush=True)
+    return sum(1 for c in checks if not c.block)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--output", help="cloud assembly directory (default: a temporary one)")
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="cab-demo-"))
+    out_dir = Path(args.output) if args.output else workdir / "cdk.out"
+    server = MotoServer(free_port(), workdir / "moto.log")
+    try:
+        server.wait_ready()
+        log(f"moto server on {server.url} (pid {server.proc.pid})")
+        env = emulator_env(server.url)
+        cdk(["bootstrap", f"aws://{ACCOUNT}/{REGION}", "-o", str(out_dir)], env, "bootstrap")
+        cdk(
+            ["deploy", STACK, "--method=direct", "--require-approval", "never", "-o", str(out_dir)],
+            env,
+            "deploy",
+        )
+        untuned = read_back(server.url)
+    except RuntimeError as e:
+        log(f"error: {e}")
+        return 2
+    finally:
+        server.stop()
+        log("moto server stopped")
+        if not args.output:
+            shutil.rmtree(workdir, ignore_errors=True)
+    log(f"{'every launch carries the block' if not untuned else f'{untuned} launch(es) WITHOUT the block'}; "
+        f"total {time.monotonic() - started:.1f} s")
+    return 1 if untuned else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""`make demo`, run for real: moto's server, the CDK CLI's bootstrap and deploy, the read-back table."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.cli
+
+
+def _rows(stdout: str):
+    lines = stdout.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("resource "))
+    header = lines[start].split()
+    rows = []
+    for line in lines[start + 2:]:
+        if line.startswith("demo:"):
+            break
+        # resource is "<id> (<label>)": split it off, the rest are single words.
+        m = re.match(r"^(\S+ \([^)]*\))\s+(.*)$", line)
+        rows.append(dict(zip(header, [m.group(1), *m.group(2).split()])))
+    return rows
+
+
+def test_demo_deploys_the_example_to_moto_and_every_launch_is_tuned():
+    t = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "scripts/demo.py"], cwd=REPO, capture_output=True, text=True, timeout=240
+    )
+    elapsed = time.monotonic() - t
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "bootstrap: done" in out and "deploy: done" in out
+    assert "!!" not in out + proc.stderr  # no Node end-of-life banner in the demo's output
+
+    rows = _rows(out)
+    by_label = {re.search(r"\((.*)\)", r["resource"]).group(1): r for r in rows}
+    web = next(v for k, v in by_label.items() if k.startswith("Web"))
+    assert (web["kind"], web["instance_type"], web["memory_mib"], web["limit_chosen"]) == (
+        "instance", "t3.micro", "1024", "1024")
+    lt = next(v for k, v in by_label.items() if k.startswith("WorkerTemplate"))
+    assert (lt["kind"], lt["instance_type"], lt["limit_chosen"]) == ("launch-template", "m5.large", "8192")
+    workers = [v for k, v in by_label.items() if k.startswith("Workers") and k.endswith(" instance")]
+    assert workers, "the ASG launched no instance"
+    assert all(w["instance_type"] == "m5.large" and w["limit_chosen"] == "8192" for w in workers)
+    assert all(r["block_in_user_data"] == "yes" for r in rows)
+
+    # The emulator is gone: its pid no longer exists.
+    pid = int(re.search(r"\(pid (\d+)\)", out).group(1))
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert elapsed < 120, f"demo took {elapsed:.0f} s"
