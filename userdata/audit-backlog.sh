@@ -1,5 +1,18 @@
 #!/bin/bash
-# cdk-audit-backlog boot script (first, simple version; see issue 4 for the full apply-and-verify).
+# cdk-audit-backlog boot script: sets the kernel audit backlog limit (auditctl -b) now, persists it where
+# the next boot loads it, verifies with auditctl -s and reports one console line per decision.
+#
+# The contract (inputs, block shape, console lines, state file, persistence) is in docs/design.md,
+# section "The boot block". Rules for this file, because the renderer (user_data.py) strips comment
+# lines, blank lines and indentation and embeds the rest in a quoted here-document:
+#   - no here-documents, no multi-line strings, no line continuations inside strings;
+#   - no line may start with '#' unless it is a comment;
+#   - bash 4.2 compatible (Amazon Linux 1/2, RHEL 7): no empty arrays under set -u, no ${x@Q};
+#   - every filesystem path goes through $R (CAB_ROOT, empty on instances) so the tests can run this
+#     very script on fixture roots; every external command that can hang runs under timeout;
+#   - lines between "# @@CAB_IF <feature>@@" and "# @@CAB_ENDIF@@" are left out of the rendered block
+#     when the feature is off at synth time (auto, wait, install, cmdline); they still check their input
+#     at run time, so this file works on its own with every feature.
 # @@CAB_INPUTS_BEGIN@@
 CAB_TARGET="${CAB_TARGET:-auto}"
 CAB_FRACTION_PPM="${CAB_FRACTION_PPM:-10000}"
@@ -11,30 +24,211 @@ CAB_INSTALL_AUDITD="${CAB_INSTALL_AUDITD:-0}"
 CAB_ALLOW_LOWER="${CAB_ALLOW_LOWER:-0}"
 CAB_SOURCE="${CAB_SOURCE:-unknown}"
 # @@CAB_INPUTS_END@@
-CAB_ROOT="${CAB_ROOT:-}"
 
-cab_log() {
+# R: filesystem root (fixtures); E: audit config dir; O: our rules.d file. Its name sorts after
+# audit.rules and every other letter-named file in `ls -1v` order, so augenrules keeps its -b (last wins).
+R=${CAB_ROOT:-}
+E=$R/etc/audit
+O=zz-cdk-audit-backlog.rules
+
+say() {
   echo "cdk-audit-backlog: $*"
 }
 
-# The policy formula; twin of BacklogPolicy.limit_for_memory_bytes in policy.py.
-cab_limit_for_kib() {
-  local budget fits limit=1
-  budget=$(( $1 * 1024 * CAB_FRACTION_PPM / 1000000 ))
-  fits=$(( budget / 8970 ))
-  if [ "$fits" -lt 1 ]; then limit=0; else while [ $(( limit * 2 )) -le "$fits" ]; do limit=$(( limit * 2 )); done; fi
-  [ "$limit" -lt "$CAB_MIN" ] && limit=$CAB_MIN
-  [ "$limit" -gt "$CAB_MAX" ] && limit=$CAB_MAX
-  echo "$limit"
+has() {
+  command -v "$1" >/dev/null
 }
 
-cab_main() {
-  set -euo pipefail
-  local target=$CAB_TARGET
-  if [ "$target" = auto ]; then
-    target=$(cab_limit_for_kib "$(awk '/^MemTotal:/ {print $2}' "$CAB_ROOT/proc/meminfo")")
+# q SECONDS COMMAND...: run COMMAND bounded and quietly (its exit status is what counts).
+q() {
+  timeout "$@" >/dev/null 2>&1
+}
+
+# @@CAB_IF auto@@
+# The policy formula; twin of BacklogPolicy.limit_for_memory_bytes in policy.py (the agreement is
+# property-tested). $1 is MemTotal in kB. The budget bytes*ppm/1e6 is split so 64-bit arithmetic
+# cannot overflow; the loop finds the largest power of two <= budget/8970 (1 when there is none,
+# which the clamp turns into the minimum as policy.py does, since minimum >= 1).
+cab_limit_for_kib() {
+  local b=$(($1*1024)) p=$CAB_FRACTION_PPM l=1 f
+  # shellcheck disable=SC2017  # the split is exact: (q*M + r)*p/M = q*p + r*p/M
+  f=$(((b/1000000*p+b%1000000*p/1000000)/8970))
+  while ((l*2<=f)); do l=$((l*2)); done
+  echo $((l>CAB_MAX?CAB_MAX:l<CAB_MIN?CAB_MIN:l))
+}
+# @@CAB_ENDIF@@
+
+# Kernel status from `auditctl -s` (audit 2.4+ "key value" lines, or the older single
+# "AUDIT_STATUS: key=value ..." line): en enabled, lo lost, bw backlog_wait_time, bl backlog_limit
+# (empty when auditctl cannot report it).
+st() {
+  read -r en lo bw bl < <(timeout 20 auditctl -s 2>/dev/null | awk -F'[ =]' '{for(i=1;i<NF;i++)v[$i]=$(i+1)}END{print v["enabled"]+0,v["lost"]+0,v["backlog_wait_time"]+0,v["backlog_limit"]}') || :
+}
+
+# lb FILE...: the value of the last -b line (what augenrules and auditctl -R keep); empty if none.
+lb() {
+  awk '/^[ \t]*-b/{sub(/-b/,"");b=$1+0}END{print b}' "$@"
+}
+
+# mb [SKIP]: the -b that augenrules' merge of rules.d loads (files in `ls -1v` order, *.rules only),
+# leaving out file SKIP.
+mb() {
+  # shellcheck disable=SC2012  # ls -1v is augenrules' own order; rules file names have no newlines
+  ls -1v "$E/rules.d" | while read -r f; do
+    [[ $f != *.rules || $f = "${1:-}" ]] || cat "$E/rules.d/$f"
+  done | lb
+}
+
+# kv KEY VALUE: stdin to stdout with "KEY VALUE" on top (so before any -e line) and without the
+# other KEY lines.
+kv() {
+  awk -v k="$1" -v v="$2" 'BEGIN{print k" "v}$1!~"^"k'
+}
+
+# @@CAB_IF cmdline@@
+# cab_cmdline N: audit_backlog_limit=N on the command line of every installed kernel, once.
+cab_cmdline() {
+  local a=audit_backlog_limit=$1 g=$R/etc/default/grub x="no grubby or grub"
+  if has grubby; then
+    x=$(timeout 60 grubby --info=ALL | grep '^args=' | grep -v "[\" ]${a}[\" ]") || :
+    if [ -n "$x" ]; then
+      x=grubby
+      q 120 grubby --update-kernel=ALL --args="$a" || x=failed
+    fi
+  elif [ -f "$g" ]; then
+    x=
+    if ! grep -q "^GRUB_CMDLINE_LINUX=.*[\" ]${a}[\" ]" "$g"; then
+      grep -q '^GRUB_CMDLINE_LINUX=' "$g" || echo 'GRUB_CMDLINE_LINUX=""' >>"$g"
+      sed -i -E "/^GRUB_CMDLINE_LINUX=/{s/ ?audit_backlog_limit=[0-9]*//g;s/\"\$/ $a\"/}" "$g"
+      x=update-grub
+      if has $x; then q 300 $x; else x=grub2-mkconfig; q 300 $x -o "$R/boot/grub2/grub.cfg"; fi || x=failed
+    fi
   fi
-  cab_log "target $target ($CAB_SOURCE)"
+  say "cmdline: $a ${x:-already set}"
+}
+# @@CAB_ENDIF@@
+
+cab_main() {
+  set -Eeuo pipefail
+  trap 'say "error line $LINENO: $BASH_COMMAND"' ERR
+  umask 027
+  # t target, s source, w wait time, m method, a augenrules layout, c rules need our -b, f file we
+  # persist in, ok persisted, ch changed a file; d limit the rules load, n limit the kernel gets,
+  # o kernel limit before.
+  t=$CAB_TARGET s=$CAB_SOURCE w=$CAB_WAIT m=none a=0 c=0 f=$E/audit.rules ok=yes ch=0
+  # @@CAB_IF auto@@
+  if [ "$t" = auto ]; then
+    # No MemTotal (no /proc/meminfo): 0 kB, for which the formula gives the minimum.
+    k=$(awk '/^MemTotal:/{print $2+0}' "$R/proc/meminfo" 2>/dev/null) || k=
+    t=$(cab_limit_for_kib "${k:-0}")
+    s="$s, MemTotal ${k:-?} kB"
+  fi
+  # @@CAB_ENDIF@@
+  say "target $t ($s)"
+  # @@CAB_IF install@@
+  if ! has auditctl && [ "$CAB_INSTALL_AUDITD" = 1 ]; then
+    for p in dnf yum zypper apt-get; do has $p && break; done
+    x=audit
+    if [ "$p" = apt-get ]; then
+      q 300 apt-get update || :
+      x=auditd
+    fi
+    if DEBIAN_FRONTEND=noninteractive q 600 "$p" install -y $x; then
+      say "install: $x ($p)"
+    else
+      say "install: $x failed ($p)"
+    fi
+  fi
+  # @@CAB_ENDIF@@
+  st
+  o=${bl:-?}
+  d=$t
+  if ! has auditctl; then
+    say "no auditd: nothing applied"
+    ok=-
+  else
+    # @@CAB_IF wait@@
+    if [ -n "$w" ] && ! timeout 20 auditctl -h 2>&1 | grep -q backlog_wait_time; then
+      say "backlog_wait_time: unsupported by auditctl"
+      w=
+    fi
+    # @@CAB_ENDIF@@
+    # augenrules layout: auditd's start merges rules.d into audit.rules (systemd units, or SysV with
+    # USE_AUGENRULES=yes). Otherwise auditd loads /etc/audit/audit.rules as it is (Amazon Linux 1).
+    if [ -d "$E/rules.d" ] && has augenrules && { [ -d "$R/run/systemd/system" ] || grep -qsi '^USE_AUGENRULES="\?y' "$R"/etc/{sysconfig,default}/auditd; }; then
+      a=1
+      f=$E/rules.d/$O
+      p=$(mb $O)
+    else
+      p=$(lb "$f") || p=
+    fi
+    if [ "$t" = "$p" ]; then
+      say "persist: -b $t already"
+    elif (( t > ${p:-0} )) || [ "$CAB_ALLOW_LOWER" = 1 ]; then
+      c=1
+    else
+      d=$p
+      say "persist: kept larger -b $p"
+    fi
+    # x: the new content of f (our own file is rebuilt from nothing; audit.rules is edited).
+    k=$(cat "$f" 2>/dev/null) || k=
+    x=$k
+    [ $a = 0 ] || x=
+    [ $c = 0 ] || x=$(printf %s "$x" | kv -b "$d")
+    # @@CAB_IF wait@@
+    [ -z "$w" ] || x=$(printf %s "$x" | kv --backlog_wait_time "$w")
+    # @@CAB_ENDIF@@
+    if [ "$x" != "$k" ]; then
+      # A backup of audit.rules before our first edit; our own file needs none (an emptied one stays).
+      if { [ $a = 1 ] || [ -e "$f.cab-orig" ] || cp -p "$f" "$f.cab-orig"; } && printf '%s\n' "$x" >"$f"; then
+        ch=1
+        say "persist: wrote ${f#"$R"}"
+      else
+        ok=no
+        say "persist: cannot write ${f#"$R"}"
+      fi
+    fi
+    # augenrules: regenerate audit.rules from rules.d (no load) after a change, so that a plain
+    # `auditctl -R audit.rules` also gets it; check the merge keeps our -b (audit.rules edits always do).
+    if [ $a = 1 ]; then
+      [ $ch = 0 ] || [ "$en" = 2 ] || q 60 augenrules || say "augenrules failed"
+      p=$(mb)
+      if [ $ok = yes ] && [ "$p" != "$d" ]; then
+        ok=no
+        say "persist: rules load -b ${p:-none}"
+      fi
+    fi
+    n=$d
+    if [ "$CAB_ALLOW_LOWER" != 1 ] && (( ${bl:-0} > d )); then
+      n=$bl
+      say "apply: kept larger $bl"
+    fi
+    if [ "$en" = 2 ]; then
+      m=next-boot
+      say "immutable: takes effect at next boot"
+    else
+      [ "$bl" = "$n" ] || ! q 20 auditctl -b "$n" || m=auditctl
+      # @@CAB_IF wait@@
+      if [ -n "$w" ] && [ "$bw" != "$w" ]; then
+        m=auditctl
+        q 20 auditctl --backlog_wait_time "$w" || say "backlog_wait_time $w refused"
+      fi
+      # @@CAB_ENDIF@@
+      st
+      [ "$bl" = "$n" ] || say "verify: limit ${bl:-?}"
+    fi
+  fi
+  # @@CAB_IF cmdline@@
+  [ "$CAB_KERNEL_CMDLINE" != 1 ] || cab_cmdline "$d"
+  # @@CAB_ENDIF@@
+  x=${bl:+$lo}
+  say "backlog_limit $o -> ${bl:-?} ($s; method $m; lost ${x:-?})"
+  f=$R/var/lib/cdk-audit-backlog/state
+  # Written when this run changed something (a file, or the kernel: method other than none).
+  if [ $ch$m != 0none ] || [ ! -e "$f" ]; then
+    mkdir -p "${f%/*}"
+    printf '%s\n' "target=$t" "limit=${bl:-?}" "old=$o" "persisted=$ok" "method=$m" "lost=${x:-?}" "source=$s" >"$f"
+  fi
 }
 
 cab_main </dev/null

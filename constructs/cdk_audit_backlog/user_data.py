@@ -62,6 +62,16 @@ class BlockInputs:
                 f"source must match {_SOURCE_RE.pattern} (an instance type and its memory), got {self.source!r}"
             )
 
+    def features(self) -> frozenset:
+        """The optional parts of the script these inputs use (the others are left out of the block)."""
+        used = {
+            "auto": self.target is None,
+            "wait": self.backlog_wait_time is not None,
+            "install": self.install_auditd,
+            "cmdline": self.kernel_cmdline,
+        }
+        return frozenset(name for name, on in used.items() if on)
+
     def assignments(self) -> list[str]:
         p = self.policy
         wait = "" if self.backlog_wait_time is None else str(self.backlog_wait_time)
@@ -83,24 +93,50 @@ def script_text() -> str:
     return resources.files(__package__).joinpath("userdata", SCRIPT_NAME).read_text(encoding="utf-8")
 
 
-@functools.lru_cache(maxsize=1)
-def _compact_body() -> str:
-    """The script's body without shebang, comments, blank lines, indentation and its input section.
+#: Optional parts of the script, each between ``# @@CAB_IF <name>@@`` and ``# @@CAB_ENDIF@@``.
+FEATURES = ("auto", "wait", "install", "cmdline")
+_IF_RE = re.compile(r"^# @@CAB_IF ([a-z]+)@@$")
+_ENDIF = "# @@CAB_ENDIF@@"
 
-    Safe because the script has no here-documents and no multi-line strings (a test checks that the
-    compacted script still passes ``bash -n`` and behaves the same as the file).
+
+@functools.lru_cache(maxsize=None)
+def _compact_body(features: frozenset = frozenset(FEATURES)) -> str:
+    """The script's body without shebang, comments, blank lines, indentation, its input section and
+    the optional parts whose feature is not in ``features``.
+
+    Safe because the script has no here-documents and no multi-line strings (the tests run the
+    rendered block, check it with ``bash -n`` and shellcheck, for every combination of features).
+    An optional part left out is dead code for those inputs: each part also tests its input at run
+    time, so the full script behaves the same standalone.
     """
+    unknown = set(features) - set(FEATURES)
+    if unknown:
+        raise ValueError(f"unknown block features {sorted(unknown)}; known: {FEATURES}")
     text = script_text()
     if _INPUTS_BEGIN not in text or _INPUTS_END not in text:
         raise RuntimeError(f"{SCRIPT_NAME} lost its input markers {_INPUTS_BEGIN} / {_INPUTS_END}")
     before, rest = text.split(_INPUTS_BEGIN, 1)
     _, after = rest.split(_INPUTS_END, 1)
     lines = []
+    skipping: Optional[str] = None
     for line in (before + after).splitlines():
         stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
+        gate = _IF_RE.match(stripped)
+        if gate:
+            if skipping is not None or gate.group(1) not in FEATURES:
+                raise RuntimeError(f"{SCRIPT_NAME}: bad or nested gate {stripped!r}")
+            skipping = "" if gate.group(1) in features else gate.group(1)
+            continue
+        if stripped == _ENDIF:
+            if skipping is None:
+                raise RuntimeError(f"{SCRIPT_NAME}: {_ENDIF} without {_IF_RE.pattern}")
+            skipping = None
+            continue
+        if skipping or not stripped or stripped.startswith("#"):
             continue
         lines.append(stripped)
+    if skipping is not None:
+        raise RuntimeError(f"{SCRIPT_NAME}: unterminated gate")
     body = "\n".join(lines) + "\n"
     if _HEREDOC in body:
         raise RuntimeError(f"{SCRIPT_NAME} must not contain the here-document delimiter {_HEREDOC}")
@@ -114,7 +150,7 @@ def render_block(inputs: BlockInputs) -> str:
             BLOCK_BEGIN + "\n",
             f"/bin/bash -s <<'{_HEREDOC}' || true\n",
             "\n".join(inputs.assignments()) + "\n",
-            _compact_body(),
+            _compact_body(inputs.features()),
             _HEREDOC + "\n",
             BLOCK_END + "\n",
         ]

@@ -1,0 +1,291 @@
+"""Fixture roots: one per distribution layout of FACTS.md's table, built from what each ships.
+
+``build(root, name)`` lays out ``etc/audit``, the fake commands (``tests/boot/fakes.py``) where the
+distribution has them, ``run/systemd/system`` on systemd distributions, the boot loader configuration,
+``proc/meminfo``; then it "boots" the fixture (fresh kernel state, auditd's start loads the rules) so
+the kernel's limit is what that distribution has when user data runs. The call log is then emptied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Optional
+
+from . import fakes
+
+# What the distributions ship in /etc/audit/rules.d/audit.rules (or audit.rules), per FACTS.md.
+DEBIAN_RULES = (
+    "## First rule - delete all\n-D\n\n"
+    "## Increase the buffers to survive stress events.\n## Make this bigger for busy systems\n-b 8192\n\n"
+    "## This determine how long to wait in burst of events\n--backlog_wait_time 60000\n\n"
+    "## Set failure mode to syslog\n-f 1\n\n"
+)
+RHEL8_RULES = DEBIAN_RULES  # RHEL 8/9 (audit 3.0.7): the same four lines
+RHEL7_RULES = (
+    "# This file contains the auditctl rules that are loaded\n# whenever the audit daemon is started via the initscripts.\n"
+    "# The rules are simply the parameters that would be passed\n# to auditctl.\n\n"
+    "# First rule - delete all\n-D\n\n# Increase the buffers to survive stress events.\n"
+    "# Make this bigger for busy systems\n-b 8192\n\n# Feel free to add below this line. See auditctl man page\n"
+    "-f 1\n"
+)
+AL2_SEED_RULES = "# First rule - delete all\n-D\n\n# Increase the buffers to survive stress events.\n-b 320\n\n-f 1\n"
+FEDORA_RULES = (
+    "## First rule - delete all\n-D\n\n"
+    "## This suppresses syscall auditing for all tasks started\n## with this rule in effect.  Remove it if you need syscall\n"
+    "## auditing.\n-a task,never\n"
+)
+AL1_RULES = "# First rule - delete all\n-D\n\n# Increase the buffers to survive stress events.\n-b 320\n\n-a never,task\n"
+SUSE_RULES = "-D\n-a task,never\n"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One distribution's audit and boot set-up."""
+
+    rules: dict = field(default_factory=dict)  # path under etc/audit -> text
+    auditd: bool = True
+    systemd: bool = True
+    refuse_manual_stop: bool = True
+    loader: str = "augenrules"  # how auditd's start loads rules: augenrules --load | auditctl -R audit.rules
+    version: str = "3.0"
+    bwt_supported: bool = True
+    status_format: str = "lines"
+    hz: int = 250
+    boot: str = "grubby"  # grubby | grub (/etc/default/grub + update-grub) | grub2 (grub2-mkconfig only)
+    package_manager: str = "dnf"
+    package_name: str = "audit"
+    start_on_install: bool = False
+    sysconfig: Optional[str] = None  # /etc/sysconfig/auditd text (SysV)
+    mem_kib: Optional[int] = 8006068  # MemTotal of an 8 GiB instance; None: no /proc/meminfo
+
+
+LAYOUTS: dict[str, Layout] = {
+    "al2": Layout(rules={"rules.d/audit.rules": AL2_SEED_RULES}, version="2.8", package_manager="yum"),
+    "al2-rhel7-file": Layout(rules={"rules.d/audit.rules": RHEL7_RULES}, version="2.8", package_manager="yum"),
+    "al2023-fedora-file": Layout(rules={"rules.d/audit.rules": FEDORA_RULES}),
+    "al2023-rhel-file": Layout(rules={"rules.d/audit.rules": RHEL8_RULES}),
+    "rhel9": Layout(rules={"rules.d/audit.rules": RHEL8_RULES}),
+    "rhel7": Layout(rules={"rules.d/audit.rules": RHEL7_RULES}, version="2.8", package_manager="yum"),
+    "fedora": Layout(rules={"rules.d/audit.rules": FEDORA_RULES}),
+    "ubuntu2204": Layout(
+        rules={"rules.d/audit.rules": DEBIAN_RULES},
+        refuse_manual_stop=False,
+        boot="grub",
+        package_manager="apt-get",
+        package_name="auditd",
+        start_on_install=True,
+    ),
+    "ubuntu2404": Layout(
+        rules={"rules.d/audit.rules": DEBIAN_RULES},
+        refuse_manual_stop=False,
+        boot="grub",
+        package_manager="apt-get",
+        package_name="auditd",
+        start_on_install=True,
+    ),
+    "debian12": Layout(
+        rules={"rules.d/audit.rules": DEBIAN_RULES},
+        refuse_manual_stop=False,
+        boot="grub",
+        package_manager="apt-get",
+        package_name="auditd",
+        start_on_install=True,
+    ),
+    # Amazon Linux 1: SysV init, auditd loads /etc/audit/audit.rules itself (USE_AUGENRULES="no"), even
+    # though the package also ships augenrules and a rules.d directory.
+    "al1": Layout(
+        rules={"audit.rules": AL1_RULES, "rules.d/audit.rules": AL1_RULES},
+        systemd=False,
+        loader="auditctl",
+        version="2.6",
+        sysconfig='EXTRAOPTIONS=""\nAUDITD_LANG="en_US"\nAUDITD_CLEAN_STOP="yes"\nUSE_AUGENRULES="no"\n',
+        package_manager="yum",
+    ),
+    "sles15": Layout(rules={"rules.d/audit.rules": SUSE_RULES}, boot="grub2", package_manager="zypper"),
+}
+LAYOUTS["ubuntu2204-no-auditd"] = replace(LAYOUTS["ubuntu2204"], auditd=False)
+LAYOUTS["ubuntu2404-no-auditd"] = replace(LAYOUTS["ubuntu2404"], auditd=False)
+
+KERNEL = "vmlinuz-6.1.0-fixture"
+BOOT_ARGS = "root=UUID=0000 ro console=tty0 console=ttyS0,115200n8"
+
+
+def build(root: Path, name: str, **overrides) -> Layout:
+    layout = replace(LAYOUTS[name], **overrides)
+    root.mkdir(parents=True, exist_ok=True)
+    fake = root / ".fake"
+    fake.mkdir(exist_ok=True)
+    etc_audit = root / "etc/audit"
+    package_files = {f"etc/audit/{rel}": text for rel, text in layout.rules.items()}
+    cfg = {
+        "version": layout.version,
+        "bwt_supported": layout.bwt_supported,
+        "status_format": layout.status_format,
+        "hz": layout.hz,
+        "loader": layout.loader,
+        "refuse_manual_stop": layout.refuse_manual_stop,
+        "package_manager": layout.package_manager,
+        "package_name": layout.package_name,
+        "start_on_install": layout.start_on_install,
+        "package_files": package_files,
+    }
+    (fake / "config.json").write_text(json.dumps(cfg, indent=1))
+    if layout.auditd:
+        for rel, text in package_files.items():
+            p = root / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(text)
+            p.chmod(0o640)
+        for cmd in ("auditctl", "augenrules"):
+            fakes.write_wrapper(root / "sbin" / cmd, cmd)
+    if layout.systemd:
+        (root / "run/systemd/system").mkdir(parents=True, exist_ok=True)
+        fakes.write_wrapper(root / "usr/bin/systemctl", "systemctl")
+    fakes.write_wrapper(root / "usr/sbin/service", "service")
+    if layout.sysconfig is not None:
+        (root / "etc/sysconfig").mkdir(parents=True, exist_ok=True)
+        (root / "etc/sysconfig/auditd").write_text(layout.sysconfig)
+    fakes.write_wrapper(root / "usr/bin" / layout.package_manager, layout.package_manager)
+    (root / "boot").mkdir(exist_ok=True)
+    (root / "boot" / KERNEL).write_text("")
+    if layout.boot == "grubby":
+        fakes.write_wrapper(root / "usr/sbin/grubby", "grubby")
+        entries = root / "boot/loader/entries"
+        entries.mkdir(parents=True, exist_ok=True)
+        for n, ver in enumerate(("6.1.0-fixture", "6.1.0-fixture-old")):
+            (entries / f"fixture-{ver}.conf").write_text(
+                f"title Fixture ({ver})\nversion {ver}\nlinux /vmlinuz-{ver}\noptions {BOOT_ARGS}\n"
+            )
+    else:
+        (root / "etc/default").mkdir(parents=True, exist_ok=True)
+        (root / "etc/default/grub").write_text(
+            'GRUB_DEFAULT=0\nGRUB_TIMEOUT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\nGRUB_CMDLINE_LINUX=""\n'
+        )
+        if layout.boot == "grub":
+            fakes.write_wrapper(root / "usr/sbin/update-grub", "update-grub")
+        fakes.write_wrapper(root / "usr/sbin/grub2-mkconfig", "grub2-mkconfig")
+    (root / "proc").mkdir(exist_ok=True)
+    if layout.mem_kib is not None:
+        (root / "proc/meminfo").write_text(
+            f"MemTotal:       {layout.mem_kib} kB\nMemFree:         7371520 kB\nMemAvailable:    7640000 kB\n"
+        )
+    (root / "var/lib").mkdir(parents=True, exist_ok=True)
+    fakes.boot(root)
+    if layout.auditd and layout.loader == "augenrules" and not (etc_audit / "audit.rules").exists():
+        raise AssertionError("fixture boot did not generate audit.rules")
+    calls = fake / "calls"
+    if calls.exists():
+        calls.unlink()
+    return layout
+
+
+def set_kernel(root: Path, **values) -> None:
+    """Change the fixture's running kernel state (e.g. enabled=2 for immutable)."""
+    path = root / ".fake/kernel.json"
+    k = json.loads(path.read_text())
+    k.update(values)
+    path.write_text(json.dumps(k, indent=1))
+
+
+def kernel(root: Path) -> dict:
+    return json.loads((root / ".fake/kernel.json").read_text())
+
+
+def calls(root: Path) -> list[str]:
+    p = root / ".fake/calls"
+    return p.read_text().splitlines() if p.exists() else []
+
+
+def clear_calls(root: Path) -> None:
+    p = root / ".fake/calls"
+    if p.exists():
+        p.unlink()
+
+
+# Real tools the script may use, and nothing else: a command missing here fails the test loudly.
+SANDBOX_TOOLS = (
+    "bash", "sh", "awk", "sed", "grep", "ls", "cat", "tr", "cp", "rm", "chmod", "mkdir", "timeout",
+    "env", "sleep", "head", "mktemp", "cmp",
+)  # fmt: skip
+
+
+def make_sandbox(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    for tool in SANDBOX_TOOLS:
+        real = shutil.which(tool, path="/usr/bin:/bin")
+        if real is None:
+            raise RuntimeError(f"{tool} not found on this machine")
+        link = path / tool
+        if not link.exists():
+            os.symlink(real, link)
+    return path
+
+
+def tree_digest(root: Path) -> dict:
+    """Every file under root except the fakes' own bookkeeping, with its content, mode and mtime."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if rel.startswith(".fake") or p.is_dir():
+            continue
+        st = p.lstat()
+        out[rel] = (p.read_bytes() if p.is_file() else b"", st.st_mode, st.st_mtime_ns)
+    return out
+
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "userdata" / "audit-backlog.sh"
+
+
+def script_env(root: Path, sandbox: Path, **inputs) -> dict:
+    """The environment the script gets on a fixture: the fixture's bin directories first (as on the
+    instance), the sandbox of real tools last; inputs as CAB_* variables (None: unset)."""
+    env = {
+        "PATH": f"{root}/usr/sbin:{root}/usr/bin:{root}/sbin:{root}/bin:{sandbox}",
+        "CAB_ROOT": str(root),
+        "LANG": "C.UTF-8",
+    }
+    for key, value in inputs.items():
+        if value is not None:
+            env[f"CAB_{key.upper()}"] = str(value)
+    return env
+
+
+def run_script(root: Path, sandbox: Path, timeout: float = 60, **inputs):
+    """Run the shipped script (all features) on the fixture, as `bash audit-backlog.sh`."""
+    import subprocess
+
+    return subprocess.run(
+        [str(sandbox / "bash"), str(SCRIPT)],
+        env=script_env(root, sandbox, **inputs),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def run_user_data(root: Path, sandbox: Path, text: str, timeout: float = 60):
+    """Run a whole user data script (e.g. the rendered block plus user lines) the way cloud-init does:
+    written to a file and executed through its shebang."""
+    import subprocess
+
+    path = root / ".fake" / "user-data"
+    path.write_text(text)
+    path.chmod(0o700)
+    return subprocess.run(
+        [str(path)],
+        env=script_env(root, sandbox),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def console_lines(stdout: str) -> list[str]:
+    return [line for line in stdout.splitlines() if line.startswith("cdk-audit-backlog: ")]
