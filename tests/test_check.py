@@ -381,17 +381,25 @@ def test_nag_app_reports_both_plugins_and_passes_once_tuned(tmp_path):
     assert _violations(tmp_path / "tuned") == []
 
 
-def test_nag_app_as_a_program_exits_non_zero_untuned(tmp_path):
-    env = dict(os.environ, NAG_APP_TUNE="0", CDK_OUTDIR=str(tmp_path))
+@pytest.mark.cli
+@pytest.mark.parametrize("tune", ["0", "1"])
+def test_real_cdk_cli_synth_of_the_nag_app_fails_untuned_and_passes_tuned(tune, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}  # as a user runs it
+    env.update(PATH=str(REPO / ".venv" / "bin") + os.pathsep + env["PATH"], NAG_APP_TUNE=tune)
+    env.pop("PYTHONPATH", None)
     done = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "apps" / "nag_app.py")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        ["npx", "--no-install", "cdk", "synth", "--app", "python3 tests/apps/nag_app.py",
+         "--no-notices", "--quiet", "-o", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
-    assert done.returncode != 0
-    assert "CdkAuditBacklog::Untuned" in done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    if tune == "0":
+        assert done.returncode != 0, output
+        assert output.count("Acknowledge with 'CdkAuditBacklog::Untuned'") == 2, output
+        assert "NagDemo/Web/Resource" in output and "NagDemo/WorkerTemplate/Resource" in output
+    else:
+        assert done.returncode == 0, output
+        assert "CdkAuditBacklog" not in output
 
 
 # -- agreement with the mutating aspect -----------------------------------------------------------
