@@ -60,7 +60,7 @@ _USER_DATA_PATH = {
 }
 _CONSUMER_TYPES = ("AWS::AutoScaling::AutoScalingGroup", "AWS::EKS::Nodegroup")
 _TUNING_ID = "CdkAuditBacklog"
-_SKIP_METADATA = "cdk-audit-backlog:skip"
+_SKIP_ID = "CdkAuditBacklogSkip"
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,11 @@ class AuditBacklog:
         """Leaves every launch under ``scope`` untouched; the reason shows in each launch's Metadata."""
         if not isinstance(reason, str) or not reason.strip():
             raise ValueError("reason must be a non-empty string saying why the launch is not tuned")
-        scope.node.add_metadata(_SKIP_METADATA, reason)
+        existing = scope.node.try_find_child(_SKIP_ID)
+        if isinstance(existing, _SkipMarker):
+            existing.reason = reason
+        else:
+            _SkipMarker(scope, reason)
 
     # -- the aspect --------------------------------------------------------------------------------
 
@@ -254,6 +258,15 @@ def _warn_about_unreached_stages(app: Stage, aspect: AuditBacklog) -> None:
         import sys
 
         print(f"[Warning] {message}", file=sys.stderr)
+
+
+class _SkipMarker(Construct):
+    """Hidden child that marks a scope as excluded by :meth:`AuditBacklog.skip` (a child is one lookup away
+    for the aspect, unlike node metadata, which carries stack traces across the jsii bridge)."""
+
+    def __init__(self, scope: IConstruct, reason: str) -> None:
+        super().__init__(scope, _SKIP_ID)
+        self.reason = reason
 
 
 class _Tuning(Construct):
@@ -374,9 +387,9 @@ def _original_user_data(resource: CfnResource) -> Any:
 
 def _skip_reason(resource: CfnResource, aspect: AuditBacklog) -> Optional[str]:
     for scope in reversed(resource.node.scopes):
-        for entry in scope.node.metadata:
-            if entry.type == _SKIP_METADATA:
-                return f"excluded with AuditBacklog.skip() on {scope.node.path or 'the app'}: {entry.data}"
+        marker = scope.node.try_find_child(_SKIP_ID)
+        if isinstance(marker, _SkipMarker):
+            return f"excluded with AuditBacklog.skip() on {scope.node.path or 'the app'}: {marker.reason}"
     if aspect.exclude is not None and aspect.exclude(resource):
         return "excluded by the aspect's exclude predicate"
     parent = resource.node.scope
