@@ -266,8 +266,24 @@ def test_console_result_line_from_a_serial_log():
     assert r.line.startswith("[   42.118040] cloud-init[1123]: cdk-audit-backlog: backlog_limit")
 
 
+def test_console_result_from_a_real_qemu_boot():
+    # Captured by the VM end-to-end run (Debian 12 cloud image, kernel and cloud-init prefixes): the image's
+    # -b 8192 was larger than the t3.micro policy (1024), so the block kept it.
+    log = (Path(__file__).parent / "data" / "console" / "debian12-kept-larger.serial.log").read_text()
+    r = cli.parse_console_result(log)
+    assert (r.old, r.new) == (8192, 8192)
+    assert r.detail == "t3.micro/1024MiB; method none; lost 0"
+    assert "cloud-init[358]: cdk-audit-backlog: backlog_limit" in r.line
+
+
+def test_console_question_marks():
+    r = cli.parse_console_result("cdk-audit-backlog: backlog_limit ? -> ? (unknown; method none; lost ?)")
+    assert (r.old, r.new, r.detail) == (None, None, "unknown; method none; lost ?")
+
+
 def test_console_without_result_line():
     assert cli.parse_console_result("cdk-audit-backlog: target 8192 (unknown)\n") is None
+    assert cli.parse_console_result("cdk-audit-backlog: backlog_limit 320 -> soon\n") is None
     assert cli.parse_console_result(None) is None
 
 

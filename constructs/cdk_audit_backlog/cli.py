@@ -412,23 +412,24 @@ def block_target(user_data: Optional[str]) -> Tuple[bool, Optional[str]]:
 
 @dataclass(frozen=True)
 class ConsoleResult:
-    """The block's result line found in a console log."""
+    """The block's result line found in a console log. ``old``/``new`` are None where the line says ``?``
+    (the block could not read the kernel's limit, e.g. no ``auditctl``)."""
 
     old: Optional[int]
-    new: int
+    new: Optional[int]
     detail: str
     line: str
 
 
 _RESULT_RE = re.compile(
-    r"cdk-audit-backlog: backlog_limit (?P<old>\S+) -> (?P<new>[0-9]+)(?: \((?P<detail>[^)\r\n]*)\))?"
+    r"cdk-audit-backlog: backlog_limit (?P<old>[0-9]+|\?) -> (?P<new>[0-9]+|\?)(?: \((?P<detail>[^)\r\n]*)\))?"
 )
 
 
 def parse_console_result(console: Optional[str]) -> Optional[ConsoleResult]:
     """The last ``cdk-audit-backlog: backlog_limit OLD -> NEW (...)`` line of a console log, or None.
 
-    Tolerates what serial consoles add around it (cloud-init prefixes, timestamps, CR, escape codes).
+    Tolerates what serial consoles add around it (kernel and cloud-init prefixes, timestamps, CR).
     """
     if not console:
         return None
@@ -440,12 +441,12 @@ def parse_console_result(console: Optional[str]) -> Optional[ConsoleResult]:
     if not found:
         return None
     m, line = found
-    old = m.group("old")
+
+    def num(text: str) -> Optional[int]:
+        return int(text) if text.isdigit() else None
+
     return ConsoleResult(
-        old=int(old) if old.isdigit() else None,
-        new=int(m.group("new")),
-        detail=m.group("detail") or "",
-        line=line.strip(),
+        old=num(m.group("old")), new=num(m.group("new")), detail=m.group("detail") or "", line=line.strip()
     )
 
 
@@ -457,7 +458,8 @@ class LaunchCheck:
     """One instance or launch template of a stack, checked.
 
     status: ``tuned``, ``untuned`` (no block), ``below-policy``, ``auto`` (the block computes the limit at
-    boot and no console line proves it yet), ``not-running``.
+    boot and no console line proves it yet), ``unverified`` (the console line says ``-> ?``),
+    ``not-running``. Only ``untuned`` and ``below-policy`` fail ``verify``.
     """
 
     resource: str
@@ -611,6 +613,8 @@ def check_stack(
             if res:
                 c.applied, c.console_line = res.new, res.line
         _classify(c)
+        if c.console_line and c.applied is None and not c.failed:
+            c.status, c.problem = "unverified", "the block could not read the kernel's limit (auditctl missing?)"
         if state not in ("running", "pending", "?") and not c.failed:
             c.status = "not-running"
         return c
