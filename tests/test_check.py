@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import List, Optional
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from aws_cdk import Acknowledgment, App, Fn, NestedStack, Stack, Stage, Validations
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
@@ -258,6 +260,42 @@ def test_launch_configuration_of_an_asg_is_checked():
     ]
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    memory=st.dictionaries(st.sampled_from([f"f{i}.large" for i in range(8)]), st.integers(1, 4_000_000), max_size=8),
+    overrides=st.lists(st.sampled_from([f"f{i}.large" for i in range(8)]), min_size=1, max_size=4),
+    target=st.one_of(st.none(), st.integers(1, 2**20)),
+)
+def test_required_limit_is_the_policy_for_the_smallest_memory_override(memory, overrides, target):
+    template = {
+        "Resources": {
+            "Lt": {
+                "Type": "AWS::EC2::LaunchTemplate",
+                "Properties": {"LaunchTemplateData": {"UserData": {"Fn::Base64": "#!/bin/bash\n" + block(target)}}},
+            },
+            "Asg": {
+                "Type": "AWS::AutoScaling::AutoScalingGroup",
+                "Properties": {
+                    "MixedInstancesPolicy": {
+                        "LaunchTemplate": {
+                            "LaunchTemplateSpecification": {"LaunchTemplateId": {"Ref": "Lt"}, "Version": "1"},
+                            "Overrides": [{"InstanceType": t} for t in overrides],
+                        }
+                    }
+                },
+            },
+        }
+    }
+    found = AuditBacklogCheck(memory_of=memory.get).check_template(template)
+    if target is None:
+        assert found == []
+    elif all(t in memory for t in overrides):
+        required = POLICY.limit_for_memory(min(memory[t] for t in overrides))
+        assert [(f.rule, f.required) for f in found] == ([("BelowPolicy", required)] if target < required else [])
+    else:  # a type without known memory: only auto or the policy maximum is sure to be enough
+        assert [f.rule for f in found] == (["BelowPolicy"] if target < POLICY.maximum else [])
+
+
 # -- as a CDK validation plugin -------------------------------------------------------------------
 
 
@@ -343,6 +381,21 @@ def test_plugin_follows_nested_stacks(tmp_path):
         app.synth()
     assert [(f.rule, f.logical_id) for f in check.last_findings] == [("Untuned", "Deep")]
     assert check.last_findings[0].template_path.endswith(".nested.template.json")
+    # CDK maps the nested template's logical id back to the construct, so acknowledgments work there too.
+    assert _violations(tmp_path) == [("Untuned", "Parent/Inner/Deep")]
+
+
+def test_report_only_mode_lists_warnings_and_lets_synth_succeed(tmp_path):
+    app, _ = _app_with_launches(tmp_path)
+    check = AuditBacklogCheck(fail_synth=False)
+    Validations.of(app).add_plugins(check)
+    app.synth()
+    report = _report(tmp_path)
+    assert report["conclusion"] == "success"
+    assert {v["severity"] for v in report["violations"]} == {"warning"}
+    assert len(report["violations"]) == len(check.last_findings) == 3
+    with pytest.raises(ValueError, match="fail_synth"):
+        AuditBacklogCheck(fail_synth="no")  # type: ignore[arg-type]
 
 
 def test_plugin_names_and_rules():

@@ -114,15 +114,27 @@ class AuditBacklogCheck:
     :param policy: the policy a launch must meet. Default: ``BacklogPolicy()`` (the aspect's default).
     :param memory_of: instance type -> MiB, None when unknown. Default: the bundled table
         (``cdk_audit_backlog.instance_memory.memory_mib``).
+    :param fail_synth: report findings as errors, which make ``cdk synth`` fail; False reports them as
+        warnings (printed, synth succeeds unless run as ``cdk synth --strict``), for adopting the check
+        before the whole app is tuned. Default: True.
     """
 
-    def __init__(self, *, policy: Optional[BacklogPolicy] = None, memory_of: Optional[MemoryOf] = None) -> None:
+    def __init__(
+        self,
+        *,
+        policy: Optional[BacklogPolicy] = None,
+        memory_of: Optional[MemoryOf] = None,
+        fail_synth: bool = True,
+    ) -> None:
+        if not isinstance(fail_synth, bool):
+            raise ValueError(f"fail_synth must be True or False, got {fail_synth!r}")
         if policy is not None and not isinstance(policy, BacklogPolicy):
             raise ValueError(f"policy must be a BacklogPolicy, got {policy!r}")
         if memory_of is not None and not callable(memory_of):
             raise ValueError(f"memory_of must be a callable taking an instance type name, got {memory_of!r}")
         self._policy = policy or BacklogPolicy()
         self._memory_of: MemoryOf = memory_of or _default_memory_of
+        self._fail_synth = fail_synth
         #: Launch resources examined and findings of the last ``validate`` call (CDK leaves a plugin
         #: with no violations out of its report; these show it ran).
         self.last_checked: List[str] = []
@@ -163,7 +175,7 @@ class AuditBacklogCheck:
                 rule_name=f.rule,
                 description=f"{RULES[f.rule]} {f.message}",
                 fix=_FIX,
-                severity="error",
+                severity="error" if self._fail_synth else "warning",
                 violating_resources=[
                     PolicyViolatingResource(
                         resource_logical_id=f.logical_id,
@@ -174,7 +186,7 @@ class AuditBacklogCheck:
             )
             for f in findings
         ]
-        return PolicyValidationPluginReport(success=not violations, violations=violations)
+        return PolicyValidationPluginReport(success=not (violations and self._fail_synth), violations=violations)
 
     # -- plain Python entry point -----------------------------------------------------------------
 
