@@ -532,12 +532,6 @@ def test_check_is_loud_on_every_linux_launch_before_the_aspect_and_silent_after(
     assert "OpaqueUserData" in skipped
 
 
-@pytest.mark.xfail(
-    reason="aspect.py takes a launch template's own InstanceType before its groups' MixedInstancesPolicy "
-    "overrides, but EC2 launches the override types: t3.micro template + m5.xlarge override gets 1024, "
-    "the policy for m5.xlarge is 16384",
-    strict=False,
-)
 def test_aspect_and_check_agree_when_overrides_replace_the_template_type():
     def extra(stack, vpc):
         lt = ec2.LaunchTemplate(stack, "TypedTemplate", machine_image=IMAGE, instance_type=ec2.InstanceType("t3.micro"))

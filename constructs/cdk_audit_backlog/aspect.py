@@ -409,9 +409,12 @@ def _limit_from_types(
         own = _get(stack.resolve(resource.launch_template_data), "InstanceType")  # type: ignore[attr-defined]
         candidates: List[Any] = [own] if own is not None else []
         where = "the launch template"
-        if not candidates:
+        if consumers:
+            # What EC2 launches: a group's overrides (or node group types) replace the template's own type;
+            # a group without them launches the template's type (None, so auto, when it has none).
+            candidates = []
             for consumer in consumers:
-                candidates.extend(_consumer_types(consumer))
+                candidates.extend(_consumer_types(consumer) or [own])
             where = "the groups that use this launch template"
     else:
         candidates = [stack.resolve(resource.instance_type)]  # type: ignore[attr-defined]
@@ -472,7 +475,7 @@ def _consumer_types(consumer: CfnResource) -> List[Any]:
     stack = Stack.of(consumer)
     if consumer.cfn_resource_type == "AWS::EKS::Nodegroup":
         types = stack.resolve(consumer.instance_types)  # type: ignore[attr-defined]
-        return list(types) if isinstance(types, list) and types else [None]
+        return list(types) if isinstance(types, list) and types else []
     mixed = stack.resolve(consumer.mixed_instances_policy)  # type: ignore[attr-defined]
     overrides = _get(_get(mixed, "LaunchTemplate"), "Overrides")
     # InstanceRequirements (attribute-based selection) cannot be known at synth: None, so auto.
