@@ -461,3 +461,19 @@ def test_report_flags_launches_without_the_block(tmp_path, capsys):
 def test_report_on_a_missing_directory(tmp_path, capsys):
     rc, _, err = run(["report", str(tmp_path / "nope")], capsys)
     assert rc == 2 and "run cdk synth first" in err
+
+
+def test_plan_and_report_start_without_the_cdk(tmp_path):
+    # The operator CLI must not start jsii's Node process (about 1 s and a banner) for plan or report.
+    import subprocess
+    import sys
+
+    (tmp_path / "S.template.json").write_text('{"Resources": {}}')
+    code = (
+        "import sys; from cdk_audit_backlog.cli import main; "
+        f"main(['plan', 'm5.large']); main(['report', {str(tmp_path)!r}]); "
+        "print('CDK-LOADED' if 'aws_cdk' in sys.modules or 'jsii' in sys.modules else 'CDK-NOT-LOADED')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("CDK-NOT-LOADED"), proc.stdout
