@@ -1,0 +1,484 @@
+"""The real boot script (userdata/audit-backlog.sh) on fixture roots of every layout in FACTS.md's table.
+
+Each fixture is a directory tree with the distribution's shipped rules files and fake ``auditctl``,
+``augenrules``, ``systemctl``, ``service``, ``grubby``, ``update-grub``/``grub2-mkconfig`` and package
+manager (tests/boot/fakes.py) that record their calls and emulate the real ones. The script runs with
+only those plus a sandbox of real tools on PATH (a tool it uses that is not in the sandbox fails the
+test). Every test asserts the kernel limit after the run, the limit the NEXT boot loads (a fresh kernel
+state, then auditd's own start: ``augenrules --load`` or ``auditctl -R audit.rules``), the calls made
+and the console lines.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from cdk_audit_backlog.user_data import BlockInputs, render_block
+from tests.boot import fakes
+from tests.boot import fixtures as fx
+
+PREFIX = "cdk-audit-backlog: "
+OUR_FILE = "etc/audit/rules.d/zz-cdk-audit-backlog.rules"
+# Calls that reload or restart: the script must never make them (a one-off `augenrules` without
+# --load only regenerates audit.rules).
+FORBIDDEN = ("augenrules --load", "auditctl -R", "service", "systemctl", "auditctl -D", "auditctl -e")
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory):
+    return fx.make_sandbox(tmp_path_factory.mktemp("sandbox"))
+
+
+def run(root, sandbox, **inputs):
+    r = fx.run_script(root, sandbox, **inputs)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines and all(line.startswith(PREFIX) for line in lines), r.stdout
+    return r
+
+
+def result_line(stdout: str) -> str:
+    found = [line for line in stdout.splitlines() if line.startswith(PREFIX + "backlog_limit ")]
+    assert len(found) == 1, stdout
+    return found[0]
+
+
+def state(root) -> dict:
+    text = (root / "var/lib/cdk-audit-backlog/state").read_text()
+    return dict(line.split("=", 1) for line in text.splitlines())
+
+
+def merged_b(root) -> int | None:
+    """The -b that augenrules' merge of the fixture's rules.d yields (the fakes' own merge)."""
+    out = None
+    for line in fakes.merged_rules(root).splitlines():
+        if line.strip().startswith("-b"):
+            out = int(line.split()[1])
+    return out
+
+
+def mutating(calls: list[str]) -> list[str]:
+    return [c for c in calls if c not in ("auditctl -s", "auditctl -h")]
+
+
+def assert_no_reload(root, calls):
+    for c in calls:
+        assert not c.startswith(FORBIDDEN), calls
+
+
+# layout, target, kernel limit before, after, method, file the script writes (None: none), next boot
+LAYOUT_CASES = [
+    ("al2", 8192, 320, 8192, "auditctl", OUR_FILE, 8192),
+    ("al2-rhel7-file", 16384, 8192, 16384, "auditctl", OUR_FILE, 16384),
+    ("al2023-fedora-file", 8192, 64, 8192, "auditctl", OUR_FILE, 8192),
+    ("al2023-rhel-file", 8192, 8192, 8192, "none", None, 8192),
+    ("rhel9", 16384, 8192, 16384, "auditctl", OUR_FILE, 16384),
+    ("rhel7", 16384, 8192, 16384, "auditctl", OUR_FILE, 16384),
+    ("fedora", 4096, 64, 4096, "auditctl", OUR_FILE, 4096),
+    ("ubuntu2204", 16384, 8192, 16384, "auditctl", OUR_FILE, 16384),
+    ("ubuntu2404", 32768, 8192, 32768, "auditctl", OUR_FILE, 32768),
+    ("debian12", 1024, 8192, 8192, "none", None, 8192),
+    ("al1", 8192, 320, 8192, "auditctl", "etc/audit/audit.rules", 8192),
+    ("sles15", 8192, 64, 8192, "auditctl", OUR_FILE, 8192),
+]
+
+
+@pytest.mark.parametrize("name,target,before,after,method,written,next_boot", LAYOUT_CASES)
+def test_each_layout_gets_the_right_effective_limit(
+    tmp_path, sandbox, name, target, before, after, method, written, next_boot
+):
+    root = tmp_path / name
+    fx.build(root, name)
+    assert fx.kernel(root)["backlog_limit"] == before
+    loads = fx.kernel(root)["loads"]
+    r = run(root, sandbox, target=target, source="m5.large/8192MiB")
+    k = fx.kernel(root)
+    assert k["backlog_limit"] == after
+    assert k["loads"] == loads, "the rule set was reloaded"
+    assert result_line(r.stdout) == (
+        f"{PREFIX}backlog_limit {before} -> {after} (m5.large/8192MiB; method {method}; lost 0)"
+    )
+    calls = fx.calls(root)
+    assert_no_reload(root, calls)
+    expected = ["auditctl -b %d" % after] if method == "auditctl" else []
+    if written == OUR_FILE:
+        expected = ["augenrules"] + expected  # regenerate audit.rules, no load
+    assert mutating(calls) == expected
+    if written is None:
+        assert not (root / OUR_FILE).exists()
+        assert "persist: wrote" not in r.stdout
+    else:
+        f = root / written
+        assert f"{PREFIX}persist: wrote /{written}" in r.stdout
+        assert f.stat().st_uid == os.getuid() and f.stat().st_mode & 0o777 in (0o600, 0o640)
+    if fx.LAYOUTS[name].loader == "augenrules":
+        assert merged_b(root) == next_boot
+        # audit.rules was regenerated from rules.d: a plain `auditctl -R audit.rules` loads it too.
+        assert (root / "etc/audit/audit.rules").read_text() == fakes.merged_rules(root)
+    assert fakes.boot(root)["backlog_limit"] == next_boot
+    s = state(root)
+    assert s["target"] == str(target) and s["limit"] == str(after) and s["old"] == str(before)
+    assert s["method"] == method and s["persisted"] == "yes" and s["source"] == "m5.large/8192MiB"
+
+
+def test_debian_keeps_its_larger_8192_and_says_so(tmp_path, sandbox):
+    root = tmp_path / "debian12"
+    fx.build(root, "debian12")
+    before = fx.tree_digest(root)
+    r = run(root, sandbox, target=1024, source="t3.micro/1024MiB")
+    assert f"{PREFIX}persist: kept larger -b 8192" in r.stdout.splitlines()
+    assert mutating(fx.calls(root)) == []
+    after = fx.tree_digest(root)
+    after.pop("var/lib/cdk-audit-backlog/state")
+    assert after == before
+
+
+def test_amazon_linux_1_edits_audit_rules_in_place_with_a_backup(tmp_path, sandbox):
+    root = tmp_path / "al1"
+    fx.build(root, "al1")
+    original = (root / "etc/audit/audit.rules").read_text()
+    run(root, sandbox, target=8192)
+    rules = (root / "etc/audit/audit.rules").read_text()
+    assert (root / "etc/audit/audit.rules.cab-orig").read_text() == original
+    assert rules.splitlines()[0] == "-b 8192"
+    assert [line for line in rules.splitlines() if line.startswith("-b")] == ["-b 8192"]
+    # everything else is kept, in order
+    assert [line for line in rules.splitlines()[1:]] == [
+        line for line in original.splitlines() if not line.startswith("-b")
+    ]
+    # rules.d is not what AL1 loads (USE_AUGENRULES="no"): left alone
+    assert not (root / OUR_FILE).exists()
+    assert (root / "etc/audit/rules.d/audit.rules").read_text() == fx.AL1_RULES
+
+
+def test_legacy_status_format_is_read(tmp_path, sandbox):
+    root = tmp_path / "al1"
+    fx.build(root, "al1", status_format="legacy")
+    r = run(root, sandbox, target=4096)
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 320 -> 4096 (")
+
+
+@pytest.mark.parametrize("name", ["ubuntu2204-no-auditd", "ubuntu2404-no-auditd"])
+def test_without_auditd_nothing_is_applied_and_the_boot_goes_on(tmp_path, sandbox, name):
+    root = tmp_path / name
+    fx.build(root, name)
+    r = run(root, sandbox, target=8192, source="m5.large/8192MiB")
+    assert f"{PREFIX}no auditd: nothing applied" in r.stdout.splitlines()
+    assert result_line(r.stdout) == f"{PREFIX}backlog_limit ? -> ? (m5.large/8192MiB; method none; lost ?)"
+    assert fx.calls(root) == []
+    assert state(root)["persisted"] == "-"
+
+
+def test_install_auditd_on_ubuntu_with_apt_get(tmp_path, sandbox):
+    root = tmp_path / "ubuntu"
+    fx.build(root, "ubuntu2204-no-auditd")
+    r = run(root, sandbox, target=16384, install_auditd=1)
+    calls = fx.calls(root)
+    assert calls[:2] == ["apt-get update", "apt-get install -y auditd"]
+    assert f"{PREFIX}install: auditd (apt-get)" in r.stdout.splitlines()
+    # the package started auditd with Debian's rules (8192); the script then raised it
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 8192 -> 16384 (")
+    assert fakes.boot(root)["backlog_limit"] == 16384
+
+
+def test_install_auditd_on_al2023_with_dnf_sets_the_kernel_before_auditd_runs(tmp_path, sandbox):
+    root = tmp_path / "al2023"
+    fx.build(root, "al2023-fedora-file", auditd=False)
+    r = run(root, sandbox, target=8192, install_auditd=1)
+    assert fx.calls(root)[0] == "dnf install -y audit"
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 64 -> 8192 (")
+    assert fakes.boot(root)["backlog_limit"] == 8192
+
+
+def test_install_failure_is_reported_and_the_boot_goes_on(tmp_path, sandbox):
+    root = tmp_path / "al2023"
+    fx.build(root, "al2023-fedora-file", auditd=False, package_name="audit-not-here")
+    r = run(root, sandbox, target=8192, install_auditd=1)
+    assert f"{PREFIX}install: audit failed (dnf)" in r.stdout.splitlines()
+    assert f"{PREFIX}no auditd: nothing applied" in r.stdout.splitlines()
+
+
+@pytest.mark.parametrize("how", ["kernel", "finalize"])
+def test_immutable_persists_and_reports_next_boot(tmp_path, sandbox, how):
+    root = tmp_path / how
+    if how == "kernel":
+        fx.build(root, "rhel9")
+        fx.set_kernel(root, enabled=2)
+    else:
+        fx.build(root, "al2")
+        (root / "etc/audit/rules.d/99-finalize.rules").write_text("-e 2\n")
+        (root / "etc/audit/rules.d/99-finalize.rules").chmod(0o640)
+        fakes.boot(root)
+        fx.clear_calls(root)
+        assert fx.kernel(root)["enabled"] == 2
+    before = fx.kernel(root)["backlog_limit"]
+    r = run(root, sandbox, target=16384, source="m5.xlarge/16384MiB")
+    assert f"{PREFIX}immutable: takes effect at next boot" in r.stdout.splitlines()
+    assert result_line(r.stdout) == (
+        f"{PREFIX}backlog_limit {before} -> {before} (m5.xlarge/16384MiB; method next-boot; lost 0)"
+    )
+    assert mutating(fx.calls(root)) == []  # no auditctl -b (refused), no augenrules (exits anyway)
+    assert (root / OUR_FILE).read_text() == "-b 16384\n"
+    merged = fakes.merged_rules(root)
+    if how == "finalize":
+        assert merged.rstrip("\n").splitlines()[-1] == "-e 2"  # -e stays last after the merge
+    nxt = fakes.boot(root)
+    assert nxt["backlog_limit"] == 16384
+    assert state(root)["method"] == "next-boot"
+
+
+def test_larger_existing_rules_limit_is_never_lowered(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    (root / "etc/audit/rules.d/audit.rules").write_text("-D\n-b 65536\n-f 1\n")
+    fakes.boot(root)
+    fx.clear_calls(root)
+    r = run(root, sandbox, target=8192)
+    assert f"{PREFIX}persist: kept larger -b 65536" in r.stdout.splitlines()
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 65536 -> 65536 (")
+    assert mutating(fx.calls(root)) == []
+    assert not (root / OUR_FILE).exists()
+    assert fakes.boot(root)["backlog_limit"] == 65536
+
+
+def test_allow_lower_lowers_both_rules_and_kernel(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    (root / "etc/audit/rules.d/audit.rules").write_text("-D\n-b 65536\n-f 1\n")
+    fakes.boot(root)
+    fx.clear_calls(root)
+    r = run(root, sandbox, target=8192, allow_lower=1)
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 65536 -> 8192 (")
+    assert fakes.boot(root)["backlog_limit"] == 8192
+
+
+def test_larger_running_kernel_limit_is_kept_while_rules_are_raised(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    fx.set_kernel(root, backlog_limit=32768)
+    r = run(root, sandbox, target=8192)
+    assert f"{PREFIX}apply: kept larger 32768" in r.stdout.splitlines()
+    assert "auditctl -b 8192" not in fx.calls(root)
+    assert fakes.boot(root)["backlog_limit"] == 8192  # what the rules now load
+
+
+def test_a_later_rules_file_that_wins_the_merge_is_reported(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    late = root / "etc/audit/rules.d/_site-override.rules"  # '_' sorts after letters in ls -1v
+    late.write_text("-b 512\n")
+    late.chmod(0o640)
+    fakes.boot(root)
+    fx.clear_calls(root)
+    r = run(root, sandbox, target=8192)
+    assert f"{PREFIX}persist: rules load -b 512" in r.stdout.splitlines()
+    assert state(root)["persisted"] == "no"
+    assert fx.kernel(root)["backlog_limit"] == 8192  # applied for this boot all the same
+
+
+@pytest.mark.parametrize("name", ["al2", "al1", "rhel9", "debian12", "ubuntu2204-no-auditd"])
+def test_rerun_changes_no_file_and_calls_nothing_that_changes_state(tmp_path, sandbox, name):
+    root = tmp_path / name
+    fx.build(root, name)
+    inputs = dict(target=16384, kernel_cmdline=1)
+    run(root, sandbox, **inputs)
+    before = fx.tree_digest(root)
+    kernel_before = fx.kernel(root)
+    fx.clear_calls(root)
+    r = run(root, sandbox, **inputs)
+    assert fx.tree_digest(root) == before
+    assert fx.kernel(root) == kernel_before
+    calls = fx.calls(root)
+    assert mutating([c for c in calls if c != "grubby --info=ALL"]) == []
+    assert "persist: wrote" not in r.stdout
+    assert "already set" in r.stdout
+
+
+def _unshare_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    r = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    return r.returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs a private mount namespace (unshare -m) for a read-only bind mount")
+@pytest.mark.parametrize("name,ro_dir", [("al2", "etc/audit/rules.d"), ("al1", "etc/audit")])
+def test_read_only_rules_dir_still_applies_for_this_boot(tmp_path, sandbox, name, ro_dir):
+    root = tmp_path / name
+    fx.build(root, name)
+    d = root / ro_dir
+    env = fx.script_env(root, sandbox, target=8192)
+    r = subprocess.run(
+        [shutil.which("unshare"), "-m", shutil.which("sh"), "-c", '"$1" --bind -o ro "$2" "$2" && exec "$3" "$4"', "_",
+         shutil.which("mount"), str(d), str(sandbox / "bash"), str(fx.SCRIPT)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    written = OUR_FILE if name == "al2" else "etc/audit/audit.rules"
+    assert f"{PREFIX}persist: cannot write /{written}" in r.stdout.splitlines()
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 320 -> 8192 (")
+    assert state(root)["persisted"] == "no"
+    assert fakes.boot(root)["backlog_limit"] == 320  # nothing persisted: the next boot reverts
+
+
+def test_auto_computes_the_target_from_meminfo(tmp_path, sandbox):
+    root = tmp_path / "fedora"
+    fx.build(root, "fedora", mem_kib=16_000_000)
+    r = run(root, sandbox)  # CAB_TARGET defaults to auto
+    # 16,000,000 kB x 1024 x 1 % / 8970 = 18,265 -> 16384
+    assert f"{PREFIX}target 16384 (unknown, MemTotal 16000000 kB)" in r.stdout.splitlines()
+    assert fakes.boot(root)["backlog_limit"] == 16384
+
+
+def test_auto_without_meminfo_uses_the_minimum(tmp_path, sandbox):
+    root = tmp_path / "fedora"
+    fx.build(root, "fedora", mem_kib=None)
+    r = run(root, sandbox, min=512)
+    assert f"{PREFIX}target 512 (unknown, MemTotal ? kB)" in r.stdout.splitlines()
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 64 -> 512 (")
+    assert r.stderr == ""
+
+
+def test_wait_time_is_persisted_after_the_distribution_value_and_applied(tmp_path, sandbox):
+    root = tmp_path / "rhel9"
+    fx.build(root, "rhel9")
+    assert fx.kernel(root)["backlog_wait_time"] == 60000
+    run(root, sandbox, target=16384, wait=15000)
+    assert "auditctl --backlog_wait_time 15000" in fx.calls(root)
+    assert fx.kernel(root)["backlog_wait_time"] == 15000
+    assert (root / OUR_FILE).read_text() == "--backlog_wait_time 15000\n-b 16384\n"
+    nxt = fakes.boot(root)
+    assert (nxt["backlog_limit"], nxt["backlog_wait_time"]) == (16384, 15000)
+
+
+def test_wait_time_unsupported_by_auditctl_is_reported_and_left_out(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2", bwt_supported=False)
+    r = run(root, sandbox, target=8192, wait=15000)
+    assert f"{PREFIX}backlog_wait_time: unsupported by auditctl" in r.stdout.splitlines()
+    assert "backlog_wait_time" not in (root / OUR_FILE).read_text()
+    assert not any("--backlog_wait_time" in c for c in fx.calls(root))
+    assert fakes.boot(root)["backlog_limit"] == 8192  # the rules still load (no unknown option)
+
+
+def test_wait_time_the_kernel_refuses_is_reported(tmp_path, sandbox):
+    root = tmp_path / "rhel9"
+    fx.build(root, "rhel9", hz=100)  # 10 x 60 x HZ = 60000: 60000 itself is refused
+    r = run(root, sandbox, target=8192, wait=60000)
+    assert f"{PREFIX}backlog_wait_time 60000 refused" in r.stdout.splitlines()
+    assert r.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "name,tool,where",
+    [("al2", "grubby", None), ("debian12", "update-grub", "boot/grub/grub.cfg"), ("sles15", "grub2-mkconfig", "boot/grub2/grub.cfg")],
+)  # fmt: skip
+def test_kernel_cmdline_is_set_for_all_kernels(tmp_path, sandbox, name, tool, where):
+    root = tmp_path / name
+    fx.build(root, name)
+    r = run(root, sandbox, target=16384, kernel_cmdline=1)
+    assert f"{PREFIX}cmdline: audit_backlog_limit=16384 {tool}" in r.stdout.splitlines()
+    if tool == "grubby":
+        assert "grubby --update-kernel=ALL --args=audit_backlog_limit=16384" in fx.calls(root)
+        entries = sorted((root / "boot/loader/entries").glob("*.conf"))
+        assert len(entries) == 2
+        for e in entries:
+            assert " audit_backlog_limit=16384" in e.read_text()
+    else:
+        grub = (root / "etc/default/grub").read_text()
+        assert 'GRUB_CMDLINE_LINUX=" audit_backlog_limit=16384"' in grub
+        assert 'GRUB_CMDLINE_LINUX_DEFAULT="quiet"' in grub
+        cfg = (root / where).read_text()
+        assert "audit_backlog_limit=16384" in cfg
+
+
+def test_kernel_cmdline_replaces_an_older_value(tmp_path, sandbox):
+    root = tmp_path / "debian12"
+    fx.build(root, "debian12")
+    grub = root / "etc/default/grub"
+    grub.write_text(grub.read_text().replace('GRUB_CMDLINE_LINUX=""', 'GRUB_CMDLINE_LINUX="audit_backlog_limit=320 net.ifnames=0"'))
+    run(root, sandbox, target=16384, kernel_cmdline=1)
+    line = [x for x in grub.read_text().splitlines() if x.startswith("GRUB_CMDLINE_LINUX=")]
+    assert line == ['GRUB_CMDLINE_LINUX=" net.ifnames=0 audit_backlog_limit=16384"']
+
+
+def test_kernel_cmdline_is_set_even_without_auditd(tmp_path, sandbox):
+    root = tmp_path / "ubuntu"
+    fx.build(root, "ubuntu2404-no-auditd")
+    r = run(root, sandbox, target=8192, kernel_cmdline=1)
+    assert f"{PREFIX}cmdline: audit_backlog_limit=8192 update-grub" in r.stdout.splitlines()
+    assert "audit_backlog_limit=8192" in (root / "boot/grub/grub.cfg").read_text()
+
+
+def test_every_console_line_is_one_decision_with_the_prefix(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    r = run(root, sandbox, target=8192, source="m5.large/8192MiB", wait=6000, kernel_cmdline=1)
+    assert fx.console_lines(r.stdout) == [
+        f"{PREFIX}target 8192 (m5.large/8192MiB)",
+        f"{PREFIX}persist: wrote /{OUR_FILE}",
+        f"{PREFIX}cmdline: audit_backlog_limit=8192 grubby",
+        f"{PREFIX}backlog_limit 320 -> 8192 (m5.large/8192MiB; method auditctl; lost 0)",
+    ]
+    assert r.stderr == ""
+
+
+# ----------------------------------------------------------------------- the rendered block in user data
+
+
+def _user_data(block: str, shebang: str = "#!/bin/bash", extra: str = "") -> str:
+    return f"{shebang}\n{block}set -e\n{extra}echo user-script-ran\nexit 0\necho never\n"
+
+
+@pytest.mark.parametrize("shebang", ["#!/bin/bash", "#!/bin/bash -e", "#!/bin/sh"])
+def test_rendered_block_runs_inside_a_set_e_user_script(tmp_path, sandbox, shebang):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    block = render_block(BlockInputs(target=8192, source="m5.large/8192MiB"))
+    r = fx.run_user_data(root, sandbox, _user_data(block, shebang))
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout.splitlines()
+    assert out[-1] == "user-script-ran"
+    assert f"{PREFIX}backlog_limit 320 -> 8192 (m5.large/8192MiB; method auditctl; lost 0)" in out
+    assert fakes.boot(root)["backlog_limit"] == 8192
+
+
+def test_user_script_still_runs_after_the_block_fails(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    (root / "etc/audit/rules.d/broken.rules").mkdir()  # `cat` of a directory fails inside the block
+    block = render_block(BlockInputs(target=8192))
+    r = fx.run_user_data(root, sandbox, _user_data(block, "#!/bin/bash -e"))
+    assert r.returncode == 0
+    assert r.stdout.splitlines()[-1] == "user-script-ran"
+    errors = [line for line in r.stdout.splitlines() if line.startswith(PREFIX + "error line ")]
+    # the ERR trap names the failing line of the block (the rules.d merge), once
+    assert errors == [f"{PREFIX}error line 52: p=$(mb $O)"] or (len(errors) == 1 and "mb" in errors[0]), r.stdout
+    assert fx.kernel(root)["backlog_limit"] == 320  # it stopped before applying anything
+
+
+def test_block_variables_and_traps_do_not_reach_the_user_script(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    block = render_block(BlockInputs(target=8192))
+    extra = 'test -z "${CAB_TARGET:-}" && test -z "${R:-}" && echo clean-env\ntrap -p ERR | grep -q . && exit 9\n'
+    r = fx.run_user_data(root, sandbox, _user_data(block, "#!/bin/bash", extra))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "clean-env" in r.stdout.splitlines()
+
+
+def test_rendered_auto_block_with_every_feature_matches_the_script(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    inputs = BlockInputs(backlog_wait_time=6000, kernel_cmdline=True, install_auditd=True, source="unknown")
+    r = fx.run_user_data(root, sandbox, _user_data(render_block(inputs)))
+    via_block = fx.console_lines(r.stdout)
+    root2 = tmp_path / "al2-script"
+    fx.build(root2, "al2")
+    r2 = run(root2, sandbox, wait=6000, kernel_cmdline=1, install_auditd=1)
+    assert via_block == fx.console_lines(r2.stdout)
+    assert fx.calls(root) == fx.calls(root2)
