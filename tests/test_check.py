@@ -244,6 +244,35 @@ def test_launch_template_without_user_data_is_untuned():
     assert "It has no user data." == found[0].message
 
 
+def _instance_from_template(instance_type: Optional[str]) -> Stack:
+    stack = _stack()
+    lt = ec2.CfnLaunchTemplate(
+        stack,
+        "Lt",
+        launch_template_data=ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(
+            instance_type="m5.large", user_data=Fn.base64("#!/bin/bash\n" + block(4096))
+        ),
+    )
+    ec2.CfnInstance(
+        stack,
+        "FromLt",
+        instance_type=instance_type,
+        launch_template=ec2.CfnInstance.LaunchTemplateSpecificationProperty(launch_template_id=lt.ref, version="1"),
+    )
+    return stack
+
+
+def test_an_instance_launched_from_a_template_is_checked_through_the_template():
+    # The instance has no user data of its own: the template's block applies, found below m5.large's 8192.
+    assert [(f.rule, f.logical_id, f.required) for f in findings(_instance_from_template(None))] == [
+        ("BelowPolicy", "Lt", 8192)
+    ]
+    # The instance's own type wins over the template's: m5.xlarge needs 16384.
+    assert [(f.rule, f.logical_id, f.required) for f in findings(_instance_from_template("m5.xlarge"))] == [
+        ("BelowPolicy", "Lt", 16384)
+    ]
+
+
 def test_launch_configuration_of_an_asg_is_checked():
     stack = _stack()
     autoscaling.AutoScalingGroup(

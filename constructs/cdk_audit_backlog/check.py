@@ -231,6 +231,8 @@ class AuditBacklogCheck:
         if isinstance(metadata, Mapping) and "skipped" in metadata:
             return None
         value = user_data_value(resource)
+        if value is None and _launch_template_of(resource, resources) is not None:
+            return None  # an instance without user data of its own runs its launch template's, checked there
         try:
             text = None if value is None else decode_user_data(value)
         except ValueError as e:
@@ -392,6 +394,22 @@ def _instance_types(logical_id: str, resources: Mapping[str, Any]) -> List[Optio
     if not used:
         return [own]
     return out
+
+
+def _launch_template_of(resource: Mapping[str, Any], resources: Mapping[str, Any]) -> Optional[str]:
+    """The logical id of the launch template (in the same template) an instance launches from, if any."""
+    if resource.get("Type") != "AWS::EC2::Instance":
+        return None
+    spec = (resource.get("Properties") or {}).get("LaunchTemplate")
+    if not isinstance(spec, Mapping):
+        return None
+    for key, other in resources.items():
+        if not isinstance(other, Mapping) or other.get("Type") != "AWS::EC2::LaunchTemplate":
+            continue
+        name = (other.get("Properties") or {}).get("LaunchTemplateName")
+        if _spec_uses(spec, key, name if isinstance(name, str) else None, "LaunchTemplateId", "LaunchTemplateName"):
+            return key
+    return None
 
 
 def _type_or_none(value: Any) -> Optional[str]:
