@@ -8,7 +8,8 @@
    us-east-1);
 3. reads back with boto3 every instance (the ASG's included) and launch template of the stack and prints
    resource, instance type, memory, the limit in the stored user data, and whether the block is there;
-4. stops the emulator.
+4. runs the operator's check, ``cdk-audit-backlog verify --stack AuditBacklogExample``, against it;
+5. stops the emulator.
 
 Exit status 0 when every launch carries the block, 1 when one does not, 2 when a step fails.
 Against a real account the same deploy is ``npx cdk deploy`` with your credentials, and the same check is
@@ -142,6 +143,18 @@ def read_back(endpoint: str) -> int:
     return sum(1 for c in checks if not c.block)
 
 
+def run_verify(env: Dict[str, str]) -> int:
+    """The operator's check, as a user runs it: the CLI in its own process, pointed at the emulator."""
+    cmd = [sys.executable, "-m", "cdk_audit_backlog", "verify", "--stack", STACK, "--region", REGION]
+    log(f"verify: cdk-audit-backlog verify --stack {STACK} --region {REGION}")
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+    summary = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    log(f"verify: exit {proc.returncode}: {summary}")
+    if proc.returncode not in (0, 1):
+        sys.stderr.write(proc.stdout + proc.stderr)
+    return proc.returncode
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", help="cloud assembly directory (default: a temporary one)")
@@ -162,6 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             "deploy",
         )
         untuned = read_back(server.url)
+        verify_rc = run_verify(env)
     except RuntimeError as e:
         log(f"error: {e}")
         return 2
@@ -172,7 +186,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     log(f"{'every launch carries the block' if not untuned else f'{untuned} launch(es) WITHOUT the block'}; "
         f"total {time.monotonic() - started:.1f} s")
-    return 1 if untuned else 0
+    if verify_rc == 2:
+        return 2
+    return 1 if untuned or verify_rc else 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import http.server
 import io
 import json
 import threading
+import time
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from pathlib import Path
@@ -477,3 +478,46 @@ def test_plan_and_report_start_without_the_cdk(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("CDK-NOT-LOADED"), proc.stdout
+
+
+@mock_aws
+def test_verify_a_fleet_of_150_checks_every_instance_with_bounded_concurrency(monkeypatch):
+    ec2c = boto3.client("ec2", region_name="us-east-1")
+    ami = ec2c.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    subnet = ec2c.describe_subnets()["Subnets"][0]["SubnetId"]
+    resources = {
+        "Lt": {"Type": "AWS::EC2::LaunchTemplate",
+               "Properties": {"LaunchTemplateData": {"ImageId": ami, "InstanceType": "c7g.large",
+                                                     "UserData": {"Fn::Base64": shell("4096")}}}},
+        "Asg": {"Type": "AWS::AutoScaling::AutoScalingGroup",
+                "Properties": {"MinSize": "150", "MaxSize": "150", "VPCZoneIdentifier": [subnet],
+                               "LaunchTemplate": {"LaunchTemplateId": {"Ref": "Lt"},
+                                                  "Version": {"Fn::GetAtt": ["Lt", "LatestVersionNumber"]}}}},
+    }
+    boto3.client("cloudformation", region_name="us-east-1").create_stack(
+        StackName="Big", TemplateBody=json.dumps({"Resources": resources}))
+
+    in_flight, peak, lock = [0], [0], threading.Lock()
+    real_decode = cli.decode_stored_user_data
+
+    def counting_decode(value):  # runs inside each worker: count how many run at once
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        try:
+            time.sleep(0.01)
+            return real_decode(value)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(cli, "decode_stored_user_data", counting_decode)
+    progress = io.StringIO()
+    checks = cli.check_stack("Big", region="us-east-1", max_workers=4, progress=cli._progress_printer(progress))
+    assert len(checks) == 151  # 150 ASG instances + the launch template
+    assert len({c.resource for c in checks}) == 151
+    assert all(c.status == "tuned" and c.expected == 4096 for c in checks)
+    assert 1 < peak[0] <= 4
+    shown = progress.getvalue()
+    assert shown.endswith("verify: 151/151 checked\n")
+    assert 10 <= shown.count("\r") <= 25  # about every 5 %, not one line per instance

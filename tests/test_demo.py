@@ -38,6 +38,7 @@ def test_demo_deploys_the_example_to_moto_and_every_launch_is_tuned():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "bootstrap: done" in out and "deploy: done" in out
+    assert "verify: exit 0: verify: 3 checked, 0 untuned or below policy" in out
     assert "!!" not in out + proc.stderr  # no Node end-of-life banner in the demo's output
 
     rows = _rows(out)
