@@ -337,3 +337,32 @@ def test_readme_example_snapshot(snapshot):
         for launch in launches(template)
     ]
     assert summary == snapshot
+
+
+# -- Fn::Sub and line endings ---------------------------------------------------------------------
+
+sub_name = st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,8}", fullmatch=True)
+
+
+@given(
+    st.lists(st.one_of(script_text.filter(lambda s: "${" not in s and "$" not in s), sub_name.map(lambda n: ("VAR", n))), max_size=8),
+    st.dictionaries(sub_name, script_text.filter(lambda s: "${" not in s), max_size=5),
+)
+def test_fn_sub_renders_each_variable_from_its_literal_value_or_as_a_reference(items, variables):
+    template = "".join(i if isinstance(i, str) else "${" + i[1] + "}" for i in items)
+    expected = "".join(
+        i if isinstance(i, str) else (variables[i[1]] if i[1] in variables else "${Ref:" + i[1] + "}") for i in items
+    )
+    assert decode_user_data({"Fn::Base64": {"Fn::Sub": [template, variables]}}) == expected
+
+
+def test_a_block_in_a_crlf_mime_archive_is_found():
+    block = render_block(BlockInputs(target=2048, source="t3.small/2048MiB"))
+    archive = (
+        'Content-Type: multipart/mixed; boundary="b"\r\nMIME-Version: 1.0\r\n\r\n'
+        '--b\r\nContent-Type: text/x-shellscript; charset="us-ascii"\r\n\r\n'
+        + "#!/bin/bash\r\n" + block.replace("\n", "\r\n") + "echo hi\r\n"
+        "--b--\r\n"
+    )
+    assert is_mime(archive)
+    assert tuning_of(archive) == Tuning(target=2048, source="t3.small/2048MiB", count=1)
