@@ -25,11 +25,9 @@ CAB_ALLOW_LOWER="${CAB_ALLOW_LOWER:-0}"
 CAB_SOURCE="${CAB_SOURCE:-unknown}"
 # @@CAB_INPUTS_END@@
 
-# R: filesystem root (fixtures); E: audit config dir; O: our rules.d file. Its name sorts after
-# audit.rules and every other letter-named file in `ls -1v` order, so augenrules keeps its -b (last wins).
+# R: filesystem root (fixtures); E: audit config dir.
 R=${CAB_ROOT:-}
 E=$R/etc/audit
-O=zz-cdk-audit-backlog.rules
 
 say() {
   echo "cdk-audit-backlog: $*"
@@ -50,7 +48,7 @@ q() {
 # cannot overflow; the loop finds the largest power of two <= budget/8970 (1 when there is none,
 # which the clamp turns into the minimum as policy.py does, since minimum >= 1).
 cab_limit_for_kib() {
-  local b=$(($1*1024)) p=$CAB_FRACTION_PPM l=1 f
+  local b=$(($1*1024)) p=$CAB_FRACTION_PPM l=1
   # shellcheck disable=SC2017  # the split is exact: (q*M + r)*p/M = q*p + r*p/M
   f=$(((b/1000000*p+b%1000000*p/1000000)/8970))
   while ((l*2<=f)); do l=$((l*2)); done
@@ -98,7 +96,6 @@ cab_cmdline() {
   elif [ -f "$g" ]; then
     x=
     if ! grep -q "^GRUB_CMDLINE_LINUX=.*[\" ]${a}[\" ]" "$g"; then
-      grep -q '^GRUB_CMDLINE_LINUX=' "$g" || echo 'GRUB_CMDLINE_LINUX=""' >>"$g"
       sed -i -E "/^GRUB_CMDLINE_LINUX=/{s/ ?audit_backlog_limit=[0-9]*//g;s/\"\$/ $a\"/}" "$g"
       x=update-grub
       if has $x; then q 300 $x; else x=grub2-mkconfig; q 300 $x -o "$R/boot/grub2/grub.cfg"; fi || x=failed
@@ -110,7 +107,7 @@ cab_cmdline() {
 
 cab_main() {
   set -Eeuo pipefail
-  trap 'say "error line $LINENO: $BASH_COMMAND"' ERR
+  trap 'say "error $LINENO: $BASH_COMMAND"' ERR
   umask 027
   # t target, s source, w wait time, m method, a augenrules layout, c rules need our -b, f file we
   # persist in, ok persisted, ch changed a file; d limit the rules load, n limit the kernel gets,
@@ -119,7 +116,7 @@ cab_main() {
   # @@CAB_IF auto@@
   if [ "$t" = auto ]; then
     # No MemTotal (no /proc/meminfo): 0 kB, for which the formula gives the minimum.
-    k=$(awk '/^MemTotal:/{print $2+0}' "$R/proc/meminfo" 2>/dev/null) || k=
+    k=$(awk '/^MemTotal:/{print $2}' "$R/proc/meminfo" 2>/dev/null) || :
     t=$(cab_limit_for_kib "${k:-0}")
     s="$s, MemTotal ${k:-?} kB"
   fi
@@ -141,8 +138,7 @@ cab_main() {
   fi
   # @@CAB_ENDIF@@
   st
-  o=${bl:-?}
-  d=$t
+  o=${bl:-?} d=$t
   if ! has auditctl; then
     say "no auditd: nothing applied"
     ok=-
@@ -156,15 +152,17 @@ cab_main() {
     # augenrules layout: auditd's start merges rules.d into audit.rules (systemd units, or SysV with
     # USE_AUGENRULES=yes). Otherwise auditd loads /etc/audit/audit.rules as it is (Amazon Linux 1).
     if [ -d "$E/rules.d" ] && has augenrules && { [ -d "$R/run/systemd/system" ] || grep -qsi '^USE_AUGENRULES="\?y' "$R"/etc/{sysconfig,default}/auditd; }; then
+      # Our own file; its name sorts after audit.rules and every other letter-named file in
+      # `ls -1v` order, so augenrules keeps its -b (last wins). p: what the others load.
       a=1
-      f=$E/rules.d/$O
-      p=$(mb $O)
+      f=$E/rules.d/zz-cdk-audit-backlog.rules
+      p=$(mb "${f##*/}")
     else
       p=$(lb "$f") || p=
     fi
     if [ "$t" = "$p" ]; then
       say "persist: -b $t already"
-    elif (( t > ${p:-0} )) || [ "$CAB_ALLOW_LOWER" = 1 ]; then
+    elif ((t>${p:-0})) || [ "$CAB_ALLOW_LOWER" = 1 ]; then
       c=1
     else
       d=$p
@@ -199,7 +197,7 @@ cab_main() {
       fi
     fi
     n=$d
-    if [ "$CAB_ALLOW_LOWER" != 1 ] && (( ${bl:-0} > d )); then
+    if [ "$CAB_ALLOW_LOWER" != 1 ] && ((${bl:-0}>d)); then
       n=$bl
       say "apply: kept larger $bl"
     fi
