@@ -54,6 +54,12 @@ class Run:
             raise AssertionError(f"{self.name}: boot {n} reported nothing; serial log {self.log}\n{self.tail()}")
         return self.boots[n]
 
+    def last(self) -> Dict[str, str]:
+        """The last boot's report (a run on a disk that booted before counts on from there)."""
+        if not self.boots:
+            return self.boot(1)
+        return self.boots[max(self.boots)]
+
     def tail(self, n: int = 40) -> str:
         return "\n".join(f"[{t:8.3f}] {s}" for t, s in self.lines[-n:])
 

@@ -3,7 +3,7 @@
 #   LIMIT:WAIT:OPENS:PAUSE     burst of OPENS openat calls while auditd is SIGSTOPped for PAUSE seconds,
 #                              with backlog_limit LIMIT and backlog_wait_time WAIT (ticks)
 #   mem:LIMIT:OPENS            same with wait 0, then kernel memory measured while the queue is full
-# LIMIT/WAIT may be "boot" for the value the kernel had when this script started.
+# LIMIT/WAIT may be "boot" for the value the kernel had when this script started, LIMIT "boot4" for 4 times it.
 # Prints one line per run:  E2E-STORM key=value ...   /   E2E-MEM key=value ...
 set -u
 spec=$1
@@ -74,6 +74,7 @@ for run in "${runs[@]}"; do
   IFS=: read -r a b c d <<< "$run"
   if [ "$a" = mem ]; then mode=mem limit=$b wait=0 opens=$c pause=3; else mode=storm limit=$a wait=$b opens=$c pause=$d; fi
   [ "$limit" = boot ] && limit=$boot_limit
+  [ "$limit" = boot4 ] && limit=$(( boot_limit * 4 ))
   [ "$wait" = boot ] && wait=$boot_wait
   auditctl -b "$limit" --backlog_wait_time "$wait" >/dev/null
   drain

@@ -1,0 +1,171 @@
+"""Real kernel: the example app's synthesized user data booted under qemu (see e2e/). Slow (about 1 min per
+boot under TCG); qemu that cannot run fails these tests, it never skips them."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from e2e import scenarios, vm
+from e2e.scenarios import merged_b, result_line
+
+pytestmark = pytest.mark.e2e
+
+DEBIAN_SHIPPED_LIMIT = 8192  # Debian 12 rules.d/audit.rules: -b 8192 (FACTS)
+AL2_SHIPPED_LIMIT = 320
+
+
+def _record(s: scenarios.Scenario) -> scenarios.Scenario:
+    path = scenarios.WORK / "timings.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(scenarios.summary(s)) + "\n")
+    return s
+
+
+@pytest.fixture(scope="module")
+def debian():
+    return _record(scenarios.debian_default_and_rerun())
+
+
+@pytest.fixture(scope="module")
+def al2():
+    # The small storm that CI runs: same burst, AL2's 320 against the limit the block applied ("boot").
+    return _record(scenarios.al2_layout(storm_spec="320:0:3000:5,boot:0:3000:5"))
+
+
+@pytest.fixture(scope="module")
+def immutable():
+    return _record(scenarios.immutable_then_reboot())
+
+
+@pytest.fixture(scope="module")
+def cmdline():
+    return _record(scenarios.kernel_cmdline_and_strict_user_script())
+
+
+def _assert_rules_files_safe(report):
+    files = vm.files(report)
+    assert files, "the reporter listed no files"
+    for path, info in files.items():
+        if path.startswith(("/etc/audit/", "/var/lib/cdk-audit-backlog/")):
+            assert info["owner"] == "root:root", (path, info["owner"])
+            assert info["mode"] & 0o027 == 0, (path, oct(info["mode"]))  # auditctl -R refuses other-readable
+
+
+# -- 1. Debian default --------------------------------------------------------------------------------------
+
+def test_debian_block_reports_and_keeps_the_larger_shipped_limit(debian):
+    assert debian.target == "1024"  # t3.micro, 1 GiB
+    rep = debian.runs[0].boot(1)
+    assert rep["instance_id"] == "i-e2e-debian-1"
+    line = result_line(rep)
+    assert line is not None, vm.outputs(rep)
+    old, new, detail = line
+    expected = max(DEBIAN_SHIPPED_LIMIT, int(debian.target))  # never lowered (allow_lower=0)
+    assert (old, new) == (str(DEBIAN_SHIPPED_LIMIT), str(expected))
+    assert "t3.micro" in detail
+    assert vm.audit_status(rep)["backlog_limit"] == str(expected)
+    # The console line also reached the serial console, as an instance's console output would show it.
+    assert debian.runs[0].grep(r"cdk-audit-backlog: backlog_limit \d+ -> \d+")
+
+
+def test_debian_rules_files_are_as_designed(debian):
+    rep = debian.runs[0].boot(1)
+    files = vm.files(rep)
+    merged = files["/etc/audit/audit.rules"]["content"]
+    assert merged_b(merged) == int(vm.audit_status(rep)["backlog_limit"])  # next boot loads the same limit
+    assert "--backlog_wait_time 60000" in merged and "-f 1" in merged  # the distribution's other lines kept
+    _assert_rules_files_safe(rep)
+    assert any(p.startswith("/var/lib/cdk-audit-backlog/") for p in files), sorted(files)
+
+
+def test_debian_user_lines_ran_after_the_block(debian):
+    rep = debian.runs[0].boot(1)
+    # app.py's Instance user data installs nginx with dnf: on Debian that fails, which proves the line ran.
+    assert "dnf: command not found" in rep["user_data_errors"]
+
+
+# -- 3. Rerun with a new instance-id on the same disk -------------------------------------------------------
+
+def test_rerun_with_new_instance_id_changes_nothing(debian):
+    first, second = debian.runs[0].boot(1), debian.runs[1].last()
+    assert second["instance_id"] == "i-e2e-debian-2"
+    line = result_line(second)
+    assert line is not None, "the block did not run again for the new instance-id"
+    assert line[0] == line[1] == vm.audit_status(first)["backlog_limit"]
+    assert vm.audit_status(second)["backlog_limit"] == vm.audit_status(first)["backlog_limit"]
+    before = {p: (i["sha256"], i["mtime"]) for p, i in vm.files(first).items() if p.startswith("/etc/")}
+    after = {p: (i["sha256"], i["mtime"]) for p, i in vm.files(second).items() if p.startswith("/etc/")}
+    assert after == before
+    state = {p: i["sha256"] for p, i in vm.files(first).items() if p.startswith("/var/lib/cdk-audit-backlog/")}
+    assert state == {p: i["sha256"] for p, i in vm.files(second).items() if p in state}
+
+
+# -- 2. Amazon-Linux-2-like layout (+ the small storm) --------------------------------------------------------
+
+def test_al2_layout_comes_up_tuned_not_320(al2):
+    assert al2.target == "8192"  # m5.large, 8 GiB
+    rep = al2.runs[0].boot(1)
+    assert rep["auditd_refuse_manual_stop"] == "yes"
+    line = result_line(rep)
+    assert line is not None, vm.outputs(rep)
+    assert (line[0], line[1]) == (str(AL2_SHIPPED_LIMIT), "8192")
+    assert vm.audit_status(rep)["backlog_limit"] == "8192"
+    assert vm.audit_status(rep)["pid"] != "0"  # auditd still owns the audit socket
+    assert rep["auditd_active"] == "active"
+    assert merged_b(vm.files(rep)["/etc/audit/audit.rules"]["content"]) == 8192  # persisted for the next boot
+    _assert_rules_files_safe(rep)
+    assert rep["motd"] == "worker ready"  # the launch template's own line ran after the block
+
+
+def test_small_storm_loses_records_at_320_and_none_at_the_tuned_limit(al2):
+    runs = {r["limit"]: r for r in al2.runs[0].storm}
+    assert set(runs) == {"320", "8192"}, al2.runs[0].storm
+    assert int(runs["320"]["lost"]) > 1000  # 3,000 opens x ~5 records while auditd is stopped
+    assert int(runs["8192"]["lost"]) == 0
+    assert all(r["drained"] == "yes" for r in runs.values())
+
+
+# -- 4. Immutable (-e 2) ---------------------------------------------------------------------------------------
+
+def test_immutable_is_reported_persisted_and_in_effect_after_reboot(immutable):
+    run = immutable.runs[0]
+    first, second = run.boot(1), run.boot(2)
+    assert vm.audit_status(first)["enabled"] == "2"
+    assert vm.audit_status(first)["backlog_limit"] == str(AL2_SHIPPED_LIMIT)  # the kernel refused the change
+    said = " ".join(vm.outputs(first)).lower()
+    assert "immutable" in said and "next boot" in said, vm.outputs(first)
+    assert vm.outputs(second) == []  # same instance: the user data did not run again
+    assert vm.audit_status(second)["enabled"] == "2"
+    assert vm.audit_status(second)["backlog_limit"] == immutable.target == "1024"
+    _assert_rules_files_safe(second)
+
+
+# -- 5. Kernel command line; 6. user script with set -e and exit 0 --------------------------------------------
+
+def test_kernel_cmdline_is_set_in_grub_and_in_effect_after_reboot(cmdline):
+    first = cmdline.runs[0].boot(1)
+    line = result_line(first)
+    assert line is not None, vm.outputs(first)
+    want = f"audit_backlog_limit={line[1]}"  # the effective limit (Debian's 8192 kept, never lowered to 1024)
+    assert int(line[1]) >= int(cmdline.target)
+    grub_files = {p: i["content"] for p, i in vm.files(first).items() if p.startswith("/etc/default/grub")}
+    assert any(want in text for text in grub_files.values()), grub_files
+    assert want in first["grub_linux_line"], "update-grub did not put the option into grub.cfg"
+    assert len(cmdline.runs) == 2
+    second = cmdline.runs[1].last()
+    assert want in second["cmdline"].split()
+    assert vm.outputs(second) == []  # same instance-id: only the bootloader arguments changed
+
+
+def test_strict_user_script_still_runs_entirely(cmdline):
+    rep = cmdline.runs[0].boot(1)
+    out = vm.outputs(rep)
+    steps = [re.match(r"E2E-USER step=(\d)", line).group(1) for line in out if line.startswith("E2E-USER")]
+    assert steps == ["1", "2", "3"], out
+    assert rep["user_script_marker"] == "present"
+    first_user = next(i for i, line in enumerate(out) if line.startswith("E2E-USER"))
+    assert any(scenarios.RESULT_LINE.match(line) for line in out[:first_user])  # the block ran first
