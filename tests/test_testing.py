@@ -366,3 +366,13 @@ def test_a_block_in_a_crlf_mime_archive_is_found():
     )
     assert is_mime(archive)
     assert tuning_of(archive) == Tuning(target=2048, source="t3.small/2048MiB", count=1)
+
+
+def test_importing_the_helper_does_not_start_the_cdk():
+    # The operator CLI (`report`) decodes templates through this module and must start without Node.
+    import subprocess
+    import sys
+
+    code = "import sys, cdk_audit_backlog.testing; print('aws_cdk' in sys.modules, 'jsii' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
