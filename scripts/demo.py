@@ -147,7 +147,7 @@ def run_verify(env: Dict[str, str]) -> int:
     """The operator's check, as a user runs it: the CLI in its own process, pointed at the emulator."""
     cmd = [sys.executable, "-m", "cdk_audit_backlog", "verify", "--stack", STACK, "--region", REGION]
     log(f"verify: cdk-audit-backlog verify --stack {STACK} --region {REGION}")
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     summary = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
     log(f"verify: exit {proc.returncode}: {summary}")
     if proc.returncode not in (0, 1):

@@ -79,8 +79,8 @@ def test_plan_table_and_csv(capsys):
 
 
 def test_plan_policy_options_pass_through(capsys):
-    rc, out, _ = run(["plan", "m5.large", "--memory-fraction", "0.05", "--maximum", "16384", "--format", "json"],
-                     capsys)
+    argv = ["plan", "m5.large", "--memory-fraction", "0.05", "--maximum", "16384", "--format", "json"]
+    rc, out, _ = run(argv, capsys)
     assert rc == 0
     # 5 % of 8 GiB / 8970 B = 47,886 -> 32768, clamped to the maximum 16384.
     assert json.loads(out)[0]["limit"] == 16384
@@ -206,7 +206,8 @@ def test_throttling_is_retried_with_backoff_then_reported(tmp_path, monkeypatch,
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://localhost:{server.server_address[1]}")
         monkeypatch.setattr(cli, "MAX_ATTEMPTS", 2)
-        rc, _, err = run(["refresh-types", "--region", "us-east-1", "--output", str(tmp_path / "t.txt")], capsys)
+        argv = ["refresh-types", "--region", "us-east-1", "--output", str(tmp_path / "t.txt")]
+        rc, _, err = run(argv, capsys)
     finally:
         server.shutdown()
     assert rc == 2
@@ -289,7 +290,10 @@ def test_console_without_result_line():
 
 
 def test_console_last_result_wins_and_unknown_old_is_none():
-    log = "cdk-audit-backlog: backlog_limit 64 -> 1024\nnoise\ncdk-audit-backlog: backlog_limit ? -> 2048 (x)\n"
+    log = (
+        "cdk-audit-backlog: backlog_limit 64 -> 1024\nnoise\n"
+        "cdk-audit-backlog: backlog_limit ? -> 2048 (x)\n"
+    )
     r = cli.parse_console_result(log)
     assert (r.old, r.new, r.detail) == (None, 2048, "x")
 
@@ -301,7 +305,8 @@ _noise = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories
 @given(_noise, st.integers(0, 2**31 - 1), st.integers(1, 2**31 - 1), st.lists(_noise, max_size=5))
 def test_console_parser_finds_the_line_in_any_noise(prefix, old, new, other_lines):
     lines = [l for l in other_lines if "cdk-audit-backlog: backlog_limit" not in l]
-    log = "\n".join(lines + [f"{prefix}cdk-audit-backlog: backlog_limit {old} -> {new} (t/1MiB; lost 0)"] + lines)
+    result = f"{prefix}cdk-audit-backlog: backlog_limit {old} -> {new} (t/1MiB; lost 0)"
+    log = "\n".join(lines + [result] + lines)
     r = cli.parse_console_result(log)
     assert r is not None and (r.old, r.new) == (old, new)
 
@@ -350,7 +355,8 @@ def test_verify_passes_a_tuned_stack(capsys):
     assert kinds == ["instance"] * 4 + ["launch-template"]
     assert all(r["status"] == "tuned" and r["block"] for r in rows)
     web = next(r for r in rows if "(Web)" in r["resource"])
-    assert (web["instance_type"], web["memory_mib"], web["expected"], web["target"]) == ("t3.micro", 1024, 1024, "1024")
+    assert (web["instance_type"], web["memory_mib"], web["expected"], web["target"]) == (
+        "t3.micro", 1024, 1024, "1024")
     asg_rows = [r for r in rows if r["resource"].endswith("(Asg instance)")]
     assert len(asg_rows) == 2 and all(r["instance_type"] == "m5.large" for r in asg_rows)
     assert "5 checked, 0 untuned" in err
@@ -383,7 +389,9 @@ def test_verify_unknown_stack_is_a_clear_error(capsys):
 def test_verify_reports_progress_up_to_the_total():
     stack = _deploy({f"I{i}": ("t3.micro", shell("1024")) for i in range(6)}, with_asg=False)
     seen = []
-    checks = cli.check_stack(stack, region="us-east-1", max_workers=3, progress=lambda d, t: seen.append((d, t)))
+    checks = cli.check_stack(
+        stack, region="us-east-1", max_workers=3, progress=lambda d, t: seen.append((d, t))
+    )
     assert len(checks) == 6
     assert sorted(seen) == [(i, 6) for i in range(1, 7)]
     printed = io.StringIO()
@@ -513,7 +521,9 @@ def test_verify_a_fleet_of_150_checks_every_instance_with_bounded_concurrency(mo
 
     monkeypatch.setattr(cli, "decode_stored_user_data", counting_decode)
     progress = io.StringIO()
-    checks = cli.check_stack("Big", region="us-east-1", max_workers=4, progress=cli._progress_printer(progress))
+    checks = cli.check_stack(
+        "Big", region="us-east-1", max_workers=4, progress=cli._progress_printer(progress)
+    )
     assert len(checks) == 151  # 150 ASG instances + the launch template
     assert len({c.resource for c in checks}) == 151
     assert all(c.status == "tuned" and c.expected == 4096 for c in checks)

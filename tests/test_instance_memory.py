@@ -125,7 +125,7 @@ def test_supplement_only_adds_names_the_generated_file_lacks_and_cites_a_source(
     extra = im.parse_data_file(EXTRA.read_text())
     assert extra.entries, "the supplement is empty"
     assert set(extra.entries).isdisjoint(generated), "a supplement line shadowed by the API figure is dead"
-    assert set(extra.notes) == set(extra.entries), "every supplement line must say where its figure comes from"
+    assert set(extra.notes) == set(extra.entries), "every supplement line must name its source"
     assert im.table_info().extra_count == len(extra.entries)
 
 

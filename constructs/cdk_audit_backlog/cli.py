@@ -27,14 +27,13 @@ import csv
 import datetime
 import email
 import gzip
-import io
 import json
 import os
 import re
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, TextIO, Tuple
 
@@ -278,7 +277,9 @@ def fetch_instance_memory(
         return found
 
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(regions)))) as pool:
-        per_region = list(pool.map(lambda r: _aws_errors(f"DescribeInstanceTypes in {r}", lambda: one(r)), regions))
+        per_region = list(
+            pool.map(lambda r: _aws_errors(f"DescribeInstanceTypes in {r}", lambda: one(r)), regions)
+        )
     merged: Dict[str, int] = {}
     conflicts: List[str] = []
     for region, found in zip(regions, per_region):
@@ -422,7 +423,8 @@ class ConsoleResult:
 
 
 _RESULT_RE = re.compile(
-    r"cdk-audit-backlog: backlog_limit (?P<old>[0-9]+|\?) -> (?P<new>[0-9]+|\?)(?: \((?P<detail>[^)\r\n]*)\))?"
+    r"cdk-audit-backlog: backlog_limit (?P<old>[0-9]+|\?) -> (?P<new>[0-9]+|\?)"
+    r"(?: \((?P<detail>[^)\r\n]*)\))?"
 )
 
 
@@ -505,7 +507,8 @@ def _stack_resources(cfn: Any, stack: str, depth: int = 0) -> List[Dict[str, Any
     out: List[Dict[str, Any]] = []
     for page in cfn.get_paginator("list_stack_resources").paginate(StackName=stack):
         for r in page.get("StackResourceSummaries", []):
-            if r.get("ResourceType") == "AWS::CloudFormation::Stack" and r.get("PhysicalResourceId") and depth < 5:
+            nested = r.get("ResourceType") == "AWS::CloudFormation::Stack" and r.get("PhysicalResourceId")
+            if nested and depth < 5:
                 out += _stack_resources(cfn, r["PhysicalResourceId"], depth + 1)
             else:
                 out.append(r)
@@ -614,7 +617,8 @@ def check_stack(
                 c.applied, c.console_line = res.new, res.line
         _classify(c)
         if c.console_line and c.applied is None and not c.failed:
-            c.status, c.problem = "unverified", "the block could not read the kernel's limit (auditctl missing?)"
+            c.status = "unverified"
+            c.problem = "the block could not read the kernel's limit (auditctl missing?)"
         if state not in ("running", "pending", "?") and not c.failed:
             c.status = "not-running"
         return c
@@ -635,7 +639,9 @@ def check_stack(
             c.status = "auto"
         return c
 
-    jobs: List[Callable[[], LaunchCheck]] = [lambda i=i: check_lt(i) for i in (lt_ids if launch_templates else [])]
+    jobs: List[Callable[[], LaunchCheck]] = [
+        lambda i=i: check_lt(i) for i in (lt_ids if launch_templates else [])
+    ]
     jobs += [lambda i=i: check_instance(i) for i in sorted(instance_ids)]
     total = len(jobs)
     done = [0]
@@ -820,15 +826,21 @@ def _add_policy_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdk-audit-backlog",
-        description="Plan, refresh and verify audit backlog limits (auditctl -b) chosen from EC2 instance memory.",
+        description="Plan, refresh and verify audit backlog limits (auditctl -b) chosen from EC2 instance "
+        "memory.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("plan", help="the limit per instance type under a policy",
-                       description=f"Limit = largest power of two whose worst case (limit x {MAX_AUDIT_MESSAGE_LENGTH} "
-                       "bytes) fits in the memory fraction, clamped to [minimum, maximum].")
-    p.add_argument("types", nargs="*", metavar="TYPE", help="instance types (m5.large) or sizes (4096MiB, 16GiB)")
+    p = sub.add_parser(
+        "plan",
+        help="the limit per instance type under a policy",
+        description="Limit = largest power of two whose worst case (limit x "
+        f"{MAX_AUDIT_MESSAGE_LENGTH} bytes) fits in the memory fraction, clamped to [minimum, maximum].",
+    )
+    p.add_argument(
+        "types", nargs="*", metavar="TYPE", help="instance types (m5.large) or sizes (4096MiB, 16GiB)"
+    )
     p.add_argument("--all", action="store_true", help="every type in the bundled table")
     _add_policy_args(p)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -855,7 +867,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="the limit chosen per launch resource of a synthesized cloud assembly")
     p.add_argument("cdk_out", metavar="CDK_OUT_DIR")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p.add_argument("--strict", action="store_true", help="exit 1 when a launch resource lacks the block or has it twice")
+    p.add_argument(
+        "--strict", action="store_true", help="exit 1 when a launch resource lacks the block or has it twice"
+    )
     p.set_defaults(func=_cmd_report)
     return parser
 
