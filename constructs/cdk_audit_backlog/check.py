@@ -32,12 +32,15 @@ Not violations: Windows (``<powershell>`` / ``<script>`` / EC2Launch v2 YAML) an
 
 Which instance types a resource launches, from the template alone:
 
-- ``AWS::EC2::Instance`` and ``AWS::AutoScaling::LaunchConfiguration``: their ``InstanceType``.
+- ``AWS::EC2::Instance`` and ``AWS::AutoScaling::LaunchConfiguration``: their ``InstanceType``. An instance
+  with no user data of its own that launches from a launch template of the same template runs that
+  template's user data: it is checked there, with the instance's type.
 - ``AWS::EC2::LaunchTemplate``: for each Auto Scaling group using it, the ``InstanceType`` of its
   ``MixedInstancesPolicy`` overrides (overrides replace the template's own type at launch;
   ``InstanceRequirements`` means "not known"), else the template's own ``LaunchTemplateData.InstanceType``;
-  for each EKS node group, its ``InstanceTypes``, else the template's own; with no user at all, the
-  template's own type. The smallest memory among them sets the required limit.
+  for each EKS node group, its ``InstanceTypes``, else the template's own; for each instance launched
+  from it, the instance's type, else the template's own; with no user at all, the template's own type.
+  The smallest memory among them sets the required limit.
 - A type that is a token or missing from the bundled table is "not known at synth time".
 """
 
@@ -216,7 +219,8 @@ class AuditBacklogCheck:
             base = os.path.dirname(os.path.abspath(template_path))
             files = _asset_files(template_path)
             for nested in _nested_template_paths(resources, base, files):
-                findings.extend(self.check_template(nested, template_path=nested, checked=checked))
+                if os.path.abspath(nested) != os.path.abspath(template_path):  # never loop on itself
+                    findings.extend(self.check_template(nested, template_path=nested, checked=checked))
         return findings
 
     def _check_launch(
