@@ -63,17 +63,20 @@ def test_testing_module_imports_nothing_from_the_code_that_writes_the_block():
 # -- decode_user_data -----------------------------------------------------------------------------
 
 
+@settings(deadline=None)
 @given(script_text)
 def test_literal_base64_round_trips(text):
     encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
     assert decode_user_data(encoded) == text
 
 
+@settings(deadline=None)
 @given(script_text)
 def test_fn_base64_of_a_literal_is_the_literal(text):
     assert decode_user_data({"Fn::Base64": text}) == text
 
 
+@settings(deadline=None)
 @given(script_text, st.data())
 def test_fn_join_with_an_empty_delimiter_reassembles_any_split(text, data):
     cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=8)))
@@ -81,12 +84,14 @@ def test_fn_join_with_an_empty_delimiter_reassembles_any_split(text, data):
     assert decode_user_data({"Fn::Base64": {"Fn::Join": ["", pieces]}}) == text
 
 
+@settings(deadline=None)
 @given(st.lists(script_text, max_size=6), st.sampled_from(["", "\n", " ", ",", "\n\n"]))
 def test_fn_join_puts_the_delimiter_between_parts(parts, delimiter):
     expected = delimiter.join(parts)
     assert decode_user_data({"Fn::Base64": {"Fn::Join": [delimiter, parts]}}) == expected
 
 
+@settings(deadline=None)
 @given(st.lists(st.one_of(script_text.filter(lambda s: "${" not in s), st.sampled_from(["REF", "GETATT", "REGION"])), max_size=8))
 def test_tokens_become_stable_placeholders_in_order(items):
     tokens = {
@@ -162,7 +167,7 @@ def _mime(parts):
 ascii_script = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126) | st.just("\n"), max_size=200)
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 @given(
     st.lists(
         st.tuples(
@@ -181,6 +186,7 @@ def test_shell_parts_returns_every_shell_part_in_order_whatever_the_transfer_enc
     assert shell_parts(user_data) == [text for sub, text, _ in built if sub == "x-shellscript"]
 
 
+@settings(deadline=None)
 @given(script_text.filter(lambda s: not s.lower().lstrip("\ufeff").startswith(("content-type:", "mime-version:"))))
 def test_a_plain_script_is_its_own_single_shell_part(text):
     assert shell_parts(text) == [text]
@@ -344,6 +350,7 @@ def test_readme_example_snapshot(snapshot):
 sub_name = st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,8}", fullmatch=True)
 
 
+@settings(deadline=None)
 @given(
     st.lists(st.one_of(script_text.filter(lambda s: "${" not in s and "$" not in s), sub_name.map(lambda n: ("VAR", n))), max_size=8),
     st.dictionaries(sub_name, script_text.filter(lambda s: "${" not in s), max_size=5),
