@@ -166,6 +166,12 @@ def test_cloud_config_without_a_block_is_untuned():
     assert rules(instance_stack("m5.large", ec2.UserData.custom("#cloud-config\nruncmd: [ls]\n"))) == ["Untuned"]
 
 
+def test_linux_user_data_mentioning_windows_tags_is_still_checked():
+    page = "#cloud-config\nwrite_files:\n- path: /var/www/index.html\n  content: '<script>alert(1)</script>'\n"
+    assert rules(instance_stack("m5.large", ec2.UserData.custom(page))) == ["Untuned"]
+    assert rules(instance_stack("m5.large", ec2.UserData.custom("#!/bin/sh\necho '<powershell>'\n"))) == ["Untuned"]
+
+
 def test_a_launch_the_user_opted_out_is_not_a_violation():
     stack = instance_stack("m5.large", script())
     web = stack.node.find_child("Web")

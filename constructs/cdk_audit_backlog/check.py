@@ -316,11 +316,25 @@ def _user_data_location(resource_type: str) -> str:
     return "Properties/UserData"
 
 
+#: How the user data formats cloud-init runs begin (lower case); content after them is never Windows.
+_CLOUD_INIT_HEADERS = (
+    "#!",
+    "#cloud-config",
+    "#include",
+    "#cloud-boothook",
+    "#part-handler",
+    "#upstart-job",
+    "## template: jinja",
+    "content-type:",
+    "mime-version:",
+)
+
+
 def _not_linux(text: str) -> Optional[str]:
     """The reason ``text`` is user data for a system with no Linux auditd to tune, or None."""
     stripped = text.lstrip("\ufeff \t\r\n")
-    if stripped.startswith("#!") or stripped.lower().startswith(("content-type:", "mime-version:")):
-        return None  # a script or a cloud-init archive: Linux
+    if stripped.lower().startswith(_CLOUD_INIT_HEADERS):
+        return None  # a script, cloud-config or another cloud-init format: Linux
     lowered = stripped.lower()
     if any(tag in lowered for tag in ("<powershell>", "<script>", "<persist>")):
         return "Windows (EC2Launch / EC2Config tags)"
