@@ -531,3 +531,26 @@ def test_verify_a_fleet_of_150_checks_every_instance_with_bounded_concurrency(mo
     shown = progress.getvalue()
     assert shown.endswith("verify: 151/151 checked\n")
     assert 10 <= shown.count("\r") <= 25  # about every 5 %, not one line per instance
+
+
+@mock_aws
+def test_verify_skips_an_instance_terminated_meanwhile(capsys):
+    stack = _deploy({"Keep": ("t3.micro", shell("1024")), "Gone": ("t3.micro", shell("1024"))}, with_asg=False)
+    cfn = boto3.client("cloudformation", region_name="us-east-1")
+    summaries = cfn.list_stack_resources(StackName=stack)["StackResourceSummaries"]
+    gone = next(r["PhysicalResourceId"] for r in summaries if r["LogicalResourceId"] == "Gone")
+    boto3.client("ec2", region_name="us-east-1").terminate_instances(InstanceIds=[gone])
+    rc, out, _ = run(["verify", "--stack", stack, "--region", "us-east-1", "--format", "json"], capsys)
+    assert rc == 0
+    rows = {r["resource"].split()[1]: r for r in json.loads(out)}
+    assert rows["(Gone)"]["status"] == "not-running" and rows["(Gone)"]["problem"] == "terminated"
+    assert rows["(Keep)"]["status"] == "tuned"
+
+
+def test_refresh_with_a_corrupt_previous_file_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "t.txt"
+    out.write_text("m5.large zero\n")
+    with mock_aws():
+        rc, _, err = run(["refresh-types", "--region", "us-east-1", "--output", str(out)], capsys)
+    assert rc == 2 and "file left unchanged" in err
+    assert out.read_text() == "m5.large zero\n"

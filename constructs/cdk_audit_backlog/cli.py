@@ -77,6 +77,10 @@ class CliError(Exception):
     """An error the CLI reports in one line and exits 2 for."""
 
 
+class _NotFound(CliError):
+    """AWS says the resource is gone (``InvalidInstanceID.NotFound`` and the like)."""
+
+
 # ---------------------------------------------------------------------------------------------- plan
 
 
@@ -244,7 +248,10 @@ def _aws_errors(what: str, fn: Callable[[], Any]) -> Any:
             ) from None
         if code == "ValidationError" and "does not exist" in msg:
             raise CliError(f"{what}: {msg}") from None
-        if code in {"AuthFailure", "UnrecognizedClientException", "InvalidClientTokenId", "ExpiredToken"}:
+        if code.endswith(".NotFound"):
+            raise _NotFound(f"{what}: {code}: {msg}") from None
+        if code in {"AuthFailure", "UnrecognizedClientException", "InvalidClientTokenId", "ExpiredToken",
+                    "ExpiredTokenException"}:
             raise CliError(f"{what}: the AWS credentials were rejected ({code}: {msg})") from None
         raise CliError(f"{what}: {code}: {msg}") from None
 
@@ -326,10 +333,14 @@ def refresh_types(
     if not entries:
         raise CliError("refresh-types: DescribeInstanceTypes returned no instance types; file left unchanged")
     old: Mapping[str, int] = {}
-    if output.exists():
-        old = instance_memory.parse_data_file(output.read_text(encoding="utf-8"), name=str(output)).entries
     date = date or datetime.datetime.now(datetime.timezone.utc).date().isoformat()
-    text = instance_memory.render_data_file(entries, source=describe_source(regions, note), date=date)
+    try:
+        if output.exists():
+            previous = output.read_text(encoding="utf-8")
+            old = instance_memory.parse_data_file(previous, name=str(output)).entries
+        text = instance_memory.render_data_file(entries, source=describe_source(regions, note), date=date)
+    except ValueError as e:
+        raise CliError(f"refresh-types: {e}; file left unchanged") from None
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -580,7 +591,9 @@ def check_stack(
     def describe() -> None:
         ids = sorted(instance_ids)
         for chunk in _chunks(ids, 200):
-            for page in ec2.get_paginator("describe_instances").paginate(InstanceIds=list(chunk)):
+            # A filter, not InstanceIds: an id terminated since the listing must not fail the whole chunk.
+            filters = [{"Name": "instance-id", "Values": list(chunk)}]
+            for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
                 for res in page.get("Reservations", []):
                     for inst in res.get("Instances", []):
                         types[inst["InstanceId"]] = (
@@ -595,16 +608,29 @@ def check_stack(
         return mib, (policy.limit_for_memory(mib) if mib is not None else None)
 
     def check_instance(iid: str) -> LaunchCheck:
-        itype, state = types.get(iid, (None, "?"))
+        itype, state = types.get(iid, (None, "gone"))
         mib, exp = expected_for(itype)
-        attr = _aws_errors(
-            f"instance {iid}", lambda: ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
+        label = f"{iid} ({instance_ids[iid]})"
+        gone = LaunchCheck(
+            label, "instance", itype, mib, exp, block=False, target=None, status="not-running", problem=state
         )
+        if state in ("gone", "terminated", "shutting-down"):
+            return gone
+        try:
+            attr = _aws_errors(
+                f"instance {iid}",
+                lambda: ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData"),
+            )
+        except _NotFound:
+            return gone
         text = decode_stored_user_data(attr.get("UserData", {}).get("Value"))
         block, target = block_target(text)
-        c = LaunchCheck(f"{iid} ({instance_ids[iid]})", "instance", itype, mib, exp, block, target)
+        c = LaunchCheck(label, "instance", itype, mib, exp, block, target)
         if console and state == "running":
-            out = _aws_errors(f"instance {iid}", lambda: ec2.get_console_output(InstanceId=iid))
+            try:
+                out = _aws_errors(f"instance {iid}", lambda: ec2.get_console_output(InstanceId=iid))
+            except _NotFound:
+                out = {}
             raw = out.get("Output")
             log = None
             if raw:
@@ -619,7 +645,7 @@ def check_stack(
         if c.console_line and c.applied is None and not c.failed:
             c.status = "unverified"
             c.problem = "the block could not read the kernel's limit (auditctl missing?)"
-        if state not in ("running", "pending", "?") and not c.failed:
+        if state not in ("running", "pending") and not c.failed:
             c.status = "not-running"
         return c
 
