@@ -383,3 +383,55 @@ def test_importing_the_helper_does_not_start_the_cdk():
     code = "import sys, cdk_audit_backlog.testing; print('aws_cdk' in sys.modules, 'jsii' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# -- writer and reader, two implementations, must agree -------------------------------------------
+
+shebangs = st.sampled_from(["#!/bin/bash", "#!/bin/sh", "#!/usr/bin/env bash", "#!/bin/bash -e"])
+
+
+def _joined(text, cuts, tokens):
+    """``text`` as CDK renders it with tokens: an Fn::Join of literal pieces with Refs after some of them."""
+    bounds = sorted(set(cuts))
+    pieces = [text[a:b] for a, b in zip([0] + bounds, bounds + [len(text)])]
+    parts, expected = [], []
+    for i, piece in enumerate(pieces):
+        parts.append(piece)
+        expected.append(piece)
+        if i in tokens:
+            parts.append({"Ref": f"Param{i}"})
+            expected.append("${Ref:Param%d}" % i)
+    return {"Fn::Base64": {"Fn::Join": ["", parts]}}, "".join(expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shebangs, script_text.filter(lambda s: "${" not in s), block_inputs, st.data())
+def test_what_splice_writes_the_decoder_reads_back(shebang, body, inputs, data):
+    from cdk_audit_backlog.splice import splice_user_data
+
+    text = shebang + "\n" + body
+    # Tokens only after the shebang line: splice needs to read the header as literal text.
+    cuts = data.draw(st.lists(st.integers(len(shebang) + 1, len(text)), max_size=4))
+    tokens = set(data.draw(st.lists(st.integers(1, 4), max_size=3)))
+    value, expected_user = _joined(text, cuts, tokens)
+    assert decode_user_data(value) == expected_user
+
+    block = render_block(inputs)
+    tuned = decode_user_data(splice_user_data(value, block))
+    assert tuning_of(tuned) == Tuning(target=inputs.target, source=inputs.source, count=1)
+    start = tuned.index("# >>> cdk-audit-backlog >>>")
+    end = tuned.index("# <<< cdk-audit-backlog <<<\n") + len("# <<< cdk-audit-backlog <<<\n")
+    assert tuned[start:end] == block
+    assert tuned[:start] + tuned[end:] == expected_user  # the user's bytes, in order, tokens in place
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["x-shellscript", "cloud-config"]), ascii_script), min_size=1, max_size=4), block_inputs)
+def test_splice_adds_one_shell_part_to_a_mime_archive_and_the_reader_finds_it(parts, inputs):
+    from cdk_audit_backlog.splice import splice_user_data
+
+    archive = _mime([(sub, text, "us-ascii") for sub, text in parts])
+    tuned = decode_user_data(splice_user_data({"Fn::Base64": archive}, render_block(inputs)))
+    assert tuning_of(tuned) == Tuning(target=inputs.target, source=inputs.source, count=1)
+    user_scripts = [text for sub, text in parts if sub == "x-shellscript"]
+    assert shell_parts(tuned)[1:] == user_scripts  # our part first, the user's after, unchanged
