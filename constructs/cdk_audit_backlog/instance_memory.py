@@ -23,13 +23,14 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from types import MappingProxyType
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 __all__ = [
     "memory_mib",
     "all_types",
     "table_info",
     "TableInfo",
+    "ParsedFile",
     "DATA_FILE",
     "EXTRA_FILE",
     "parse_data_file",
@@ -189,13 +190,3 @@ def all_types() -> Mapping[str, int]:
 def table_info() -> TableInfo:
     """Source, date and counts of the bundled table."""
     return _load()[1]
-
-
-def supplement_notes() -> Mapping[str, str]:
-    """The supplement's per-type source notes (type -> note)."""
-    return parse_data_file(_read(EXTRA_FILE), name=EXTRA_FILE).notes
-
-
-def families(names: Iterable[str]) -> List[str]:
-    """Sorted distinct families (the part before the dot) of ``names``."""
-    return sorted({n.partition(".")[0] for n in names})
