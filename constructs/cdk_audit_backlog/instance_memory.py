@@ -136,7 +136,7 @@ def _sort_key(type_name: str) -> Tuple[str, str]:
 
 
 def _read(name: str) -> str:
-    return resources.files(__package__).joinpath("data", name).read_text(encoding="utf-8")
+    return resources.files(__package__).joinpath("data").joinpath(name).read_text(encoding="utf-8")
 
 
 @functools.lru_cache(maxsize=None)
