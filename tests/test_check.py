@@ -125,6 +125,13 @@ def test_unknown_instance_type_needs_auto_or_the_policy_maximum():
     assert rules(instance_stack("zz9.enormous", script(block(POLICY.maximum)))) == []
 
 
+def test_a_block_after_the_users_lines_is_not_first():
+    late = ec2.UserData.custom("#!/bin/bash\nset -e\ncurl -f http://config/ || exit 0\n" + block(8192))
+    assert rules(instance_stack("m5.large", late)) == ["BlockNotFirst"]
+    no_shebang = ec2.UserData.custom(block(8192) + "echo hi\n")
+    assert rules(instance_stack("m5.large", no_shebang)) == ["BlockNotFirst"]
+
+
 def test_a_block_with_an_unreadable_target_is_malformed():
     text = block(8192).replace("CAB_TARGET=8192", "CAB_TARGET=plenty")
     assert rules(instance_stack("m5.large", script(text))) == ["MalformedBlock"]
@@ -436,7 +443,9 @@ def test_report_only_mode_lists_warnings_and_lets_synth_succeed(tmp_path):
 def test_plugin_names_and_rules():
     check = AuditBacklogCheck()
     assert check.name == PLUGIN_NAME
-    assert check.rule_ids == list(RULES) == ["Untuned", "TunedMoreThanOnce", "BelowPolicy", "MalformedBlock"]
+    assert check.rule_ids == list(RULES) == [
+        "Untuned", "TunedMoreThanOnce", "BelowPolicy", "MalformedBlock", "BlockNotFirst"
+    ]
     with pytest.raises(ValueError, match="policy"):
         AuditBacklogCheck(policy=0.01)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="memory_of"):

@@ -25,6 +25,9 @@ which CDK applies to the resource it is called on and to everything beneath it):
     maximum (only ``auto``, computed at boot, is right then); or the block's ``auto`` uses a weaker policy.
 ``MalformedBlock``
     a block whose ``CAB_TARGET`` line is missing or unreadable.
+``BlockNotFirst``
+    the block does not directly follow the ``#!`` line of its script (or MIME part): lines before it, such
+    as an ``exit 0`` or a failing command under ``set -e``, can stop the script before it runs.
 
 Not violations: Windows (``<powershell>`` / ``<script>`` / EC2Launch v2 YAML) and Bottlerocket (TOML
 ``[settings…]``) user data, which have no auditd to tune, and resources whose Metadata says ``skipped``
@@ -62,7 +65,15 @@ from aws_cdk import (
 )
 
 from .policy import BacklogPolicy
-from .testing import LAUNCH_TYPES, METADATA_KEY, block_settings, decode_user_data, template_dict, user_data_value
+from .testing import (
+    LAUNCH_TYPES,
+    METADATA_KEY,
+    block_settings,
+    decode_user_data,
+    shell_parts,
+    template_dict,
+    user_data_value,
+)
 
 __all__ = ["AuditBacklogCheck", "Finding", "RULES", "PLUGIN_NAME"]
 
@@ -75,6 +86,7 @@ RULES: Dict[str, str] = {
     "TunedMoreThanOnce": "EC2 launch whose user data carries more than one cdk-audit-backlog block.",
     "BelowPolicy": "EC2 launch whose audit backlog limit is below the policy for its instance type.",
     "MalformedBlock": "EC2 launch whose cdk-audit-backlog block has no readable CAB_TARGET line.",
+    "BlockNotFirst": "EC2 launch whose cdk-audit-backlog block does not come right after the shebang line.",
 }
 
 _FIX = "Tune it with cdk_audit_backlog.AuditBacklog.apply_to(app), or acknowledge it with Validations.of(construct).acknowledge()."
@@ -252,6 +264,12 @@ class AuditBacklogCheck:
                 "TunedMoreThanOnce",
                 f"Its user data carries {len(blocks)} blocks; the last one to run wins at boot.",
             )
+        if not _block_comes_first(text or ""):
+            return finding(
+                "BlockNotFirst",
+                "Lines before the block may exit or fail before it runs; the block must directly follow the "
+                "'#!' line of its script.",
+            )
         settings = blocks[0]
         target = settings.get("CAB_TARGET")
         if target is None or not (target == "auto" or (target.isdigit() and not target.startswith("0"))):
@@ -315,6 +333,17 @@ def _user_data_location(resource_type: str) -> str:
         return "Properties/LaunchTemplateData/UserData"
     return "Properties/UserData"
 
+
+def _block_comes_first(user_data: str) -> bool:
+    """Whether the script holding the block starts with a ``#!`` line directly followed by the block."""
+    for script in shell_parts(user_data):
+        lines = script.lstrip("\ufeff").splitlines()
+        if _BEGIN in lines:
+            return len(lines) > 1 and lines[0].startswith("#!") and lines[1] == _BEGIN
+    return False
+
+
+_BEGIN = "# >>> cdk-audit-backlog >>>"
 
 #: How the user data formats cloud-init runs begin (lower case); content after them is never Windows.
 _CLOUD_INIT_HEADERS = (
