@@ -11,6 +11,7 @@ and the console lines.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -130,7 +131,7 @@ def test_debian_keeps_its_larger_8192_and_says_so(tmp_path, sandbox):
     fx.build(root, "debian12")
     before = fx.tree_digest(root)
     r = run(root, sandbox, target=1024, source="t3.micro/1024MiB")
-    assert f"{PREFIX}persist: kept larger -b 8192" in r.stdout.splitlines()
+    assert f"{PREFIX}persist: kept -b 8192" in r.stdout.splitlines()
     assert mutating(fx.calls(root)) == []
     after = fx.tree_digest(root)
     after.pop("var/lib/cdk-audit-backlog/state")
@@ -153,6 +154,18 @@ def test_amazon_linux_1_edits_audit_rules_in_place_with_a_backup(tmp_path, sandb
     # rules.d is not what AL1 loads (USE_AUGENRULES="no"): left alone
     assert not (root / OUR_FILE).exists()
     assert (root / "etc/audit/rules.d/audit.rules").read_text() == fx.AL1_RULES
+
+
+def test_missing_audit_rules_is_created_on_a_non_augenrules_system(tmp_path, sandbox):
+    root = tmp_path / "al1"
+    fx.build(root, "al1")
+    (root / "etc/audit/audit.rules").unlink()
+    r = run(root, sandbox, target=8192)
+    assert f"{PREFIX}persist: wrote /etc/audit/audit.rules" in r.stdout.splitlines()
+    assert (root / "etc/audit/audit.rules").read_text() == "-b 8192\n"
+    assert (root / "etc/audit/audit.rules").stat().st_mode & 0o777 == 0o640
+    assert not (root / "etc/audit/audit.rules.cab-orig").exists()
+    assert fakes.boot(root)["backlog_limit"] == 8192
 
 
 def test_legacy_status_format_is_read(tmp_path, sandbox):
@@ -238,7 +251,7 @@ def test_larger_existing_rules_limit_is_never_lowered(tmp_path, sandbox):
     fakes.boot(root)
     fx.clear_calls(root)
     r = run(root, sandbox, target=8192)
-    assert f"{PREFIX}persist: kept larger -b 65536" in r.stdout.splitlines()
+    assert f"{PREFIX}persist: kept -b 65536" in r.stdout.splitlines()
     assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 65536 -> 65536 (")
     assert mutating(fx.calls(root)) == []
     assert not (root / OUR_FILE).exists()
@@ -261,9 +274,20 @@ def test_larger_running_kernel_limit_is_kept_while_rules_are_raised(tmp_path, sa
     fx.build(root, "al2")
     fx.set_kernel(root, backlog_limit=32768)
     r = run(root, sandbox, target=8192)
-    assert f"{PREFIX}apply: kept larger 32768" in r.stdout.splitlines()
+    assert f"{PREFIX}apply: kept 32768" in r.stdout.splitlines()
     assert "auditctl -b 8192" not in fx.calls(root)
     assert fakes.boot(root)["backlog_limit"] == 8192  # what the rules now load
+
+
+def test_a_kernel_that_does_not_take_the_limit_is_reported(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    cfg = json.loads((root / ".fake/config.json").read_text())
+    (root / ".fake/config.json").write_text(json.dumps(dict(cfg, kernel_ignores_b=True)))
+    r = run(root, sandbox, target=8192)
+    assert f"{PREFIX}verify failed" in r.stdout.splitlines()
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 320 -> 320 (")
+    assert_no_reload(root, fx.calls(root))  # no reload or restart to "fix" it
 
 
 def test_a_later_rules_file_that_wins_the_merge_is_reported(tmp_path, sandbox):

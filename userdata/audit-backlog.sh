@@ -166,7 +166,7 @@ cab_main() {
       c=1
     else
       d=$p
-      say "persist: kept larger -b $p"
+      say "persist: kept -b $p"
     fi
     # x: the new content of f (our own file is rebuilt from nothing; audit.rules is edited).
     k=$(cat "$f" 2>/dev/null) || k=
@@ -177,8 +177,9 @@ cab_main() {
     [ -z "$w" ] || x=$(printf %s "$x" | kv --backlog_wait_time "$w")
     # @@CAB_ENDIF@@
     if [ "$x" != "$k" ]; then
-      # A backup of audit.rules before our first edit; our own file needs none (an emptied one stays).
-      if { [ $a = 1 ] || [ -e "$f.cab-orig" ] || cp -p "$f" "$f.cab-orig"; } && printf '%s\n' "$x" >"$f"; then
+      # A backup of audit.rules (if any) before our first edit; our own file needs none (an emptied
+      # one stays).
+      if { [ $a = 1 ] || [ -e "$f.cab-orig" ] || [ ! -e "$f" ] || cp -p "$f" "$f.cab-orig"; } && printf '%s\n' "$x" >"$f"; then
         ch=1
         say "persist: wrote ${f#"$R"}"
       else
@@ -199,7 +200,7 @@ cab_main() {
     n=$d
     if [ "$CAB_ALLOW_LOWER" != 1 ] && ((${bl:-0}>d)); then
       n=$bl
-      say "apply: kept larger $bl"
+      say "apply: kept $bl"
     fi
     if [ "$en" = 2 ]; then
       m=next-boot
@@ -213,7 +214,7 @@ cab_main() {
       fi
       # @@CAB_ENDIF@@
       st
-      [ "$bl" = "$n" ] || say "verify: limit ${bl:-?}"
+      [ "$bl" = "$n" ] || say "verify failed"
     fi
   fi
   # @@CAB_IF cmdline@@

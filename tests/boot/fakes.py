@@ -131,7 +131,8 @@ def apply_option(k: dict, cfg: dict, opt: str, val: str | None) -> None:
     if opt == "-b":
         if val is None or not re.fullmatch(r"[0-9]+", val):
             raise AuditError(f"Backlog must be a numeric value was {val}")
-        k["backlog_limit"] = int(val)
+        if not cfg.get("kernel_ignores_b"):  # a kernel that acknowledges -b without applying it
+            k["backlog_limit"] = int(val)
     elif opt == "--backlog_wait_time":
         if not cfg.get("bwt_supported", True):
             raise AuditError("auditctl: unrecognized option '--backlog_wait_time'")
