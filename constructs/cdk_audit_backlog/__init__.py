@@ -6,17 +6,23 @@ from .policy import BacklogPolicy
 
 if TYPE_CHECKING:
     from .aspect import EC2_USER_DATA_LIMIT, METADATA_KEY, AuditBacklog
+    from .check import AuditBacklogCheck
 
-__all__ = ["AuditBacklog", "BacklogPolicy", "METADATA_KEY", "EC2_USER_DATA_LIMIT"]
+__all__ = ["AuditBacklog", "AuditBacklogCheck", "BacklogPolicy", "METADATA_KEY", "EC2_USER_DATA_LIMIT"]
 
-_FROM_ASPECT = ("AuditBacklog", "METADATA_KEY", "EC2_USER_DATA_LIMIT")
+_LAZY = {
+    "AuditBacklog": "aspect",
+    "METADATA_KEY": "aspect",
+    "EC2_USER_DATA_LIMIT": "aspect",
+    "AuditBacklogCheck": "check",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # aspect.py imports aws_cdk, which starts a Node process (about 1 s): load it on first use, so the
-    # operator CLI (`cdk-audit-backlog plan`, `report`) starts without it.
-    if name in _FROM_ASPECT:
-        from . import aspect
+    # aspect.py and check.py import aws_cdk, which starts a Node process (about 1 s): load them on first
+    # use, so the operator CLI (`cdk-audit-backlog plan`, `report`) starts without it.
+    if name in _LAZY:
+        import importlib
 
-        return getattr(aspect, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
