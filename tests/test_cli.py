@@ -554,3 +554,32 @@ def test_refresh_with_a_corrupt_previous_file_is_a_clear_error(tmp_path, capsys)
         rc, _, err = run(["refresh-types", "--region", "us-east-1", "--output", str(out)], capsys)
     assert rc == 2 and "file left unchanged" in err
     assert out.read_text() == "m5.large zero\n"
+
+
+def test_block_source():
+    assert cli.block_source(shell()) == ("m5.large", 8192)
+    assert cli.block_source(shell().replace("CAB_SOURCE=m5.large/8192MiB", "CAB_SOURCE=unknown")) is None
+    assert cli.block_source("CAB_SOURCE=m5.large/8192MiB\n") is None  # outside a block
+
+
+def test_auto_floor_allows_memtotal_below_nominal():
+    # A 1 GiB t3.micro boots with MemTotal about 8 % lower; "auto" must not read as below policy for that.
+    c = cli.LaunchCheck("r", "instance", "t3.micro", 1024, 1024, True, "auto", applied=512, floor=512)
+    cli._classify(c)
+    assert c.status == "tuned"
+    c = cli.LaunchCheck("r", "instance", "t3.micro", 1024, 1024, True, "auto", applied=256, floor=512)
+    cli._classify(c)
+    assert c.status == "below-policy"
+
+
+@mock_aws
+def test_verify_mixed_group_sized_for_its_smallest_type_passes(capsys):
+    small_block = shell("8192")  # CAB_SOURCE=m5.large/8192MiB, what the aspect writes for a mixed group
+    stack = _deploy({"Big": ("m5.2xlarge", small_block), "Wrong": ("m5.2xlarge", shell("8192").replace(
+        "CAB_SOURCE=m5.large/8192MiB", "CAB_SOURCE=m5.2xlarge/32768MiB"))}, with_asg=False)
+    rc, out, _ = run(["verify", "--stack", stack, "--region", "us-east-1", "--format", "json"], capsys)
+    rows = {r["resource"].split()[1]: r for r in json.loads(out)}
+    assert rows["(Big)"]["status"] == "tuned"
+    assert rows["(Big)"]["note"] == "chosen for m5.large (8192 MiB), the smallest type of its group"
+    assert rows["(Wrong)"]["status"] == "below-policy"  # chosen for its own type, yet below that policy
+    assert rc == 1

@@ -49,6 +49,7 @@ __all__ = [
     "refresh_types",
     "decode_stored_user_data",
     "block_target",
+    "block_source",
     "parse_console_result",
     "ConsoleResult",
     "LaunchCheck",
@@ -422,6 +423,19 @@ def block_target(user_data: Optional[str]) -> Tuple[bool, Optional[str]]:
     return True, (m.group(1) if m else None)
 
 
+_SOURCE_RE = re.compile(r"^CAB_SOURCE=['\"]?([a-z0-9][a-z0-9.-]*)/([0-9]+)MiB['\"]?\s*$", re.M)
+
+
+def block_source(user_data: Optional[str]) -> Optional[Tuple[str, int]]:
+    """``(instance type, MiB)`` the block's limit was chosen for (its ``CAB_SOURCE``), or None."""
+    if not user_data:
+        return None
+    begin = user_data.find(BLOCK_BEGIN)
+    end = user_data.find(BLOCK_END, begin + 1) if begin >= 0 else -1
+    m = _SOURCE_RE.search(user_data, begin, end) if begin >= 0 and end >= 0 else None
+    return (m.group(1), int(m.group(2))) if m else None
+
+
 @dataclass(frozen=True)
 class ConsoleResult:
     """The block's result line found in a console log. ``old``/``new`` are None where the line says ``?``
@@ -486,6 +500,9 @@ class LaunchCheck:
     console_line: Optional[str] = None
     status: str = "?"
     problem: str = ""
+    #: the least limit accepted when it differs from ``expected`` (see ``note``).
+    floor: Optional[int] = None
+    note: str = ""
 
     @property
     def failed(self) -> bool:
@@ -493,7 +510,7 @@ class LaunchCheck:
 
 
 def _classify(check: LaunchCheck) -> None:
-    exp = check.expected
+    exp = check.floor if check.floor is not None else check.expected
     if not check.block:
         check.status, check.problem = "untuned", "user data has no cdk-audit-backlog block"
         return
@@ -626,6 +643,14 @@ def check_stack(
         text = decode_stored_user_data(attr.get("UserData", {}).get("Value"))
         block, target = block_target(text)
         c = LaunchCheck(label, "instance", itype, mib, exp, block, target)
+        source = block_source(text)
+        if source and mib is not None and source[0] != itype and source[1] < mib:
+            # A mixed-instances group: the aspect sizes for the smallest type, so the worst case fits it.
+            c.floor = policy.limit_for_memory(source[1])
+            c.note = f"chosen for {source[0]} ({source[1]} MiB), the smallest type of its group"
+        elif target == "auto" and mib is not None:
+            # Computed at boot from MemTotal, which is below the nominal memory by the kernel's reservations.
+            c.floor = policy.limit_for_memory(mib * 9 // 10)
         if console and state == "running":
             try:
                 out = _aws_errors(f"instance {iid}", lambda: ec2.get_console_output(InstanceId=iid))
@@ -697,7 +722,7 @@ def _check_cells(c: LaunchCheck) -> List[str]:
         "yes" if c.block else "NO",
         c.target or "-",
         "-" if c.applied is None else str(c.applied),
-        c.status + (f" ({c.problem})" if c.problem else ""),
+        c.status + (f" ({c.problem or c.note})" if c.problem or c.note else ""),
     ]
 
 
