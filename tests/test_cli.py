@@ -583,3 +583,15 @@ def test_verify_mixed_group_sized_for_its_smallest_type_passes(capsys):
     assert rows["(Big)"]["note"] == "chosen for m5.large (8192 MiB), the smallest type of its group"
     assert rows["(Wrong)"]["status"] == "below-policy"  # chosen for its own type, yet below that policy
     assert rc == 1
+
+
+@mock_aws
+def test_enabled_regions_for_all_regions():
+    regions = cli.enabled_regions(boto3.session.Session())
+    assert {"us-east-1", "eu-west-1", "ap-southeast-2"} <= set(regions)
+    assert regions == sorted(regions)
+
+
+def test_region_and_all_regions_exclude_each_other(capsys):
+    rc, _, err = run(["refresh-types", "--region", "us-east-1", "--all-regions"], capsys)
+    assert rc == 2 and "not both" in err

@@ -271,9 +271,11 @@ def fetch_instance_memory(
     if not regions:
         raise CliError("refresh-types: no regions")
     config = _client_config()
+    # Clients are made here, not in the workers: creating clients from one Session is not thread-safe.
+    clients = {r: session.client("ec2", region_name=r, config=config) for r in regions}
 
     def one(region: str) -> Dict[str, int]:
-        client = session.client("ec2", region_name=region, config=config)
+        client = clients[region]
         found: Dict[str, int] = {}
         for page in client.get_paginator("describe_instance_types").paginate(
             PaginationConfig={"PageSize": 100}
@@ -296,6 +298,13 @@ def fetch_instance_memory(
                 conflicts.append(f"{name}: {merged[name]} MiB vs {mib} MiB in {region}")
             merged.setdefault(name, mib)
     return merged, conflicts
+
+
+def enabled_regions(session: Any, region: str = "us-east-1") -> List[str]:
+    """The regions enabled for the account (``DescribeRegions`` asked in ``region``), sorted."""
+    client = session.client("ec2", region_name=region, config=_client_config())
+    resp = _aws_errors("DescribeRegions", lambda: client.describe_regions(AllRegions=False))
+    return sorted(r["RegionName"] for r in resp.get("Regions", []))
 
 
 def default_data_path() -> Path:
@@ -359,7 +368,11 @@ def refresh_types(
 
 
 def _cmd_refresh(args: argparse.Namespace, out: TextIO) -> int:
+    if args.all_regions and args.region:
+        raise CliError("refresh-types: give --region or --all-regions, not both")
     regions = args.region or list(DEFAULT_REGIONS)
+    if args.all_regions:
+        regions = enabled_regions(_boto3().session.Session())
     output = Path(args.output) if args.output else default_data_path()
     res = refresh_types(
         regions=regions, output=output, date=args.date, note=args.note, max_workers=args.max_workers
@@ -900,6 +913,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("refresh-types", help="regenerate the bundled instance-memory table from the EC2 API")
     p.add_argument("--region", action="append", metavar="REGION",
                    help=f"region to query, repeatable (default: {' '.join(DEFAULT_REGIONS)})")
+    p.add_argument("--all-regions", action="store_true", help="every region enabled for the account")
     p.add_argument("--output", metavar="FILE", help="file to write (default: the package's data file)")
     p.add_argument("--date", help="date to record in the header (default: today, UTC)")
     p.add_argument("--note", help="free text appended to the header's source line")
