@@ -595,3 +595,16 @@ def test_enabled_regions_for_all_regions():
 def test_region_and_all_regions_exclude_each_other(capsys):
     rc, _, err = run(["refresh-types", "--region", "us-east-1", "--all-regions"], capsys)
     assert rc == 2 and "not both" in err
+
+
+def test_verify_without_credentials_or_region_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    rc, _, err = run(["verify", "--stack", "Any", "--region", "us-east-1"], capsys)
+    assert rc == 2 and "stack Any: no AWS credentials found" in err
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    rc, _, err = run(["verify", "--stack", "Any"], capsys)
+    assert rc == 2 and "no region" in err

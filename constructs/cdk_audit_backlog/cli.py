@@ -583,10 +583,10 @@ def check_stack(
     session = session or boto3.session.Session(region_name=region)
     config = _client_config()
     kw = {"region_name": region} if region else {}
-    cfn = session.client("cloudformation", config=config, **kw)
-    ec2 = session.client("ec2", config=config, **kw)
-    asg = session.client("autoscaling", config=config, **kw)
     what = f"stack {stack}"
+    cfn, ec2, asg = _aws_errors(
+        what, lambda: [session.client(s, config=config, **kw) for s in ("cloudformation", "ec2", "autoscaling")]
+    )
 
     resources = _aws_errors(what, lambda: _stack_resources(cfn, stack))
     instance_ids: Dict[str, str] = {}  # id -> label
