@@ -36,8 +36,14 @@ synth: setup
 demo: setup
 	$(PY) scripts/demo.py
 
-test: setup debian-packages
+test: setup debian-packages boot-tools
 	$(PY) -m pytest
+
+# Real Debian 12 augenrules, gawk and busybox awk for tests/test_boot_script.py, unpacked, not installed.
+boot-tools: .cache/boot-tools/.stamp
+
+.cache/boot-tools/.stamp: tests/boot/fetch-tools.sh
+	bash tests/boot/fetch-tools.sh .cache/boot-tools
 
 storm: setup debian-packages
 	$(PY) -m e2e.storm

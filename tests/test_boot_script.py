@@ -17,6 +17,8 @@ import shutil
 import subprocess
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cdk_audit_backlog.user_data import BlockInputs, render_block
 from tests.boot import fakes
@@ -506,3 +508,143 @@ def test_rendered_auto_block_with_every_feature_matches_the_script(tmp_path, san
     r2 = run(root2, sandbox, wait=6000, kernel_cmdline=1, install_auditd=1)
     assert via_block == fx.console_lines(r2.stdout)
     assert fx.calls(root) == fx.calls(root2)
+
+
+# ----------------------------------------------------------- against real tools (make boot-tools)
+
+needs_real_tools = pytest.mark.skipif(
+    not fx.real_tools_available(),
+    reason="needs Debian's augenrules, gawk and busybox unpacked by `make boot-tools`",
+)
+AUGENRULES_LAYOUTS = [n for n, lay in fx.LAYOUTS.items() if lay.auditd and lay.loader == "augenrules"]
+
+
+@needs_real_tools
+@pytest.mark.parametrize("name", AUGENRULES_LAYOUTS)
+def test_layouts_with_debians_real_augenrules(tmp_path, sandbox, name):
+    root = tmp_path / name
+    fx.build(root, name)
+    fx.use_real_augenrules(root)
+    r = run(root, sandbox, target=65536, wait=6000)
+    assert result_line(r.stdout).endswith("; method auditctl; lost 0)")
+    generated = (root / "etc/audit/audit.rules").read_text().splitlines()
+    # the real merge (after its header line) is the fakes' merge, with our -b hoisted to line 3
+    assert generated[1:] == fakes.merged_rules(root).splitlines()[1:]
+    assert generated[2] == "-b 65536" and generated[-2] == "--backlog_wait_time 6000"
+    # the next boot: auditd's start runs the real augenrules --load (No change), then auditctl -R
+    fx.clear_calls(root)
+    k = fx.kernel(root)
+    fx.set_kernel(root, backlog_limit=64, backlog_wait_time=None, enabled=0)
+    p = subprocess.run([str(root / "sbin/augenrules"), "--load"], env=fx.script_env(root, sandbox),
+                       capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "No change" in p.stdout
+    nxt = fx.kernel(root)
+    assert (nxt["backlog_limit"], nxt["backlog_wait_time"]) == (65536, 6000)
+    assert nxt["loads"] == k["loads"] + 1
+
+
+@needs_real_tools
+def test_debian_fixture_rules_are_debians_shipped_file():
+    assert (fx.BOOT_TOOLS / "etc/audit/rules.d/audit.rules").read_text() == fx.DEBIAN_RULES
+
+
+AWK_SCENARIOS = [
+    ("al2", dict(target=8192, source="m5.large/8192MiB")),
+    ("al1", dict(target=4096, wait=6000)),
+    ("rhel9", dict(target=16384, wait=15000, kernel_cmdline=1)),
+    ("debian12", dict(target=1024, kernel_cmdline=1)),
+    ("fedora", dict()),
+]
+
+
+@needs_real_tools
+@pytest.mark.parametrize("awk", ["gawk", "busybox"])
+@pytest.mark.parametrize("name,inputs", AWK_SCENARIOS, ids=[s[0] for s in AWK_SCENARIOS])
+def test_same_results_with_gawk_and_busybox_awk(tmp_path, sandbox, awk, name, inputs):
+    """RHEL and Amazon Linux have gawk, Debian and Ubuntu mawk (this machine's awk): same results."""
+    other = fx.make_awk_sandbox(tmp_path / f"sandbox-{awk}", awk)
+    results = []
+    for label, sb in (("mawk", sandbox), (awk, other)):
+        root = tmp_path / label / name
+        fx.build(root, name, **({"status_format": "legacy"} if name == "al1" else {}))
+        r = run(root, sb, **inputs)
+        files = {k: v[0] for k, v in fx.tree_digest(root).items() if not k.startswith("sbin/") and "bin/" not in k}
+        files = {k: v.replace(str(root).encode(), b"ROOT") for k, v in files.items()}
+        results.append((r.stdout, fx.calls(root), files, fx.kernel(root)))
+    assert results[0] == results[1]
+
+
+def _function(name: str) -> str:
+    import re
+
+    m = re.search(rf"^{name}\(\) \{{\n.*?^\}}\n", fx.SCRIPT.read_text(), re.S | re.M)
+    assert m, name
+    return m.group(0)
+
+
+RULE_LINES = st.sampled_from(
+    ["-D", "-b 320", "-b 8192", "-b8192", "-b 65536", "-f 1", "-f 2", "-e 2", "-e 1", "--backlog_wait_time 60000",
+     "-a task,never", "-a always,exit -F arch=b64 -S openat -k files", "-w /etc/passwd -p wa -k identity",
+     "## a comment -b 1", "", "-D -k old"]
+)  # fmt: skip
+RULE_FILES = st.dictionaries(
+    st.sampled_from(["audit.rules", "10-base-config.rules", "99-finalize.rules", "9-x.rules", "Z.rules",
+                     "zz.rules", "zzz-site.rules", "zz-cdk-audit-backlog.rules", "_site.rules", "notes.txt",
+                     "audit.rules.prev", "30-stig.rules"]),
+    st.lists(RULE_LINES, max_size=6),
+    max_size=6,
+)  # fmt: skip
+
+
+def _real_merge_b(root, files: dict, sandbox) -> str:
+    """The -b value in what Debian's real augenrules generates from these rules.d files ('' if none)."""
+    d = root / "etc/audit/rules.d"
+    d.mkdir(parents=True)
+    for name, lines in files.items():
+        (d / name).write_text("".join(line + "\n" for line in lines))
+    fx.use_real_augenrules(root)
+    fakes.write_wrapper(root / "sbin/auditctl", "auditctl")
+    p = subprocess.run([str(root / "sbin/augenrules")], env=fx.script_env(root, sandbox),
+                       capture_output=True, text=True)  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    real_b = [line for line in (root / "etc/audit/audit.rules").read_text().splitlines() if line.startswith("-b")]
+    assert len(real_b) <= 1
+    return str(int(real_b[0][2:])) if real_b else ""
+
+
+def _script_merge_b(root, sandbox, skip: str, mb_function: str | None = None) -> str:
+    program = 'E="$CAB_ROOT/etc/audit"\n' + _function("lb") + (mb_function or _function("mb")) + 'mb "$1"\n'
+    return subprocess.run([str(sandbox / "bash"), "-euo", "pipefail", "-c", program, "mb", skip],
+                          env=fx.script_env(root, sandbox), capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+
+
+@needs_real_tools
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=RULE_FILES)
+def test_script_merge_agrees_with_the_real_augenrules(tmp_path_factory, sandbox, files):
+    """The script's `mb` (the -b that augenrules' merge keeps, with or without our own file) is the
+    -b line of what Debian's real augenrules (run with gawk, as on RHEL) generates from the same rules.d."""
+    ours = "zz-cdk-audit-backlog.rules"
+    if not any(name.endswith(".rules") and name != ours for name in files):
+        files = dict(files, **{"audit.rules": ["-D"]})  # augenrules fails on an empty merge ("No rules")
+    base = tmp_path_factory.mktemp("merge")
+    gawk_sandbox = fx.make_awk_sandbox(base / "sandbox-gawk", "gawk")
+    full = base / "full"
+    without = base / "without-ours"
+    expected_full = _real_merge_b(full, files, gawk_sandbox)
+    expected_without = _real_merge_b(without, {k: v for k, v in files.items() if k != ours}, gawk_sandbox)
+    for sb in (sandbox, gawk_sandbox):
+        assert _script_merge_b(full, sb, ".") == expected_full, files
+        assert _script_merge_b(full, sb, ours) == expected_without, files
+
+
+@needs_real_tools
+def test_merge_check_can_fail(tmp_path, sandbox):
+    """A merge in plain `ls` order (not -v) disagrees with augenrules: 9-x.rules sorts before 10-y there."""
+    files = {"9-x.rules": ["-b 900"], "10-y.rules": ["-b 1000"]}
+    root = tmp_path / "m"
+    assert _real_merge_b(root, files, sandbox) == "1000"
+    assert _script_merge_b(root, sandbox, ".") == "1000"
+    wrong = _function("mb").replace("ls -1v", "ls -1")
+    assert _script_merge_b(root, sandbox, ".", wrong) == "900"

@@ -289,3 +289,56 @@ def run_user_data(root: Path, sandbox: Path, text: str, timeout: float = 60):
 
 def console_lines(stdout: str) -> list[str]:
     return [line for line in stdout.splitlines() if line.startswith("cdk-audit-backlog: ")]
+
+
+# ------------------------------------------------------------------------------------- real tools
+# Unpacked by `make boot-tools` (tests/boot/fetch-tools.sh): Debian 12's auditd 3.0.9 package, gawk 5.2
+# and busybox 1.35. Tests that need them skip when they are missing.
+BOOT_TOOLS = REPO / ".cache" / "boot-tools" / "root"
+REAL_AUGENRULES = BOOT_TOOLS / "sbin" / "augenrules"
+GAWK = BOOT_TOOLS / "usr" / "bin" / "gawk"
+BUSYBOX = BOOT_TOOLS / "bin" / "busybox"
+
+
+def real_tools_available() -> bool:
+    return REAL_AUGENRULES.is_file() and GAWK.is_file() and BUSYBOX.is_file()
+
+
+def use_real_augenrules(root: Path) -> None:
+    """Make the fixture's augenrules Debian's real script, its fixed paths pointed into the fixture.
+
+    Only the path constants are changed (each must be found exactly where Debian 3.0.9 has it, or this
+    fails): the merge, the "No change" check and the file handling are the real ones. ``--load`` runs the
+    fixture's (fake) auditctl -R.
+    """
+    text = REAL_AUGENRULES.read_text()
+    for old, new in (
+        ("DestinationFile=/etc/audit/audit.rules\n", f"DestinationFile={root}/etc/audit/audit.rules\n"),
+        ("SourceRulesDir=/etc/audit/rules.d\n", f"SourceRulesDir={root}/etc/audit/rules.d\n"),
+        ("\t\t/sbin/auditctl -R ", f"\t\t{root}/sbin/auditctl -R "),
+        ("[ -x /sbin/restorecon ]", f"[ -x {root}/sbin/restorecon ]"),
+    ):
+        if text.count(old) != 1:
+            raise AssertionError(f"Debian's augenrules changed: {old!r} not found once")
+        text = text.replace(old, new)
+    path = root / "sbin" / "augenrules"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+def make_awk_sandbox(path: Path, awk: str) -> Path:
+    """A sandbox whose `awk` is gawk or busybox awk (instead of this machine's mawk)."""
+    make_sandbox(path)
+    link = path / "awk"
+    link.unlink()
+    libs = BOOT_TOOLS / "usr" / "lib" / "x86_64-linux-gnu"
+    if awk == "gawk":
+        target = f'LD_LIBRARY_PATH="{libs}" exec "{GAWK}" "$@"'
+    elif awk == "busybox":
+        target = f'exec "{BUSYBOX}" awk "$@"'
+    else:
+        raise ValueError(awk)
+    link.write_text(f"#!/bin/sh\n{target}\n")
+    link.chmod(0o755)
+    return path
