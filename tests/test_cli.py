@@ -18,7 +18,7 @@ import aws_cdk as cdk
 import aws_cdk.aws_ec2 as ec2
 import boto3
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
@@ -608,3 +608,31 @@ def test_verify_without_credentials_or_region_is_a_clear_error(tmp_path, monkeyp
     monkeypatch.delenv("AWS_REGION", raising=False)
     rc, _, err = run(["verify", "--stack", "Any"], capsys)
     assert rc == 2 and "no region" in err
+
+
+_script_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=300)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_script_text, st.booleans())
+def test_decode_stored_user_data_round_trips(text, gzipped):
+    assume(text)  # empty user data reads as None (see test_decode_plain_gzip_and_mime)
+    raw = text.encode()
+    value = b64(gzip.compress(raw) if gzipped else raw)
+    decoded = cli.decode_stored_user_data(value)
+    if text.lstrip().lower().startswith(("content-type: multipart", "mime-version:")):
+        return  # parsed as MIME: covered by test_decode_plain_gzip_and_mime
+    assert decoded == text
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.just("auto"), st.integers(1, 2**31 - 1).map(str)), _script_text, st.booleans())
+def test_block_target_is_found_whatever_the_user_lines(target, user, in_mime):
+    user = user.replace("# >>> cdk-audit-backlog >>>", "").replace("# <<< cdk-audit-backlog <<<", "")
+    text = shell(target, user + "\n")
+    if in_mime:
+        mime = MIMEMultipart()
+        mime.attach(MIMEText("#cloud-config\n", "cloud-config"))
+        mime.attach(MIMEText(text, "x-shellscript", "utf-8"))
+        text = cli.decode_stored_user_data(b64(mime.as_bytes()))
+    assert cli.block_target(text) == (True, target)
