@@ -65,6 +65,17 @@ def merged_b(rules_text: str) -> Optional[int]:
     return last
 
 
+def _version_key(name: str) -> list:
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name) if p]
+
+
+def rules_d_b(files: Dict[str, Dict[str, object]]) -> Optional[int]:
+    """The ``-b`` that augenrules will load at the next boot: rules.d/*.rules in ``ls -1v`` order, last wins."""
+    names = sorted((p for p in files if p.startswith("/etc/audit/rules.d/") and p.endswith(".rules")),
+                   key=lambda p: _version_key(p.rsplit("/", 1)[1]))
+    return merged_b("".join(str(files[p].get("content", "")) + "\n" for p in names))
+
+
 @dataclass
 class Scenario:
     name: str

@@ -48,6 +48,7 @@ class Run:
     storm: List[Dict[str, str]] = field(default_factory=list)
     mem: List[Dict[str, str]] = field(default_factory=list)
     storm_begin: Dict[str, str] = field(default_factory=dict)
+    storm_errors: List[str] = field(default_factory=list)
 
     def boot(self, n: int = 1) -> Dict[str, str]:
         if n not in self.boots:
@@ -167,6 +168,9 @@ def _parse(run: Run) -> None:
             i = text.find(tag)
             if i >= 0:
                 sink.append(dict(_KV.findall(text[i + len(tag):])))
+        i = text.find("E2E-STORM-ERROR ")
+        if i >= 0:
+            run.storm_errors.append(text[i:])
         i = text.find("E2E-STORM-BEGIN ")
         if i >= 0:
             run.storm_begin = dict(_KV.findall(text[i:]))

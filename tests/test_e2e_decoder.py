@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from e2e import userdata, vm
-from e2e.scenarios import RESULT_LINE, grub_args, merged_b
+from e2e.scenarios import RESULT_LINE, grub_args, merged_b, rules_d_b
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300)
 
@@ -96,3 +96,29 @@ def test_grub_args_are_what_grub_passes():
     assert grub_args(line) == "root=UUID=ab-cd ro console=ttyS0 audit_backlog_limit=1024 quiet"
     with pytest.raises(ValueError):
         grub_args("initrd /boot/initrd.img")
+
+
+def test_rules_d_merge_follows_ls_v_order_and_last_b_wins():
+    files = {
+        "/etc/audit/rules.d/audit.rules": {"content": "-D\n-b 320\n-f 1"},
+        "/etc/audit/rules.d/99-x.rules": {"content": "-b 9999\n"},
+        "/etc/audit/rules.d/10-a.rules": {"content": "-b 1\n"},
+        "/etc/audit/rules.d/9-a.rules": {"content": "-b 2\n"},
+        "/etc/audit/audit.rules": {"content": "-b 5\n"},
+    }
+    assert rules_d_b(files) == 320  # audit.rules sorts after 99-x.rules
+    files["/etc/audit/rules.d/zz-cdk-audit-backlog.rules"] = {"content": "-b 8192\n"}
+    assert rules_d_b(files) == 8192
+
+
+def test_guest_scripts_are_shellcheck_clean():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    guest = Path(__file__).resolve().parent.parent / "e2e" / "guest"
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    scripts = sorted(str(p) for p in guest.glob("*.sh"))
+    assert len(scripts) == 3
+    proc = subprocess.run([str(shellcheck), "-s", "bash", *scripts], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from e2e import scenarios, vm
-from e2e.scenarios import merged_b, result_line
+from e2e.scenarios import merged_b, result_line, rules_d_b
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ def debian():
 @pytest.fixture(scope="module")
 def al2():
     # The small storm that CI runs: same burst, AL2's 320 against the limit the block applied ("boot").
-    return _record(scenarios.al2_layout(storm_spec="320:0:3000:5,boot:0:3000:5"))
+    return _record(scenarios.al2_layout(storm_spec="320:0:1000:5,boot:0:1000:5"))
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,8 @@ def test_debian_rules_files_are_as_designed(debian):
     rep = debian.runs[0].boot(1)
     files = vm.files(rep)
     merged = files["/etc/audit/audit.rules"]["content"]
-    assert merged_b(merged) == int(vm.audit_status(rep)["backlog_limit"])  # next boot loads the same limit
+    assert merged_b(merged) == int(vm.audit_status(rep)["backlog_limit"])  # what auditd loaded
+    assert rules_d_b(files) == int(vm.audit_status(rep)["backlog_limit"])  # and what the next boot merges
     assert "--backlog_wait_time 60000" in merged and "-f 1" in merged  # the distribution's other lines kept
     _assert_rules_files_safe(rep)
     assert any(p.startswith("/var/lib/cdk-audit-backlog/") for p in files), sorted(files)
@@ -116,7 +117,7 @@ def test_al2_layout_comes_up_tuned_not_320(al2):
     assert vm.audit_status(rep)["backlog_limit"] == "8192"
     assert vm.audit_status(rep)["pid"] != "0"  # auditd still owns the audit socket
     assert rep["auditd_active"] == "active"
-    assert merged_b(vm.files(rep)["/etc/audit/audit.rules"]["content"]) == 8192  # persisted for the next boot
+    assert rules_d_b(vm.files(rep)) == 8192  # what augenrules merges at the next boot
     _assert_rules_files_safe(rep)
     assert rep["motd"] == "worker ready"  # the launch template's own line ran after the block
 
@@ -124,7 +125,9 @@ def test_al2_layout_comes_up_tuned_not_320(al2):
 def test_small_storm_loses_records_at_320_and_none_at_the_tuned_limit(al2):
     runs = {r["limit"]: r for r in al2.runs[0].storm}
     assert set(runs) == {"320", "8192"}, al2.runs[0].storm
-    assert int(runs["320"]["lost"]) > 1000  # 3,000 opens x ~5 records while auditd is stopped
+    # 1,000 openat calls (~5 records each) while auditd is stopped: 320 holds about 100 of them (the kernel
+    # counts one lost per refused event), 8192 holds all.
+    assert int(runs["320"]["lost"]) > 500
     assert int(runs["8192"]["lost"]) == 0
     assert all(r["drained"] == "yes" for r in runs.values())
 

@@ -17,10 +17,10 @@ E2E-RESULT boot=1 block_last_s=41.0
 E2E-RESULT boot=1 cloud_final_done_s=50000e-3
 E2E-RESULT boot=1 scripts_user_s=1.250
 E2E-STORM-BEGIN boot_limit=8192 boot_wait=15000 hz=100
-[ 61.0] audit: audit_backlog=321 > audit_backlog_limit=320 E2E-STORM limit=320 wait=0 opens=3000 pause_s=5 lost=2988 wait_actual=0 drained=yes burst_ms=410
-E2E-STORM limit=8192 wait=0 opens=3000 pause_s=5 lost=0 wait_actual=0 drained=yes burst_ms=380
-E2E-STORM limit=320 wait=15000 opens=3000 pause_s=5 lost=7 wait_actual=5100 drained=yes burst_ms=6300
-E2E-STORM limit=8192 wait=15000 opens=3000 pause_s=5 lost=0 wait_actual=0 drained=yes burst_ms=900
+[ 61.0] audit: audit_backlog=321 > audit_backlog_limit=320 E2E-STORM limit=320 wait=0 opens=1000 pause_s=5 lost=2988 wait_actual=0 drained=yes burst_ms=410
+E2E-STORM limit=8192 wait=0 opens=1000 pause_s=5 lost=0 wait_actual=0 drained=yes burst_ms=380
+E2E-STORM limit=320 wait=15000 opens=1000 pause_s=5 lost=7 wait_actual=5100 drained=yes burst_ms=6300
+E2E-STORM limit=8192 wait=15000 opens=1000 pause_s=5 lost=0 wait_actual=0 drained=yes burst_ms=900
 E2E-STORM limit=320 wait=0 opens=500 pause_s=5 lost=100 wait_actual=0 drained=yes burst_ms=50
 E2E-STORM limit=320 wait=0 opens=1000 pause_s=5 lost=900 wait_actual=0 drained=yes burst_ms=90
 E2E-STORM limit=8192 wait=0 opens=500 pause_s=5 lost=0 wait_actual=0 drained=yes burst_ms=50
@@ -40,7 +40,7 @@ def _run() -> vm.Run:
 
 def test_spec_covers_both_limits_both_waits_and_the_curve():
     runs = storm.spec(bursts=(500, 1000)).split(",")
-    assert runs[:4] == ["320:0:3000:5", "boot:0:3000:5", "320:boot:3000:5", "boot:boot:3000:5"]
+    assert runs[:4] == ["320:0:1000:5", "boot:0:1000:5", "320:boot:1000:5", "boot:boot:1000:5"]
     assert {r.split(":")[0] for r in runs[4:-2]} == {"320", "boot", "boot4"}
     assert runs[-2:] == ["mem:boot:8000", "mem:boot4:30000"]
 

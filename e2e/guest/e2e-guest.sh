@@ -16,8 +16,9 @@ sync
 r() { printf 'E2E-RESULT boot=%s %s=%s\n' "$boot" "$1" "$2"; }
 
 cmdline_opt() {  # value of e2e.NAME= on the kernel command line, or $2
-  local w
-  for w in $(cat /proc/cmdline); do
+  local w words
+  read -r -a words < /proc/cmdline
+  for w in "${words[@]}"; do
     case "$w" in "e2e.$1="*) echo "${w#*=}"; return ;; esac
   done
   echo "${2:-}"
@@ -85,7 +86,7 @@ spec=$(cmdline_opt storm)
 if [ -n "$spec" ] && [ "$boot" -eq "$(cmdline_opt storm_boot 1)" ]; then
   /usr/local/sbin/e2e-storm "$spec"
 fi
-r phase done
+r phase "done"
 sync
 
 if [ "$(cmdline_opt hold 0)" = 1 ]; then exit 0; fi

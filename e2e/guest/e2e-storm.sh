@@ -2,7 +2,8 @@
 # Audit storm runner, in the guest. SPEC is a comma-separated list of runs:
 #   LIMIT:WAIT:OPENS:PAUSE     burst of OPENS openat calls while auditd is SIGSTOPped for PAUSE seconds,
 #                              with backlog_limit LIMIT and backlog_wait_time WAIT (ticks)
-#   mem:LIMIT:OPENS            same with wait 0, then kernel memory measured while the queue is full
+#   mem:LIMIT:OPENS            same with wait 0 and a 30 s pause; kernel memory is read right after the burst,
+#                              while auditd is still stopped and the queue is full
 # LIMIT/WAIT may be "boot" for the value the kernel had when this script started, LIMIT "boot4" for 4 times it.
 # Prints one line per run:  E2E-STORM key=value ...   /   E2E-MEM key=value ...
 set -u
@@ -12,7 +13,7 @@ status() { auditctl -s | awk -v k="$1" '$1 == k {print $2}'; }
 
 boot_limit=$(status backlog_limit)
 boot_wait=$(status backlog_wait_time)
-echo "E2E-STORM-BEGIN boot_limit=$boot_limit boot_wait=$boot_wait hz=$(getconf CLK_TCK)"
+echo "E2E-STORM-BEGIN boot_limit=$boot_limit boot_wait=$boot_wait hz=$(sed -n 's/^CONFIG_HZ=//p' "/boot/config-$(uname -r)" 2>/dev/null)"
 if [ "$(status enabled)" = 2 ]; then
   echo "E2E-STORM-ERROR audit configuration is immutable"
   exit 0
@@ -21,8 +22,8 @@ auditctl -D >/dev/null
 auditctl -a always,exit -F arch=b64 -S openat -F key=storm >/dev/null
 
 drain() {  # until the kernel queue is empty (auditd caught up), at most 120 s
-  local i
-  for i in $(seq 1 240); do
+  local _
+  for _ in $(seq 1 240); do
     [ "$(status backlog)" = 0 ] && return 0
     sleep 0.5
   done
@@ -63,8 +64,8 @@ if mode == "mem":
     backlog = subprocess.run(["auditctl", "-s"], capture_output=True, text=True).stdout
     backlog = [l.split()[1] for l in backlog.splitlines() if l.startswith("backlog ")][0]
     skb = sum(s1.get(k, 0) - s0.get(k, 0) for k in s1 if k.startswith(("skbuff", "kmalloc")))
-    print(f"queued={backlog} slab_growth={m1[\"Slab\"] - m0[\"Slab\"]} "
-          f"sunreclaim_growth={m1[\"SUnreclaim\"] - m0[\"SUnreclaim\"]} skb_kmalloc_growth={skb}", end=" ")
+    slab, sunr = m1["Slab"] - m0["Slab"], m1["SUnreclaim"] - m0["SUnreclaim"]
+    print(f"queued={backlog} slab_growth={slab} sunreclaim_growth={sunr} skb_kmalloc_growth={skb}", end=" ")
 cont.join()
 print(f"burst_ms={burst * 1000:.0f}")
 '
@@ -72,7 +73,7 @@ print(f"burst_ms={burst * 1000:.0f}")
 IFS=, read -r -a runs <<< "$spec"
 for run in "${runs[@]}"; do
   IFS=: read -r a b c d <<< "$run"
-  if [ "$a" = mem ]; then mode=mem limit=$b wait=0 opens=$c pause=3; else mode=storm limit=$a wait=$b opens=$c pause=$d; fi
+  if [ "$a" = mem ]; then mode=mem limit=$b wait=0 opens=$c pause=30; else mode=storm limit=$a wait=$b opens=$c pause=$d; fi
   [ "$limit" = boot ] && limit=$boot_limit
   [ "$limit" = boot4 ] && limit=$(( boot_limit * 4 ))
   [ "$wait" = boot ] && wait=$boot_wait
@@ -80,7 +81,8 @@ for run in "${runs[@]}"; do
   drain
   lost0=$(status lost); actual0=$(status backlog_wait_time_actual)
   pid=$(status pid)
-  out=$(python3 -c "$burst_py" "$mode" "$pid" "$opens" "$pause")
+  out=$(python3 -c "$burst_py" "$mode" "$pid" "$opens" "$pause" 2>&1 | tr '\n' ' ')
+  case "$out" in *burst_ms=*) ;; *) echo "E2E-STORM-ERROR run=$run python: $out"; kill -CONT "$pid"; continue ;; esac
   drained=yes; drain || drained=no
   lost=$(( $(status lost) - lost0 ))
   actual=$(( $(status backlog_wait_time_actual) - ${actual0:-0} ))
