@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -542,6 +543,28 @@ def test_layouts_with_debians_real_augenrules(tmp_path, sandbox, name):
     nxt = fx.kernel(root)
     assert (nxt["backlog_limit"], nxt["backlog_wait_time"]) == (65536, 6000)
     assert nxt["loads"] == k["loads"] + 1
+
+
+@needs_real_tools
+def test_fake_auditctl_help_behaves_like_the_real_one(tmp_path):
+    real = fx.real_auditctl_help()
+    root = tmp_path / "rhel9"
+    fx.build(root, "rhel9")
+    fake = subprocess.run([str(root / "sbin/auditctl"), "-h"], env={"CAB_ROOT": str(root)}, capture_output=True, text=True)
+    assert real.returncode == fake.returncode == 255
+    for r in (real, fake):
+        assert re.search(r"^ +--backlog_wait_time +Set the kernel backlog_wait_time$", r.stdout, re.M), r.stdout
+
+
+@needs_real_tools
+def test_wait_time_probe_with_the_real_auditctl_help(tmp_path, sandbox):
+    """The probe reads `auditctl -h` of the real auditctl 3.0.9, which exits 255 after its usage text."""
+    root = tmp_path / "rhel9"
+    fx.build(root, "rhel9")
+    fx.use_real_auditctl_help(root)
+    r = run(root, sandbox, target=16384, wait=15000)
+    assert "unsupported" not in r.stdout
+    assert fx.kernel(root)["backlog_wait_time"] == 15000
 
 
 @needs_real_tools

@@ -144,7 +144,8 @@ cab_main() {
     ok=-
   else
     # @@CAB_IF wait@@
-    if [ -n "$w" ] && ! timeout 20 auditctl -h 2>&1 | grep -q backlog_wait_time; then
+    # `auditctl -h` exits 255 after its usage text (audit 3.0.9): only grep's status may count.
+    if [ -n "$w" ] && ! { timeout 20 auditctl -h 2>&1 || :; } | grep -q backlog_wait_time; then
       say "backlog_wait_time: unsupported by auditctl"
       w=
     fi

@@ -194,7 +194,7 @@ def auditctl(args: list[str]) -> int:
                 sys.stdout.write(status_text(k, cfg))
             elif a in ("-h", "--help"):
                 sys.stdout.write(usage(cfg))
-                return 0
+                return 255  # as auditctl 3.0.9 does after its usage text
             elif a == "-v":
                 print(f"auditctl version {cfg.get('version', '3.0')}")
             elif a == "-l":

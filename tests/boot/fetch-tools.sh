@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Fetches real tools for the boot-script tests without installing them: Debian 12's auditd package (its
-# augenrules and shipped rules), gawk (the awk of RHEL and Amazon Linux) with its library, and busybox
-# (a third, minimal awk). `apt-get download` + `dpkg-deb -x` into DIR/root; nothing touches the system.
+# augenrules, shipped rules, and auditctl, which the tests only ever run with -h), gawk (the awk of RHEL
+# and Amazon Linux) with its library, and busybox (a third, minimal awk). `apt-get download` +
+# `dpkg-deb -x` into DIR/root; nothing touches the system.
 # Tests that need them skip with a reason when they are missing (e.g. not a Debian machine).
 set -euo pipefail
 dir=${1:?usage: fetch-tools.sh DIR}
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
-packages=(auditd gawk libsigsegv2 busybox)
+packages=(auditd libauparse0 libaudit1 libcap-ng0 gawk libsigsegv2 busybox)
 if ! command -v apt-get >/dev/null || ! command -v dpkg-deb >/dev/null; then
   echo "fetch-tools: no apt-get/dpkg-deb here; the real-tool boot tests will be skipped" >&2
   exit 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
@@ -298,6 +299,32 @@ BOOT_TOOLS = REPO / ".cache" / "boot-tools" / "root"
 REAL_AUGENRULES = BOOT_TOOLS / "sbin" / "augenrules"
 GAWK = BOOT_TOOLS / "usr" / "bin" / "gawk"
 BUSYBOX = BOOT_TOOLS / "bin" / "busybox"
+
+
+REAL_AUDITCTL = BOOT_TOOLS / "sbin" / "auditctl"
+REAL_LIBS = f"{BOOT_TOOLS}/lib/x86_64-linux-gnu:{BOOT_TOOLS}/usr/lib/x86_64-linux-gnu"
+
+
+def real_auditctl_help() -> subprocess.CompletedProcess:
+    """Debian's real ``auditctl -h`` (usage text only: the tests never run it with anything else)."""
+    return subprocess.run(
+        [str(REAL_AUDITCTL), "-h"],
+        env={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": REAL_LIBS},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+def use_real_auditctl_help(root: Path) -> None:
+    """The fixture's auditctl answers -h with Debian's real auditctl, everything else with the fake."""
+    path = root / "sbin" / "auditctl"
+    fake = path.read_text().splitlines()[1]
+    path.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = -h ]; then LD_LIBRARY_PATH="{REAL_LIBS}" exec "{REAL_AUDITCTL}" -h; fi\n'
+        f"{fake}\n"
+    )
 
 
 def real_tools_available() -> bool:
