@@ -567,6 +567,34 @@ def test_wait_time_probe_with_the_real_auditctl_help(tmp_path, sandbox):
     assert fx.kernel(root)["backlog_wait_time"] == 15000
 
 
+def _real_status():
+    if not fx.real_tools_available():
+        return None
+    r = subprocess.run([str(fx.REAL_AUDITCTL), "-s"], env={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": fx.REAL_LIBS},
+                       capture_output=True, text=True, timeout=20)  # fmt: skip
+    return r.stdout if r.returncode == 0 else None
+
+
+@pytest.mark.skipif(_real_status() is None, reason="needs the real auditctl and a kernel that answers `auditctl -s`")
+@pytest.mark.parametrize("awk", ["mawk", "gawk", "busybox"])
+def test_status_parser_reads_the_real_auditctl_s(tmp_path, sandbox, awk):
+    """`st` on the real (read-only) `auditctl -s` of this machine's kernel, and the fake's format matches."""
+    real = _real_status()
+    values = dict(line.split(" ", 1) for line in real.splitlines())
+    root = tmp_path / "real"
+    wrapper = root / "sbin/auditctl"
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text(f'#!/bin/sh\n[ "$*" = -s ] || exit 99\nLD_LIBRARY_PATH="{fx.REAL_LIBS}" exec "{fx.REAL_AUDITCTL}" -s\n')
+    wrapper.chmod(0o755)
+    sb = sandbox if awk == "mawk" else fx.make_awk_sandbox(tmp_path / awk, awk)
+    program = _function("st") + 'st\necho "$en|$lo|$bw|$bl"\n'
+    out = subprocess.run([str(sb / "bash"), "-euo", "pipefail", "-c", program], env=fx.script_env(root, sb),
+                         capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    assert out == "|".join(values[k] for k in ("enabled", "lost", "backlog_wait_time", "backlog_limit"))
+    fake = fakes.status_text(dict(fakes.KERNEL_DEFAULTS, backlog_wait_time=15000), {"version": "3.0.9"})
+    assert [line.split(" ")[0] for line in fake.splitlines()] == [line.split(" ")[0] for line in real.splitlines()]
+
+
 @needs_real_tools
 def test_debian_fixture_rules_are_debians_shipped_file():
     assert (fx.BOOT_TOOLS / "etc/audit/rules.d/audit.rules").read_text() == fx.DEBIAN_RULES
