@@ -210,6 +210,17 @@ def test_install_auditd_on_al2023_with_dnf_sets_the_kernel_before_auditd_runs(tm
     assert fakes.boot(root)["backlog_limit"] == 8192
 
 
+@pytest.mark.parametrize("name,manager", [("al2", "yum"), ("sles15", "zypper"), ("rhel9", "dnf")])
+def test_install_auditd_with_each_package_manager(tmp_path, sandbox, name, manager):
+    root = tmp_path / name
+    fx.build(root, name, auditd=False)
+    r = run(root, sandbox, target=8192, install_auditd=1)
+    assert fx.calls(root)[0] == f"{manager} install -y audit"
+    assert f"{PREFIX}install: audit ({manager})" in r.stdout.splitlines()
+    assert (root / "sbin/auditctl").exists()
+    assert fakes.boot(root)["backlog_limit"] == 8192
+
+
 def test_install_failure_is_reported_and_the_boot_goes_on(tmp_path, sandbox):
     root = tmp_path / "al2023"
     fx.build(root, "al2023-fedora-file", auditd=False, package_name="audit-not-here")
@@ -307,11 +318,14 @@ def test_a_later_rules_file_that_wins_the_merge_is_reported(tmp_path, sandbox):
     assert fx.kernel(root)["backlog_limit"] == 8192  # applied for this boot all the same
 
 
-@pytest.mark.parametrize("name", ["al2", "al1", "rhel9", "debian12", "ubuntu2204-no-auditd"])
-def test_rerun_changes_no_file_and_calls_nothing_that_changes_state(tmp_path, sandbox, name):
+@pytest.mark.parametrize(
+    "name,wait",
+    [("al2", None), ("al1", 6000), ("rhel9", 15000), ("debian12", None), ("sles15", None), ("ubuntu2204-no-auditd", None)],
+)  # fmt: skip
+def test_rerun_changes_no_file_and_calls_nothing_that_changes_state(tmp_path, sandbox, name, wait):
     root = tmp_path / name
     fx.build(root, name)
-    inputs = dict(target=16384, kernel_cmdline=1)
+    inputs = dict(target=16384, kernel_cmdline=1, wait=wait)
     run(root, sandbox, **inputs)
     before = fx.tree_digest(root)
     kernel_before = fx.kernel(root)
@@ -699,3 +713,20 @@ def test_merge_check_can_fail(tmp_path, sandbox):
     assert _script_merge_b(root, sandbox, ".") == "1000"
     wrong = _function("mb").replace("ls -1v", "ls -1")
     assert _script_merge_b(root, sandbox, ".", wrong) == "900"
+
+
+@pytest.mark.parametrize("name,refused", [("rhel9", True), ("al2", True), ("debian12", False)])
+def test_fake_systemctl_refuses_restart_like_refuse_manual_stop(tmp_path, sandbox, name, refused):
+    """The fakes emulate what the script must avoid: `systemctl restart auditd` is refused where the unit
+    has RefuseManualStop=yes (upstream, RHEL, Amazon Linux), allowed on Debian's unit."""
+    root = tmp_path / name
+    fx.build(root, name)
+    env = fx.script_env(root, sandbox)
+    r = subprocess.run([str(root / "usr/bin/systemctl"), "restart", "auditd"], env=env, capture_output=True, text=True)
+    assert (r.returncode != 0) == refused
+    if refused:
+        assert "Operation refused" in r.stderr and "refuse manual start/stop" in r.stderr
+    fx.set_kernel(root, enabled=2)
+    r = subprocess.run([str(root / "sbin/auditctl"), "-b", "9999"], env=env, capture_output=True, text=True)
+    assert r.returncode != 0 and "immutable mode" in r.stderr
+    assert fx.kernel(root)["backlog_limit"] != 9999
