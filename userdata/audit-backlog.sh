@@ -49,8 +49,8 @@ q() {
 # which the clamp turns into the minimum as policy.py does, since minimum >= 1).
 cab_limit_for_kib() {
   local b=$(($1*1024)) p=$CAB_FRACTION_PPM l=1
-  # shellcheck disable=SC2017  # the split is exact: (q*M + r)*p/M = q*p + r*p/M
-  f=$(((b/1000000*p+b%1000000*p/1000000)/8970))
+  # The split is exact: (q*M + r)*p/M = q*p + r*p/M with M = 1e6.
+  f=$(((p*(b/1000000)+b%1000000*p/1000000)/8970))
   while ((l*2<=f)); do l=$((l*2)); done
   echo $((l>CAB_MAX?CAB_MAX:l<CAB_MIN?CAB_MIN:l))
 }
