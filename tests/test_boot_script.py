@@ -730,3 +730,45 @@ def test_fake_systemctl_refuses_restart_like_refuse_manual_stop(tmp_path, sandbo
     r = subprocess.run([str(root / "sbin/auditctl"), "-b", "9999"], env=env, capture_output=True, text=True)
     assert r.returncode != 0 and "immutable mode" in r.stderr
     assert fx.kernel(root)["backlog_limit"] != 9999
+
+
+# ------------------------------------------------------------------ the script's small rules parsers
+
+LINE = st.one_of(
+    RULE_LINES,
+    st.sampled_from(["  -b 4096", "\t-b\t77", "-b 12 # comment", "--backlog_wait_time 15000", "-e 2", " -D"]),
+    st.text(alphabet=st.sampled_from("-abD 0123456789#,=/"), max_size=12),
+)
+
+
+def _run_functions(names: list[str], call: str, stdin: str, *args: str) -> str:
+    program = "".join(_function(n) for n in names) + call
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", program, "t", *args], input=stdin,
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(LINE, max_size=12))
+def test_lb_is_the_last_b_line_as_auditctl_reads_it(lines):
+    """`lb`: the value of the last line that augenrules treats as -b (optional blanks, then -b)."""
+    text = "".join(line + "\n" for line in lines)
+    expected = ""
+    for line in lines:
+        if re.match(r"[ \t]*-b", line):
+            token = (line.replace("-b", "", 1).split() or [""])[0]
+            number = re.match(r"[-+]?[0-9]+", token)  # awk's numeric prefix ($1+0)
+            expected = str(int(number.group(0)) if number else 0)
+    assert _run_functions(["lb"], "lb\n", text).strip() == expected
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(LINE, max_size=12), st.sampled_from(["-b", "--backlog_wait_time"]), st.integers(0, 2**31 - 1))
+def test_kv_puts_one_key_line_on_top_and_keeps_every_other_line_in_order(lines, key, value):
+    text = "".join(line + "\n" for line in lines)
+    out = _run_functions(["kv"], 'printf %s "$1" | kv "$2" "$3"\n', "", text.rstrip("\n"), key, str(value))
+    got = out.split("\n")[:-1]
+    assert got[0] == f"{key} {value}"
+    while lines and lines[-1] == "":  # the script reads files with $(cat ...): trailing blank lines go
+        lines = lines[:-1]
+    kept = [line for line in lines if not (line.split() and line.split()[0].startswith(key))]
+    assert got[1:] == kept
