@@ -13,6 +13,8 @@
 #   - lines between "# @@CAB_IF <feature>@@" and "# @@CAB_ENDIF@@" are left out of the rendered block
 #     when the feature is off at synth time (auto, wait, install, cmdline); they still check their input
 #     at run time, so this file works on its own with every feature.
+# Standalone: sudo CAB_TARGET=8192 bash audit-backlog.sh (inputs from the environment, defaults below).
+# Commands are found on PATH (cloud-init's, like systemd's and SysV init's, includes /usr/sbin and /sbin).
 # @@CAB_INPUTS_BEGIN@@
 CAB_TARGET="${CAB_TARGET:-auto}"
 CAB_FRACTION_PPM="${CAB_FRACTION_PPM:-10000}"
