@@ -118,25 +118,26 @@ def _compact_body(features: frozenset = frozenset(FEATURES)) -> str:
     before, rest = text.split(_INPUTS_BEGIN, 1)
     _, after = rest.split(_INPUTS_END, 1)
     lines = []
-    skipping: Optional[str] = None
+    open_gate: Optional[str] = None  # the optional part we are in, if any
+    keep = True  # False inside a part whose feature is off
     for line in (before + after).splitlines():
         stripped = line.strip()
         gate = _IF_RE.match(stripped)
         if gate:
-            if skipping is not None or gate.group(1) not in FEATURES:
+            if open_gate is not None or gate.group(1) not in FEATURES:
                 raise RuntimeError(f"{SCRIPT_NAME}: bad or nested gate {stripped!r}")
-            skipping = "" if gate.group(1) in features else gate.group(1)
+            open_gate, keep = gate.group(1), gate.group(1) in features
             continue
         if stripped == _ENDIF:
-            if skipping is None:
+            if open_gate is None:
                 raise RuntimeError(f"{SCRIPT_NAME}: {_ENDIF} without {_IF_RE.pattern}")
-            skipping = None
+            open_gate, keep = None, True
             continue
-        if skipping or not stripped or stripped.startswith("#"):
+        if not keep or not stripped or stripped.startswith("#"):
             continue
         lines.append(stripped)
-    if skipping is not None:
-        raise RuntimeError(f"{SCRIPT_NAME}: unterminated gate")
+    if open_gate is not None:
+        raise RuntimeError(f"{SCRIPT_NAME}: gate {open_gate!r} is not closed")
     body = "\n".join(lines) + "\n"
     if _HEREDOC in body:
         raise RuntimeError(f"{SCRIPT_NAME} must not contain the here-document delimiter {_HEREDOC}")
