@@ -213,3 +213,26 @@ def test_typical_block_size(snapshot):
 def test_inputs_that_could_reach_a_root_shell_are_validated(kwargs, message):
     with pytest.raises(ValueError, match=message):
         BlockInputs(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "body,error",
+    [
+        ("# @@CAB_IF auto@@\n# @@CAB_IF wait@@\nx\n# @@CAB_ENDIF@@\n# @@CAB_ENDIF@@\n", "nested"),
+        ("# @@CAB_IF auto@@\nx\n", "not closed"),
+        ("x\n# @@CAB_ENDIF@@\n", "without"),
+        ("# @@CAB_IF telemetry@@\nx\n# @@CAB_ENDIF@@\n", "bad"),
+        ("echo CDK_AUDIT_BACKLOG\n", "delimiter"),
+    ],
+)
+def test_malformed_script_is_refused(monkeypatch, body, error):
+    from cdk_audit_backlog import user_data
+
+    text = "#!/bin/bash\n# @@CAB_INPUTS_BEGIN@@\nCAB_TARGET=1\n# @@CAB_INPUTS_END@@\n" + body
+    monkeypatch.setattr(user_data, "script_text", lambda: text)
+    user_data._compact_body.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match=error):
+            user_data._compact_body(frozenset())
+    finally:
+        user_data._compact_body.cache_clear()
