@@ -143,7 +143,7 @@ class AuditBacklog:
         Calling it again adds nothing twice.
         """
         aspect = cls(**options)
-        targets = [scope] + [c for c in scope.node.find_all() if c is not scope and Stage.is_stage(c)]
+        targets = [scope] + [c for c in scope.node.find_all() if c is not scope and isinstance(c, Stage)]
         for target in targets:
             if not any(isinstance(a, AuditBacklog) for a in Aspects.of(target).all):
                 Aspects.of(target).add(aspect, priority=AspectPriority.MUTATING)
@@ -169,7 +169,7 @@ class AuditBacklog:
             return
         kind = node.cfn_resource_type
         if kind in _USER_DATA_PATH:
-            _Tuning.of(node).claim(self, _distance_to_aspect(node, self))
+            _Tuning.of(node).claim(self)
         elif kind in _CONSUMER_TYPES and not _skip_reason(node, self):
             _warn_if_launch_is_out_of_reach(node)
 
@@ -242,7 +242,7 @@ def _warn_about_unreached_stages(app: Stage, aspect: AuditBacklog) -> None:
     unreached = [
         c
         for c in app.node.find_all()
-        if c is not app and Stage.is_stage(c) and not any(isinstance(a, AuditBacklog) for a in Aspects.of(c).all)
+        if c is not app and isinstance(c, Stage) and not any(isinstance(a, AuditBacklog) for a in Aspects.of(c).all)
     ]
     if not unreached:
         return
@@ -264,9 +264,12 @@ class _SkipMarker(Construct):
     """Hidden child that marks a scope as excluded by :meth:`AuditBacklog.skip` (a child is one lookup away
     for the aspect, unlike node metadata, which carries stack traces across the jsii bridge)."""
 
+    used = False  # set once skip() is called in this process: until then no scope needs a look
+
     def __init__(self, scope: IConstruct, reason: str) -> None:
         super().__init__(scope, _SKIP_ID)
         self.reason = reason
+        _SkipMarker.used = True
 
 
 class _Tuning(Construct):
@@ -282,21 +285,24 @@ class _Tuning(Construct):
     def __init__(self, scope: CfnResource, id: str, resource: CfnResource) -> None:
         super().__init__(scope, id)
         self.resource = resource
-        self.claims: List[Tuple[int, int, AuditBacklog]] = []
+        self.claims: List[AuditBacklog] = []
         self._outcome: Optional[_Outcome] = None
         path = _USER_DATA_PATH[resource.cfn_resource_type]
         resource.add_property_override(path, _Producer(self, "user_data"))
         resource.add_metadata(METADATA_KEY, _Producer(self, "metadata"))
         resource.node.add_validation(_Validation(self))
 
-    def claim(self, aspect: AuditBacklog, depth: int) -> None:
-        if not any(a is aspect for _, _, a in self.claims):
-            self.claims.append((depth, len(self.claims), aspect))
+    def claim(self, aspect: AuditBacklog) -> None:
+        if not any(a is aspect for a in self.claims):
+            self.claims.append(aspect)
 
     @property
     def winner(self) -> AuditBacklog:
+        if len(self.claims) == 1:
+            return self.claims[0]
         # Nearest scope wins; between aspects on the same scope, the one added (and so visiting) last.
-        return max(self.claims, key=lambda c: (c[0], c[1]))[2]
+        ranked = [(_distance_to_aspect(self.resource, a), i, a) for i, a in enumerate(self.claims)]
+        return max(ranked, key=lambda c: (c[0], c[1]))[2]
 
     def outcome(self) -> _Outcome:
         if self._outcome is None:
@@ -351,7 +357,12 @@ class _Producer:
 
 def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
     stack = Stack.of(resource)
-    resolved = stack.resolve(_original_user_data(resource))
+    lt_data = (
+        stack.resolve(resource.launch_template_data)  # type: ignore[attr-defined]
+        if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate"
+        else None
+    )
+    resolved = _get(lt_data, "UserData") if lt_data is not None else stack.resolve(resource.user_data)  # type: ignore[attr-defined]
     skip_reason = _skip_reason(resource, aspect)
     if skip_reason:
         return _Outcome({"skipped": skip_reason}, resolved)
@@ -361,7 +372,7 @@ def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
         target: Optional[int] = aspect.backlog_limit
         types, memory, reason = [], None, "backlog_limit set on the aspect"
     else:
-        target, types, memory, reason = _limit_from_types(resource, consumers, aspect.policy)
+        target, types, memory, reason = _limit_from_types(resource, lt_data, consumers, aspect.policy)
     source = f"{types[0]}/{memory}MiB" if types and memory else "unknown"
     require_mime = any(c.cfn_resource_type == "AWS::EKS::Nodegroup" for c in consumers)
     try:
@@ -378,15 +389,8 @@ def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
     return _Outcome(metadata, new_user_data)
 
 
-def _original_user_data(resource: CfnResource) -> Any:
-    if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate":
-        data = Stack.of(resource).resolve(resource.launch_template_data)  # type: ignore[attr-defined]
-        return _get(data, "UserData")
-    return resource.user_data  # type: ignore[attr-defined]
-
-
 def _skip_reason(resource: CfnResource, aspect: AuditBacklog) -> Optional[str]:
-    for scope in reversed(resource.node.scopes):
+    for scope in reversed(resource.node.scopes) if _SkipMarker.used else []:
         marker = scope.node.try_find_child(_SKIP_ID)
         if isinstance(marker, _SkipMarker):
             return f"excluded with AuditBacklog.skip() on {scope.node.path or 'the app'}: {marker.reason}"
@@ -401,12 +405,12 @@ def _skip_reason(resource: CfnResource, aspect: AuditBacklog) -> Optional[str]:
 
 
 def _limit_from_types(
-    resource: CfnResource, consumers: Sequence[CfnResource], policy: BacklogPolicy
+    resource: CfnResource, lt_data: Any, consumers: Sequence[CfnResource], policy: BacklogPolicy
 ) -> Tuple[Optional[int], List[str], Optional[int], str]:
     """(limit or None for auto, types ordered smallest memory first, that memory, reason)."""
     stack = Stack.of(resource)
     if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate":
-        own = _get(stack.resolve(resource.launch_template_data), "InstanceType")  # type: ignore[attr-defined]
+        own = _get(lt_data, "InstanceType")
         candidates: List[Any] = [own] if own is not None else []
         where = "the launch template"
         if consumers:
