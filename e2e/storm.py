@@ -127,32 +127,31 @@ def svg(res: Dict[str, object], path: Path) -> None:
     curve = res["curve"]
     limits = sorted({int(r["limit"]) for r in curve})  # type: ignore[union-attr]
     bursts = sorted({int(r["opens"]) for r in curve})  # type: ignore[union-attr]
-    pts = {(int(r["limit"]), int(r["opens"])): int(r["lost"]) for r in curve}  # type: ignore[union-attr]
+    # y: the kernel's lost counter as a share of the burst's openat calls (one refused event counts once).
+    pts = {(int(r["limit"]), int(r["opens"])): 100.0 * int(r["lost"]) / int(r["opens"])  # type: ignore[union-attr]
+           for r in curve}  # type: ignore[union-attr]
     W, H, L, R, T, B = 720, 420, 80, 170, 50, 60
     pw, ph = W - L - R, H - T - B
-    ymax = max(pts.values() or [1]) or 1
-    ytop = 10 ** math.ceil(math.log10(ymax)) if ymax > 0 else 10
-    step = ytop / 5 if ymax > ytop / 2 else ytop / 10
-    ytop = step * math.ceil(ymax / step)
+    ytop, step = 100.0, 20.0
     x = lambda b: L + pw * (math.log2(b) - math.log2(bursts[0])) / max(math.log2(bursts[-1] / bursts[0]), 1)
     y = lambda v: T + ph * (1 - v / ytop)
     colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
     tuned = res["tuned"]
     o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
          f'<rect width="{W}" height="{H}" fill="white"/>',
-         f'<text x="{L}" y="22" font-size="15" font-weight="bold">Audit records lost vs burst size '
-         f'(auditd stopped {PAUSE} s, wait 0)</text>',
-         f'<text x="{L}" y="38" fill="#555">{res["kernel"]}, {res["vm"]}; one openat = ~5 records</text>']
+         f'<text x="{L}" y="22" font-size="15" font-weight="bold">Audit events lost vs burst size '
+         f'(auditd stopped {PAUSE} s, backlog_wait_time 0)</text>',
+         f'<text x="{L}" y="38" fill="#555">{res["kernel"]}, {res["vm"]}; 5 records per openat</text>']
     for i in range(int(round(ytop / step)) + 1):
         v = i * step
         o.append(f'<line x1="{L}" x2="{L + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>')
-        o.append(f'<text x="{L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:,.0f}</text>')
+        o.append(f'<text x="{L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.0f} %</text>')
     for b in bursts:
         o.append(f'<line x1="{x(b):.1f}" x2="{x(b):.1f}" y1="{T}" y2="{T + ph}" stroke="#eee"/>')
         o.append(f'<text x="{x(b):.1f}" y="{T + ph + 18}" text-anchor="middle">{b:,}</text>')
     o.append(f'<text x="{L + pw / 2}" y="{H - 15}" text-anchor="middle">openat calls in the burst (log scale)</text>')
     o.append(f'<text x="18" y="{T + ph / 2}" transform="rotate(-90 18 {T + ph / 2})" text-anchor="middle">'
-             f'records lost</text>')
+             f'events lost (kernel audit_lost / openat calls)</text>')
     o.append(f'<rect x="{L}" y="{T}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
     for i, limit in enumerate(limits):
         c = colors[i % len(colors)]

@@ -70,5 +70,9 @@ def test_plot_is_valid_svg_with_one_line_per_limit(tmp_path):
     lines = root.findall("{http://www.w3.org/2000/svg}polyline")
     assert len(lines) == 3
     assert all(len(pl.get("points").split()) == 2 for pl in lines)
+    # 320 lost 100 of 500 and 900 of 1000 -> 20 % and 90 % of the 100 % axis (y grows downwards)
+    red = [tuple(map(float, p.split(","))) for p in lines[0].get("points").split()]
+    top, bottom = 50, 420 - 60
+    assert [round((bottom - yy) / (bottom - top) * 100) for _, yy in red] == [20, 90]
     texts = " ".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
     assert "-b 320 (AL2 default)" in texts and "-b 8192 (tuned)" in texts and "-b 32768 (4x tuned)" in texts
