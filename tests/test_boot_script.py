@@ -339,6 +339,19 @@ def test_rerun_changes_no_file_and_calls_nothing_that_changes_state(tmp_path, sa
     assert "already set" in r.stdout
 
 
+def test_rerun_while_immutable_changes_no_file(tmp_path, sandbox):
+    root = tmp_path / "rhel9"
+    fx.build(root, "rhel9")
+    fx.set_kernel(root, enabled=2)
+    run(root, sandbox, target=16384)
+    before = fx.tree_digest(root)
+    fx.clear_calls(root)
+    r = run(root, sandbox, target=16384)
+    assert fx.tree_digest(root) == before
+    assert mutating(fx.calls(root)) == []
+    assert result_line(r.stdout).endswith("method next-boot; lost 0)")
+
+
 def _unshare_works() -> bool:
     if shutil.which("unshare") is None:
         return False

@@ -226,8 +226,9 @@ cab_main() {
   x=${bl:+$lo}
   say "backlog_limit $o -> ${bl:-?} ($s; method $m; lost ${x:-?})"
   f=$R/var/lib/cdk-audit-backlog/state
-  # Written when this run changed something (a file, or the kernel: method other than none).
-  if [ $ch$m != 0none ] || [ ! -e "$f" ]; then
+  # Written when this run changed something: a file (ch=1), or the kernel (method auditctl; not none
+  # or next-boot). So a rerun, immutable or not, leaves it alone.
+  if [[ $ch$m != 0n* ]] || [ ! -e "$f" ]; then
     mkdir -p "${f%/*}"
     printf '%s\n' "target=$t" "limit=${bl:-?}" "old=$o" "persisted=$ok" "method=$m" "lost=${x:-?}" "source=$s" >"$f"
   fi
