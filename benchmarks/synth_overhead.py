@@ -42,14 +42,17 @@ def main():
     block = render_block(BlockInputs(target=8192, source="m5.large/8192MiB"))
     print(f"block size: {len(block.encode())} bytes (goal <= 3072)")
     for kind, count in APPS:
-        plain, tuned, blocks = [], [], 0
+        plain, noop, tuned, blocks = [], [], [], 0
         for _ in range(REPEATS):
             plain.append(run(kind, count, "plain")[0])
+            noop.append(run(kind, count, "noop")[0])
             t, blocks = run(kind, count, "tuned")
             tuned.append(t)
         ratio = min(tuned) / min(plain)
         print(f"{kind} app, {count} launches: plain {min(plain):.2f}s, tuned {min(tuned):.2f}s "
               f"(best of {REPEATS}), ratio {ratio:.3f} (goal <= 1.05); blocks in templates: {blocks}")
+        print(f"  floor: a no-op Python aspect alone takes {min(noop):.2f}s, ratio {min(noop) / min(plain):.3f} "
+              f"(one jsii callback per construct)")
 
 
 if __name__ == "__main__":
