@@ -164,6 +164,12 @@ def build_base(timings: Optional[Dict[str, float]] = None) -> Path:
     return base
 
 
+def base_build_seconds() -> str:
+    """How long the current base tree took to build, for reports ("not built" if it is not there)."""
+    done = CACHE / f"base-{base_key()}" / "done"
+    return f"built in {float(done.read_text()):.0f}s (cached by key)" if done.exists() else "not built"
+
+
 def _guest_files() -> Tuple[Tuple[str, int, bytes], ...]:
     return (
         ("usr/local/sbin/e2e-guest", 0o755, (GUEST / "e2e-guest.sh").read_bytes()),

@@ -17,12 +17,32 @@ DEBIAN_SHIPPED_LIMIT = 8192  # Debian 12 rules.d/audit.rules: -b 8192 (FACTS)
 AL2_SHIPPED_LIMIT = 320
 
 
+_TIMINGS: list = []
+
+
 def _record(s: scenarios.Scenario) -> scenarios.Scenario:
+    summary = scenarios.summary(s)
+    _TIMINGS.append(summary)
     path = scenarios.WORK / "timings.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
-        f.write(json.dumps(scenarios.summary(s)) + "\n")
+        f.write(json.dumps(summary) + "\n")
     return s
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_timings(request):
+    """After the module: one line per scenario with its boots' wall times, for the CI log."""
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or not _TIMINGS:
+        return
+    reporter.write_line("")
+    base = scenarios.images.base_build_seconds()
+    reporter.write_line(f"e2e image: base tree {base}")
+    for t in _TIMINGS:
+        boots = ", ".join(f"{b['run']}#{b['boot']} {b['run_seconds']}s" for b in t["boots"])
+        reporter.write_line(f"e2e {t['scenario']}: {t['seconds']}s in all ({boots}; accel {t['boots'][0]['accel']})")
 
 
 @pytest.fixture(scope="module")
