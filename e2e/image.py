@@ -205,6 +205,9 @@ def build_image(variant: Variant = DEBIAN) -> Image:
             _run(["mkfs.ext4", "-q", "-F", "-L", "e2e-root", "-d", str(tree), str(raw), IMAGE_SIZE],
                  work / "mkfs.log", timeout=600)
             raw.rename(disk)
+            for old in base.glob(f"img-{variant.name}-*.raw"):  # superseded guest files or variant edits
+                if old != disk:
+                    old.unlink()
         finally:
             shutil.rmtree(work, ignore_errors=True)
         timings["image_build_s"] = time.monotonic() - started

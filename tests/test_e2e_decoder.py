@@ -122,3 +122,17 @@ def test_guest_scripts_are_shellcheck_clean():
     assert len(scripts) == 3
     proc = subprocess.run([str(shellcheck), "-s", "bash", *scripts], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
+
+
+def test_example_app_user_data_decodes_to_what_cloud_init_gets():
+    from pathlib import Path
+
+    data = userdata.synthesized_user_data(Path(__file__).resolve().parent.parent / "app.py")
+    web, worker = userdata.find(data, "Web"), userdata.find(data, "WorkerTemplate")
+    for script in (web, worker):
+        assert script.startswith(b"#!/bin/bash\n# >>> cdk-audit-backlog >>>\n")
+        assert b"\n# <<< cdk-audit-backlog <<<\n" in script
+        assert b"Fn::" not in script and b"${Token[" not in script
+    assert (userdata.block_target(web), userdata.block_target(worker)) == ("1024", "8192")  # t3.micro, m5.large
+    assert web.endswith(b"dnf install -y nginx\nsystemctl enable --now nginx")
+    assert worker.endswith(b"echo 'worker ready' > /etc/motd")
