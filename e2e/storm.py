@@ -78,6 +78,7 @@ def analyse(run: vm.Run, opens: int = OPENS) -> Dict[str, object]:
         "table": main,
         "curve": curve,
         "memory": run.mem,
+        "kernel_lines": run.storm_kernel,
         "summary": {"lost_default": default_lost, "lost_tuned": tuned_lost,
                     "stall_default_ms": stall_default, "stall_tuned_ms": stall_tuned},
         "boot": {"cloud_final_done_s": final, "scripts_user_s": scripts_user, "block_lines_span_s": block_span,
@@ -205,6 +206,8 @@ def main(argv: Sequence[str] = ()) -> int:
           f"the boot's backlog_wait_time\n")
     print(table(res) + "\n")
     print(curve_table(res) + "\n")
+    for line in res.get("kernel_lines", []):  # type: ignore[union-attr]
+        print("kernel said: " + line)
     for line in memory_lines(res):
         print("memory: " + line)
     b = res["boot"]

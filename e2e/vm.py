@@ -49,6 +49,7 @@ class Run:
     mem: List[Dict[str, str]] = field(default_factory=list)
     storm_begin: Dict[str, str] = field(default_factory=dict)
     storm_errors: List[str] = field(default_factory=list)
+    storm_kernel: List[str] = field(default_factory=list)
 
     def boot(self, n: int = 1) -> Dict[str, str]:
         if n not in self.boots:
@@ -168,6 +169,10 @@ def _parse(run: Run) -> None:
             i = text.find(tag)
             if i >= 0:
                 sink.append(dict(_KV.findall(text[i + len(tag):])))
+        i = text.find("E2E-STORM-KERNEL ")
+        if i >= 0:
+            run.storm_kernel.append(text[i + len("E2E-STORM-KERNEL "):])
+            continue
         i = text.find("E2E-STORM-ERROR ")
         if i >= 0:
             run.storm_errors.append(text[i:])

@@ -27,6 +27,7 @@ E2E-STORM limit=8192 wait=0 opens=500 pause_s=5 lost=0 wait_actual=0 drained=yes
 E2E-STORM limit=8192 wait=0 opens=1000 pause_s=5 lost=0 wait_actual=0 drained=yes burst_ms=95
 E2E-STORM limit=32768 wait=0 opens=500 pause_s=5 lost=0 wait_actual=0 drained=yes burst_ms=50
 E2E-STORM limit=32768 wait=0 opens=1000 pause_s=5 lost=0 wait_actual=0 drained=yes burst_ms=99
+E2E-STORM-KERNEL [   70.123456] audit: audit_backlog=321 > audit_backlog_limit=320
 E2E-MEM limit=8192 opens=8000 lost=30000 queued=8192 slab_growth=12000000 sunreclaim_growth=11000000 skb_kmalloc_growth=10000000 burst_ms=700
 """
 
@@ -54,6 +55,7 @@ def test_analysis_separates_table_from_curve_and_sums_losses():
     assert res["summary"] == {"lost_default": 2995, "lost_tuned": 0, "stall_default_ms": 6300, "stall_tuned_ms": 900}
     assert storm.summary_line(res) == "storm: lost default=2995 tuned=0; stall default=6300ms tuned=900ms"
     assert res["boot"]["apply_share"] == 1.25 / 50.0
+    assert res["kernel_lines"] == ["[   70.123456] audit: audit_backlog=321 > audit_backlog_limit=320"]
 
 
 def test_memory_line_compares_with_the_formula_worst_case():

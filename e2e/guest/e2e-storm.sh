@@ -94,4 +94,8 @@ for run in "${runs[@]}"; do
 done
 auditctl -D >/dev/null
 auditctl -b "$boot_limit" --backlog_wait_time "$boot_wait" >/dev/null
+# The kernel's own lines, as users see them in dmesg / the console.
+for pattern in 'audit_backlog=[0-9]* > audit_backlog_limit=' 'audit_lost=' 'kauditd_printk_skb: .* callbacks suppressed'; do
+  dmesg | grep -m1 -E "$pattern" | sed 's/^/E2E-STORM-KERNEL /'
+done
 echo "E2E-STORM-END kernel_lines=$(dmesg | grep -c 'audit_backlog_limit=' || true)"
