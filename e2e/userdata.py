@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
@@ -109,9 +110,8 @@ def synthesize(app: Path, outdir: Path) -> Dict[str, dict]:
         JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION="20",
         CDK_DISABLE_CLI_TELEMETRY="true",
     )
-    python = REPO / ".venv" / "bin" / "python"
     proc = subprocess.run(
-        [str(python if python.exists() else "python3"), str(app.resolve())],
+        [sys.executable, str(app.resolve())],  # the interpreter running the harness (make: .venv/bin/python)
         cwd=str(app.parent), env=env, capture_output=True, text=True, timeout=600,
     )
     if proc.returncode != 0:
