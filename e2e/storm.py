@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ OPENS, PAUSE = 1000, 5
 BURSTS = (500, 1000, 2000, 4000, 8000, 16000)
 CURVE_LIMITS = ("320", "boot", "boot4")
 WORST_CASE_BYTES = 8970  # MAX_AUDIT_MESSAGE_LENGTH per queued record
+SERIAL_BLOCK = re.compile(r"\[\s*(\d+\.\d+)\] cloud-init\[\d+\]: cdk-audit-backlog: ")
 
 
 def spec(opens: int = OPENS, pause: int = PAUSE, bursts: Sequence[int] = BURSTS, memory: bool = True) -> str:
@@ -66,6 +68,8 @@ def analyse(run: vm.Run, opens: int = OPENS) -> Dict[str, object]:
         else float(rep["cloud_final_done_s"])
     scripts_user = float(rep["scripts_user_s"]) if rep.get("scripts_user_s") else None
     block_span = float(rep["block_last_s"]) - float(rep["block_first_s"])
+    # The same from the serial log itself: the guest's timestamps on the block's console lines.
+    stamps = [float(m.group(1)) for m in (SERIAL_BLOCK.search(t) for _, t in run.lines) if m]
     return {
         "accel": run.accel,
         "vm": "2 vCPU (TCG), 8 GiB",
@@ -82,6 +86,8 @@ def analyse(run: vm.Run, opens: int = OPENS) -> Dict[str, object]:
         "summary": {"lost_default": default_lost, "lost_tuned": tuned_lost,
                     "stall_default_ms": stall_default, "stall_tuned_ms": stall_tuned},
         "boot": {"cloud_final_done_s": final, "scripts_user_s": scripts_user, "block_lines_span_s": block_span,
+                 "serial_block_first_s": stamps[0] if stamps else None,
+                 "serial_block_last_s": stamps[-1] if stamps else None,
                  "apply_share": (scripts_user / final) if scripts_user else None,
                  "run_seconds": run.elapsed_s},
     }
@@ -215,6 +221,10 @@ def main(argv: Sequence[str] = ()) -> int:
     print(f"apply step: user data (block + the template's one line) took {b['scripts_user_s']} s of "  # type: ignore[index]
           f"{b['cloud_final_done_s']:.1f} s to the end of cloud-final = {share}; block console lines "  # type: ignore[index]
           f"spanned {b['block_lines_span_s']:.2f} s")  # type: ignore[index]
+    if b["serial_block_first_s"] is not None:  # type: ignore[index]
+        first, last = b["serial_block_first_s"], b["serial_block_last_s"]  # type: ignore[index]
+        print(f"serial log: block lines at {first:.2f} s .. {last:.2f} s after kernel start: "
+              f"{last - first:.2f} s = {100 * (last - first) / last:.1f} % of the time to the result line")
     if not args.no_plot:
         svg(res, REPO / "docs" / "storm-headroom.svg")
         print("plot: docs/storm-headroom.svg")

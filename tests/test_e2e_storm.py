@@ -9,6 +9,8 @@ from e2e import storm, vm
 
 SERIAL = """\
 E2E-RESULT boot=1 phase=start
+[  40.100] [   40.000000] cloud-init[378]: cdk-audit-backlog: target 8192 (m5.large/8192MiB)
+[  41.100] [   41.000000] cloud-init[378]: cdk-audit-backlog: backlog_limit 320 -> 8192 (m5.large/8192MiB; method auditctl; lost 0)
 E2E-RESULT boot=1 kernel=6.1.0-56-cloud-amd64
 E2E-RESULT boot=1 output_lines=1
 E2E-RESULT boot=1 output.1=cdk-audit-backlog: backlog_limit 320 -> 8192 (m5.large/8192MiB; method auditctl; lost 0)
@@ -55,6 +57,7 @@ def test_analysis_separates_table_from_curve_and_sums_losses():
     assert res["summary"] == {"lost_default": 2995, "lost_tuned": 0, "stall_default_ms": 6300, "stall_tuned_ms": 900}
     assert storm.summary_line(res) == "storm: lost default=2995 tuned=0; stall default=6300ms tuned=900ms"
     assert res["boot"]["apply_share"] == 1.25 / 50.0
+    assert (res["boot"]["serial_block_first_s"], res["boot"]["serial_block_last_s"]) == (40.0, 41.0)
     assert res["kernel_lines"] == ["[   70.123456] audit: audit_backlog=321 > audit_backlog_limit=320"]
 
 
