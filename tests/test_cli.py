@@ -30,16 +30,8 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture(autouse=True)
-def _dummy_aws(monkeypatch):
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(k, v)
-    for k in ("AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(k, raising=False)
+def _dummy_aws(dummy_aws):
+    """Every test here talks to moto only."""
 
 
 def run(argv, capsys):

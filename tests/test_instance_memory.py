@@ -25,16 +25,8 @@ SEED_NOTE = f"seeded offline from moto {moto.__version__}'s mock EC2 (its bundle
 
 
 @pytest.fixture(autouse=True)
-def _dummy_aws(monkeypatch):
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+def _dummy_aws(dummy_aws):
+    """Every test here talks to moto only."""
 
 
 def test_every_entry_is_a_positive_mib_count():
