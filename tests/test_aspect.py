@@ -225,6 +225,9 @@ def test_windows_instance_is_skipped_with_a_warning():
     res = only(stack, "AWS::EC2::Instance")
     assert "Windows" in res["Metadata"][METADATA_KEY]["skipped"]
     assert user_data_of(res) == "<powershell></powershell>"
+    warnings = assertions.Annotations.from_stack(stack).find_warning(
+        "/S/Win/Resource", assertions.Match.string_like_regexp("S/Win/Resource is not tuned: Windows"))
+    assert len(warnings) == 1
 
 
 @pytest.mark.parametrize(

@@ -364,8 +364,12 @@ def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
     )
     resolved = _get(lt_data, "UserData") if lt_data is not None else stack.resolve(resource.user_data)  # type: ignore[attr-defined]
     skip_reason = _skip_reason(resource, aspect)
-    if skip_reason:
+    if skip_reason:  # the user's own choice: recorded in Metadata, no warning
         return _Outcome({"skipped": skip_reason}, resolved)
+    if _is_windows(resource):
+        reason = "Windows launch (no Linux audit subsystem)"
+        message = f"cdk-audit-backlog: {resource.node.path} is not tuned: {reason}."
+        return _Outcome({"skipped": reason}, resolved, ("cdk-audit-backlog:skipped", message))
 
     consumers = _consumers(resource, aspect) if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate" else []
     if aspect.backlog_limit is not None:
@@ -396,12 +400,15 @@ def _skip_reason(resource: CfnResource, aspect: AuditBacklog) -> Optional[str]:
             return f"excluded with AuditBacklog.skip() on {scope.node.path or 'the app'}: {marker.reason}"
     if aspect.exclude is not None and aspect.exclude(resource):
         return "excluded by the aspect's exclude predicate"
+    return None
+
+
+def _is_windows(resource: CfnResource) -> bool:
+    """The L2 around the resource knows its image's OS (the user data may not say, e.g. none at all)."""
     parent = resource.node.scope
     if isinstance(parent, (ec2.LaunchTemplate, ec2.Instance)):
-        os_type = getattr(parent, "os_type", None)
-        if os_type == ec2.OperatingSystemType.WINDOWS:
-            return "Windows launch (no Linux audit subsystem)"
-    return None
+        return getattr(parent, "os_type", None) == ec2.OperatingSystemType.WINDOWS
+    return False
 
 
 def _limit_from_types(
