@@ -64,6 +64,16 @@ class Layout:
     mem_kib: Optional[int] = 8006068  # MemTotal of an 8 GiB instance; None: no /proc/meminfo
 
 
+# Debian 12 and Ubuntu 22.04/24.04 share Debian's packaging (FACTS: Ubuntu inferred from it).
+_DEBIAN_FAMILY = Layout(
+    rules={"rules.d/audit.rules": DEBIAN_RULES},
+    refuse_manual_stop=False,
+    boot="grub",
+    package_manager="apt-get",
+    package_name="auditd",
+    start_on_install=True,
+)
+
 LAYOUTS: dict[str, Layout] = {
     "al2": Layout(rules={"rules.d/audit.rules": AL2_SEED_RULES}, version="2.8", package_manager="yum"),
     "al2-rhel7-file": Layout(rules={"rules.d/audit.rules": RHEL7_RULES}, version="2.8", package_manager="yum"),
@@ -72,30 +82,9 @@ LAYOUTS: dict[str, Layout] = {
     "rhel9": Layout(rules={"rules.d/audit.rules": RHEL8_RULES}),
     "rhel7": Layout(rules={"rules.d/audit.rules": RHEL7_RULES}, version="2.8", package_manager="yum"),
     "fedora": Layout(rules={"rules.d/audit.rules": FEDORA_RULES}),
-    "ubuntu2204": Layout(
-        rules={"rules.d/audit.rules": DEBIAN_RULES},
-        refuse_manual_stop=False,
-        boot="grub",
-        package_manager="apt-get",
-        package_name="auditd",
-        start_on_install=True,
-    ),
-    "ubuntu2404": Layout(
-        rules={"rules.d/audit.rules": DEBIAN_RULES},
-        refuse_manual_stop=False,
-        boot="grub",
-        package_manager="apt-get",
-        package_name="auditd",
-        start_on_install=True,
-    ),
-    "debian12": Layout(
-        rules={"rules.d/audit.rules": DEBIAN_RULES},
-        refuse_manual_stop=False,
-        boot="grub",
-        package_manager="apt-get",
-        package_name="auditd",
-        start_on_install=True,
-    ),
+    "ubuntu2204": _DEBIAN_FAMILY,
+    "ubuntu2404": _DEBIAN_FAMILY,
+    "debian12": _DEBIAN_FAMILY,
     # Amazon Linux 1: SysV init, auditd loads /etc/audit/audit.rules itself (USE_AUGENRULES="no"), even
     # though the package also ships augenrules and a rules.d directory.
     "al1": Layout(
