@@ -420,11 +420,12 @@ def _limit_from_types(
         own = _get(lt_data, "InstanceType")
         candidates: List[Any] = [own] if own is not None else []
         where = "the launch template"
-        group_types = [t for consumer in consumers for t in _consumer_types(consumer)]
+        per_group = [_consumer_types(consumer) for consumer in consumers]
+        group_types = [t for types in per_group for t in types]
         if group_types:
             # What EC2 launches: a group's overrides (or node group types) replace the template's own type;
             # a group without them launches the template's type (None, so auto, when it has none).
-            candidates = group_types + ([own] if any(not _consumer_types(c) for c in consumers) else [])
+            candidates = group_types + ([own] if any(not types for types in per_group) else [])
             where = "the groups that use this launch template"
     else:
         candidates = [stack.resolve(resource.instance_type)]  # type: ignore[attr-defined]
