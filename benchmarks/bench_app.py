@@ -1,8 +1,11 @@
 """A synthetic app with many EC2 launches, for benchmarks/synth_overhead.py.
 
-Usage: python bench_app.py KIND COUNT tuned|plain|noop OUTDIR
+Usage: python bench_app.py KIND COUNT MODE OUTDIR
 KIND "simple": Instances, LaunchTemplates and ASGs. KIND "mixed": also mixed-instance ASGs, ECS capacity,
 MIME and raw L1 launches. Launches are spread over stacks of at most 40 (CloudFormation's 500 resources).
+MODE: plain (no library), tuned (``AuditBacklog.apply_to(app)``), aspect (``Aspects.of(app).add(AuditBacklog())``),
+noop (a Python aspect that does nothing), nag (cdk-nag 3.x ``AwsSolutionsChecks`` as a validation plugin; its
+findings fail synth, which is caught: the time is that of the whole check).
 """
 
 import sys
@@ -61,9 +64,22 @@ def main(kind, count, mode, outdir):
             add_launch(stack, vpc, i, kind, cluster)
     if mode == "tuned":
         AuditBacklog.apply_to(app)
+    elif mode == "aspect":
+        cdk.Aspects.of(app).add(AuditBacklog())
     elif mode == "noop":
         cdk.Aspects.of(app).add(_Noop())
-    app.synth()
+    elif mode == "nag":
+        from cdk_nag import AwsSolutionsChecks
+
+        cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    elif mode != "plain":
+        raise SystemExit(f"unknown mode {mode!r}")
+    try:
+        app.synth()
+    except Exception as e:  # noqa: BLE001 - only nag's findings may fail synth here
+        if mode != "nag":
+            raise
+        print(f"cdk-nag findings failed synth, as expected: {str(e).splitlines()[0][:120]}", file=sys.stderr)
 
 
 @jsii.implements(cdk.IAspect)

@@ -1,25 +1,33 @@
-"""``AuditBacklog``: the aspect that tunes every EC2 Linux launch under a scope.
+"""``AuditBacklog``: tunes every EC2 Linux launch under a scope.
 
-How it works, in the order CDK drives it:
+Two ways in, one decision:
 
-1. ``visit`` (aspect phase) sees every construct; for each launch L1 (``AWS::EC2::Instance``,
-   ``AWS::EC2::LaunchTemplate``, ``AWS::AutoScaling::LaunchConfiguration``) it records a *claim* on a hidden
-   child of that L1 (:class:`_Tuning`) and, on the first claim only, overrides the L1's ``UserData`` and adds
-   ``Metadata`` with lazy values. Every later visit, by this or another ``AuditBacklog``, only adds a claim,
-   so a resource is tuned once however many aspects apply.
-2. Validation (after all aspects) and synthesis resolve those lazy values through one cached outcome: the
-   claim of the aspect nearest to the resource wins; the instance type (or the types of the Auto Scaling
-   groups / node groups that use a launch template) gives the memory, the policy gives the limit, and
-   :mod:`.splice` puts the rendered block into the user data the user's code produced. Because the original
-   user data is resolved only then, lines the user adds after creating the launch are still kept.
-3. Launches that cannot be tuned safely (Windows, Bottlerocket, user data behind a token) keep their user
-   data byte for byte, get ``{"skipped": reason}`` Metadata and a warning with a stable id.
+1. ``AuditBacklog.apply_to(scope)`` (the fast path) adds no per-construct aspect. It puts one hidden leaf
+   construct (:class:`_Hook`) under the scope and under every Stage beneath it, with an aspect on that leaf
+   only. CDK visits a scope's children in order, so the leaf is visited once per synthesis, after the
+   constructs created before it and after the other aspects have visited them (they may add launches or user
+   data lines), and before ``prepareApp`` (which hashes nested stack templates and finds references). That one
+   visit lists the scope's constructs with one ``find_all`` call, reads what it needs of each launch with one
+   bridge call, resolves a whole stack's worth of values with one ``stack.resolve``, and writes each launch's
+   ``UserData`` override and ``Metadata`` as concrete values: no Python callback per construct, per resolve or
+   per validation.
+2. ``Aspects.of(scope).add(AuditBacklog())`` (the plain path, slower: one jsii callback per construct of the
+   tree) claims each launch L1 it visits and attaches lazy values that decide at synthesis, so lines added to
+   the user data after the aspect (until synthesis) are still kept.
+
+Either way a launch is decided once (a registry keyed by the L1, :class:`_Tuning`): the claim of the aspect
+nearest to the resource wins; the instance type (or the types of the Auto Scaling groups / node groups that use
+a launch template) gives the memory, the policy gives the limit, and :mod:`.splice` puts the rendered block into
+the user data the user's code produced. Launches that cannot be tuned safely (Windows, Bottlerocket, user data
+behind a token) keep their user data byte for byte, get ``{"skipped": reason}`` Metadata and a warning with a
+stable id. User data over 16 KB with the block fails synth (a validation on that resource only).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import jsii
 from aws_cdk import (
@@ -42,7 +50,7 @@ from constructs import Construct, IConstruct, IValidation
 
 from . import instance_memory
 from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
-from .splice import Unsupported, literal_bytes, splice_user_data
+from .splice import Unsupported, leading_text, literal_bytes, splice_user_data, user_data_kind
 from .user_data import BlockInputs, render_block
 
 __all__ = ["AuditBacklog", "METADATA_KEY", "EC2_USER_DATA_LIMIT"]
@@ -59,7 +67,12 @@ _USER_DATA_PATH = {
     "AWS::AutoScaling::LaunchConfiguration": "UserData",
 }
 _CONSUMER_TYPES = ("AWS::AutoScaling::AutoScalingGroup", "AWS::EKS::Nodegroup")
-_TUNING_ID = "CdkAuditBacklog"
+# The few properties read from each kind (camelCase, as CDK keeps L1 properties before rendering).
+_GROUP_FIELDS = {
+    "AWS::AutoScaling::AutoScalingGroup": ("launchTemplate", "mixedInstancesPolicy", "launchConfigurationName"),
+    "AWS::EKS::Nodegroup": ("launchTemplate", "instanceTypes"),
+}
+_HOOK_ID = "CdkAuditBacklog"
 _SKIP_ID = "CdkAuditBacklogSkip"
 
 
@@ -68,13 +81,15 @@ class _Outcome:
     metadata: Dict[str, Any]
     user_data: Any  # resolved UserData value to emit
     warning: Optional[Tuple[str, str]] = None  # (id, message)
+    skipped: bool = False
 
 
 @jsii.implements(IAspect)
 class AuditBacklog:
     """Sizes the kernel audit backlog of every EC2 Linux launch under the scope it is added to.
 
-    Add it to an app with :meth:`apply_to` (reaches Stages too), or ``Aspects.of(scope).add(AuditBacklog())``.
+    Add it to an app with :meth:`apply_to` (reaches Stages too, and costs no Python callback per construct), or
+    ``Aspects.of(scope).add(AuditBacklog())`` (the plain aspect: one jsii callback per construct of the tree).
 
     :param backlog_limit: a fixed limit for every launch, 1..2147483647. Default: None (chosen per launch
         from the instance type's memory with ``policy``; "auto" at boot where the type is unknown).
@@ -122,12 +137,12 @@ class AuditBacklog:
         self.install_auditd = install_auditd
         self.allow_lower = allow_lower
         self.exclude = exclude
-        # Per-stack index of which groups use which launch template, built once at synthesis (when the
-        # tree is final) by the first launch template that needs it.
-        self._group_index: Dict[int, Dict[str, List[CfnResource]]] = {}
+        # Plain path only: per-stack index of which groups use which launch template, built once at synthesis
+        # (when the tree is final) by the first launch template that needs it.
+        self._group_index: Dict[str, Dict[str, List[_Group]]] = {}
 
-    def _groups_by_template(self, stack: Stack) -> Dict[str, List[CfnResource]]:
-        key = id(stack)  # jsii keeps one Python object per JS object alive for the process: ids are stable
+    def _groups_by_template(self, stack: Stack) -> Dict[str, List["_Group"]]:
+        key = _key(stack)
         if key not in self._group_index:
             self._group_index[key] = _groups_by_launch_template(stack)
         return self._group_index[key]
@@ -136,17 +151,21 @@ class AuditBacklog:
 
     @classmethod
     def apply_to(cls, scope: IConstruct, **options: Any) -> "AuditBacklog":
-        """Adds one ``AuditBacklog(**options)`` to ``scope`` and to every Stage beneath it, however deep.
+        """Tunes every launch under ``scope`` and under every Stage beneath it, however deep, with one
+        ``AuditBacklog(**options)``.
 
         CDK does not carry an app's aspects into Stages (each Stage is its own cloud assembly), so CDK
-        Pipelines apps need this. Call it after the app's stacks and stages exist, just before ``app.synth()``.
-        Calling it again adds nothing twice.
+        Pipelines apps need this. It adds no aspect to the scope itself (that would cost a Python callback per
+        construct of the tree): one hidden leaf per scope and Stage does the work once per synthesis. Call it
+        after the app's stacks and stages exist, just before ``app.synth()``; a Stage created later is not
+        reached. Calling it again adds nothing twice; a scope that already has an ``AuditBacklog`` aspect
+        keeps it.
         """
         aspect = cls(**options)
         targets = [scope] + [c for c in scope.node.find_all() if c is not scope and isinstance(c, Stage)]
         for target in targets:
-            if not any(isinstance(a, AuditBacklog) for a in Aspects.of(target).all):
-                Aspects.of(target).add(aspect, priority=AspectPriority.MUTATING)
+            if not _is_covered(target):
+                _Hook(target, aspect)
         return aspect
 
     @staticmethod
@@ -160,7 +179,7 @@ class AuditBacklog:
         else:
             _SkipMarker(scope, reason)
 
-    # -- the aspect --------------------------------------------------------------------------------
+    # -- the plain aspect --------------------------------------------------------------------------
 
     def visit(self, node: IConstruct) -> None:
         if not isinstance(node, CfnResource):
@@ -169,9 +188,11 @@ class AuditBacklog:
             return
         kind = node.cfn_resource_type
         if kind in _USER_DATA_PATH:
-            _Tuning.of(node).claim(self)
+            tuning = _Tuning.of(node, kind)
+            tuning.claim(self)
+            tuning.attach_lazily()
         elif kind in _CONSUMER_TYPES and not _skip_reason(node, self):
-            _warn_if_launch_is_out_of_reach(node)
+            _warn_if_launch_is_out_of_reach(node, kind, node._cfn_properties)
 
     def block_inputs(self, target: Optional[int], source: str) -> BlockInputs:
         return BlockInputs(
@@ -185,6 +206,13 @@ class AuditBacklog:
         )
 
 
+def _is_covered(stage: IConstruct) -> bool:
+    """Whether ``stage`` already has an AuditBacklog: a plain aspect on it, or apply_to's hidden leaf."""
+    if any(isinstance(a, AuditBacklog) for a in Aspects.of(stage).all):
+        return True
+    return isinstance(stage.node.try_find_child(_HOOK_ID), _Hook)
+
+
 def _distance_to_aspect(node: IConstruct, aspect: AuditBacklog) -> int:
     """Depth of the nearest scope (the node itself or an ancestor) that carries ``aspect``; deeper is nearer."""
     scopes = node.node.scopes  # root first
@@ -194,23 +222,25 @@ def _distance_to_aspect(node: IConstruct, aspect: AuditBacklog) -> int:
     return -1  # invoked through a path we cannot see (e.g. a Stage's inherited list): farthest
 
 
-def _warn_if_launch_is_out_of_reach(group: CfnResource) -> None:
-    """A group whose launch template or configuration is not a resource of this app cannot be tuned: say so."""
-    if group.cfn_resource_type == "AWS::EKS::Nodegroup":
-        spec = getattr(group, "launch_template", None)
+def _warn_if_launch_is_out_of_reach(group: CfnResource, kind: str, raw: Any) -> None:
+    """A group whose launch template or configuration is not a resource of this app cannot be tuned: say so.
+
+    ``raw`` is the group's unresolved properties (``_cfn_properties``: tokens still tokens)."""
+    if kind == "AWS::EKS::Nodegroup":
+        spec = _raw(raw, "launchTemplate")
         if spec is None:
             reason: Optional[str] = (
                 "the node group has no launch template, so EKS writes its user data; give it a launch template"
             )
         else:
-            reason = _out_of_reach([getattr(spec, "id", None), getattr(spec, "name", None)])
+            reason = _out_of_reach([_raw(spec, "id"), _raw(spec, "name")])
     else:
-        spec = getattr(group, "launch_template", None)
+        spec = _raw(raw, "launchTemplate")
         if spec is None:
-            mixed_lt = getattr(getattr(group, "mixed_instances_policy", None), "launch_template", None)
-            spec = getattr(mixed_lt, "launch_template_specification", None)
-        refs = [getattr(spec, "launch_template_id", None), getattr(spec, "launch_template_name", None)]
-        refs.append(getattr(group, "launch_configuration_name", None))
+            mixed_lt = _raw(_raw(raw, "mixedInstancesPolicy"), "launchTemplate")
+            spec = _raw(mixed_lt, "launchTemplateSpecification")
+        refs = [_raw(spec, "launchTemplateId"), _raw(spec, "launchTemplateName")]
+        refs.append(_raw(raw, "launchConfigurationName"))
         reason = _out_of_reach(refs)
     if reason:
         Annotations.of(group).add_warning_v2(
@@ -239,11 +269,7 @@ def _warn_about_unreached_stages(app: Stage, aspect: AuditBacklog) -> None:
     """``Aspects.of(app).add(...)`` never reaches Stages: say so where the user sees it."""
     if not any(a is aspect for a in Aspects.of(app).all):
         return
-    unreached = [
-        c
-        for c in app.node.find_all()
-        if c is not app and isinstance(c, Stage) and not any(isinstance(a, AuditBacklog) for a in Aspects.of(c).all)
-    ]
+    unreached = [c for c in app.node.find_all() if c is not app and isinstance(c, Stage) and not _is_covered(c)]
     if not unreached:
         return
     names = ", ".join(s.node.path for s in unreached)
@@ -272,44 +298,318 @@ class _SkipMarker(Construct):
         _SkipMarker.used = True
 
 
-class _Tuning(Construct):
-    """Hidden child of one launch L1: the claims of the aspects that reached it and the cached outcome."""
+# -- apply_to's path: one hook per scope, one walk per synthesis ----------------------------------------
+
+
+class _Hook(Construct):
+    """Hidden leaf under a scope given to :meth:`AuditBacklog.apply_to`, with an aspect of its own.
+
+    An aspect on a leaf is invoked for that leaf only, once per synthesis, in tree order: after the scope's
+    earlier children (its stacks) and the other aspects' visits of them, before ``prepareApp``."""
+
+    def __init__(self, scope: IConstruct, aspect: AuditBacklog) -> None:
+        super().__init__(scope, _HOOK_ID)
+        self.scope_ = scope
+        self.aspect = aspect
+        self._depth: Optional[int] = None
+        Aspects.of(self).add(_HookVisit(self), priority=AspectPriority.MUTATING)
+
+    @property
+    def depth(self) -> int:
+        """Depth of the scope apply_to was given (compared with plain aspects' scopes: deeper is nearer)."""
+        if self._depth is None:
+            self._depth = len(self.scope_.node.scopes) - 1
+        return self._depth
+
+
+@jsii.implements(IAspect)
+class _HookVisit:
+    def __init__(self, hook: _Hook) -> None:
+        self._hook = hook
+
+    def visit(self, node: IConstruct) -> None:
+        if node is self._hook:
+            _tune_scope(self._hook)
+
+
+def _tune_scope(hook: _Hook) -> None:
+    """Decides and writes every launch under the hook's scope that is not decided yet (Stages beneath it
+    have hooks of their own and are synthesized before it)."""
+    aspect = hook.aspect
+    scan = _scan(hook.scope_)
+    for stack, found_launches, found_groups in scan.stacks:
+        pending = [(r, k) for r, k in found_launches if not _Tuning.of(r, k).decided]
+        unchecked = [(g, k) for g, k in found_groups if _key(g) not in _CHECKED_GROUPS]
+        if not pending and not unchecked:
+            continue
+        needs_groups = unchecked or any(k == "AWS::EC2::LaunchTemplate" for _, k in pending)
+        launches, groups = _read_stack(stack, pending, found_groups if needs_groups else [])
+        # Groups whose resolved launch template is a Ref to one read here are in reach; any other is checked
+        # the exact way, through its reference token.
+        reachable = {launch.logical_id for launch in launches if launch.logical_id}
+        by_template = _index_groups(groups)
+        for group in groups:
+            if _key(group.resource) in _CHECKED_GROUPS:
+                continue
+            _CHECKED_GROUPS.add(_key(group.resource))
+            if scan.skipped.get(_key(group.resource)) or (aspect.exclude is not None and aspect.exclude(group.resource)):
+                continue
+            if not _refers_to(group, reachable):
+                _warn_if_launch_is_out_of_reach(group.resource, group.cfn_resource_type, group.raw)
+        for launch in launches:
+            if launch.cfn_resource_type == "AWS::EC2::LaunchTemplate":
+                launch.consumers = by_template.get(launch.logical_id or "", [])
+            launch.skipped = scan.skipped.get(_key(launch.resource))
+            tuning = _Tuning.of(launch.resource, launch.cfn_resource_type)
+            tuning.claim(aspect, depth=hook.depth)
+            tuning.settle(launch, tuning.winner)
+            tuning.write()
+
+
+_CHECKED_GROUPS: set = set()  # keys of groups whose reach was checked (warned once, not at every synthesis)
+
+
+@dataclass
+class _Scan:
+    stacks: List[Tuple[Stack, List[Tuple[CfnResource, str]], List[Tuple[CfnResource, str]]]]
+    skipped: Dict[str, str]  # key of a launch or group under a skip() scope -> reason
+
+
+def _key(construct: Any) -> str:
+    """A stable key for a JS object: its jsii reference. (The Python proxy of an object created on the JS side,
+    e.g. an L2's L1, may be dropped and made anew between two calls, so ``id()`` is not stable.)"""
+    return construct.__jsii_ref__.ref
+
+
+_KIND_CACHE: Dict[type, Optional[str]] = {}
+
+
+def _kind_of(node: IConstruct) -> Optional[str]:
+    """The resource type of a launch or group L1; None for any other construct.
+
+    Read once per Python class from the generated L1's ``CFN_RESOURCE_TYPE_NAME`` (several classes carry one
+    type: ``aws_eks`` and ``aws_eks_v2`` both have a ``CfnNodegroup``); only a generic ``CfnResource`` costs a
+    bridge call per instance."""
+    if not isinstance(node, CfnResource):
+        return None
+    klass = type(node)
+    if klass not in _KIND_CACHE:
+        _KIND_CACHE[klass] = getattr(klass, "CFN_RESOURCE_TYPE_NAME", None)
+    kind = _KIND_CACHE[klass] or node.cfn_resource_type
+    return kind if kind in _USER_DATA_PATH or kind in _CONSUMER_TYPES else None
+
+
+def _scan(root: IConstruct) -> _Scan:
+    """Launches and groups under ``root`` by stack, in a handful of bridge calls (not one per construct).
+
+    Constructs inside a Stage beneath ``root`` are left out: that Stage has a hook of its own."""
+    nodes: List[IConstruct] = [root]
+    for child in root.node.children:
+        if not isinstance(child, Stage):
+            nodes.extend(child.node.find_all())  # the child and everything under it, depth first
+    inner_stages = [c for c in nodes[1:] if isinstance(c, Stage)]  # a Stage under a stack (CDK Pipelines)
+    if inner_stages:
+        inside: set = set()
+        for stage in inner_stages:
+            if _key(stage) not in inside:
+                inside.update(_key(c) for c in stage.node.find_all())
+        nodes = [c for c in nodes if _key(c) not in inside]
+
+    # Which stack a resource belongs to, without asking per resource: the subtree of a stack that has no stack
+    # above it is contiguous in depth-first order and holds no other such stack, so a resource belongs to the
+    # last one before it, unless it is inside a stack within a stack (a NestedStack), listed separately.
+    inner_owner: Dict[str, Stack] = {}
+    for c in nodes:
+        if isinstance(c, Stack) and any(isinstance(s, Stack) for s in c.node.scopes[:-1]):
+            inner_owner.update((_key(x), c) for x in c.node.find_all())  # depth first: deeper stacks last
+    by_stack: Dict[str, Tuple[Stack, List[Tuple[CfnResource, str]], List[Tuple[CfnResource, str]]]] = {}
+    markers: List[_SkipMarker] = []
+    top: Optional[Stack] = None
+    for c in nodes:
+        if isinstance(c, Stack) and _key(c) not in inner_owner:
+            top = c
+        if isinstance(c, _SkipMarker):
+            markers.append(c)
+            continue
+        kind = _kind_of(c)
+        if kind is None:
+            continue
+        stack = inner_owner.get(_key(c)) or top
+        if stack is None:
+            continue
+        entry = by_stack.setdefault(_key(stack), (stack, [], []))
+        (entry[1] if kind in _USER_DATA_PATH else entry[2]).append((c, kind))  # type: ignore[arg-type]
+
+    skipped: Dict[str, str] = {}
+    for marker in markers:  # depth first: a marker nearer to the resource comes later and wins
+        scope = marker.node.scope
+        reason = f"excluded with AuditBacklog.skip() on {scope.node.path or 'the app'}: {marker.reason}"
+        skipped.update((_key(x), reason) for x in scope.node.find_all())
+    return _Scan(list(by_stack.values()), skipped)
+
+
+# -- reading launches and groups ---------------------------------------------------------------------
+
+
+@dataclass
+class _Group:
+    """An Auto Scaling group or EKS node group, as far as choosing a launch template's limit needs it."""
+
+    resource: CfnResource
+    cfn_resource_type: str
+    props: Any  # resolved: launchTemplate, mixedInstancesPolicy, launchConfigurationName / instanceTypes
+    raw: Any  # unresolved properties (tokens still tokens), for the out-of-reach check
+
+
+@dataclass
+class _Launch:
+    """One launch L1 and what deciding needs of it."""
+
+    resource: CfnResource
+    cfn_resource_type: str
+    data: Any  # resolved LaunchTemplateData of a launch template; {userData, instanceType} otherwise
+    logical_id: Optional[str] = None  # launch templates and configurations (groups refer to them by it)
+    consumers: List[_Group] = field(default_factory=list)
+    skipped: Optional[str] = None  # reason given to AuditBacklog.skip() on a scope above it
+
+    @property
+    def user_data(self) -> Any:
+        return _get(self.data, "UserData")
+
+
+def _read_stack(
+    stack: Stack, launches: Sequence[Tuple[CfnResource, str]], groups: Sequence[Tuple[CfnResource, str]]
+) -> Tuple[List[_Launch], List[_Group]]:
+    """Reads launches and groups of one stack: one bridge call each for its properties (``_cfn_properties``
+    comes back by value in one message, where a struct property such as ``launch_template_data`` costs one
+    message per field of the struct), one per launch template or configuration for its logical id, and one
+    ``stack.resolve`` for all of them."""
+    raws = [r._cfn_properties for r, _ in launches]  # type: ignore[attr-defined]
+    group_raws = [g._cfn_properties for g, _ in groups]  # type: ignore[attr-defined]
+    wanted: List[Any] = []
+    for (_, kind), raw in zip(launches, raws):
+        if kind == "AWS::EC2::LaunchTemplate":
+            wanted.append(_get(raw, "LaunchTemplateData"))
+        else:
+            wanted.append({"userData": _get(raw, "UserData"), "instanceType": _get(raw, "InstanceType")})
+    for (_, kind), raw in zip(groups, group_raws):
+        wanted.append({name: _get(raw, name) for name in _GROUP_FIELDS[kind]})
+    named = [i for i, (_, kind) in enumerate(launches) if kind != "AWS::EC2::Instance"]
+    wanted.extend(launches[i][0].logical_id for i in named)
+    resolved = stack.resolve(wanted) if wanted else []
+    out = [_Launch(r, kind, resolved[i]) for i, (r, kind) in enumerate(launches)]
+    for n, i in enumerate(named):
+        out[i].logical_id = resolved[len(launches) + len(groups) + n]
+    read_groups = [
+        _Group(g, kind, resolved[len(launches) + i], group_raws[i]) for i, (g, kind) in enumerate(groups)
+    ]
+    return out, read_groups
+
+
+def _read_one(resource: CfnResource, kind: str, aspect: AuditBacklog) -> _Launch:
+    """The plain path: one launch, read when its lazy values are first resolved."""
+    stack = Stack.of(resource)
+    (launch,), _ = _read_stack(stack, [(resource, kind)], [])
+    if kind == "AWS::EC2::LaunchTemplate":
+        launch.consumers = aspect._groups_by_template(stack).get(launch.logical_id or "", [])
+    launch.skipped = _skip_marker_reason(resource)
+    return launch
+
+
+def _refers_to(group: _Group, launch_ids: set) -> bool:
+    """Whether the group's resolved launch template / configuration is a Ref to one of ``launch_ids``."""
+    props = group.props
+    specs = [_get(props, "LaunchTemplate"), _get(_get(_get(props, "MixedInstancesPolicy"), "LaunchTemplate"), "LaunchTemplateSpecification")]
+    refs = [_get(spec, "LaunchTemplateId") or _get(spec, "Id") for spec in specs]
+    refs.append(_get(props, "LaunchConfigurationName"))
+    return any(isinstance(ref, dict) and ref.get("Ref") in launch_ids for ref in refs)
+
+
+# -- the decision, kept once per launch ----------------------------------------------------------------
+
+
+class _Tuning:
+    """What was decided for one launch L1: the claims of the aspects that reached it and the outcome.
+
+    A plain Python registry keyed by the L1's jsii reference, not a hidden construct (one construct per launch
+    cost several bridge calls and showed in every tree)."""
+
+    _registry: Dict[str, "_Tuning"] = {}
 
     @classmethod
-    def of(cls, resource: CfnResource) -> "_Tuning":
-        existing = resource.node.try_find_child(_TUNING_ID)
-        if isinstance(existing, _Tuning):
-            return existing
-        return cls(resource, _TUNING_ID, resource)
+    def of(cls, resource: CfnResource, kind: str) -> "_Tuning":
+        key = _key(resource)
+        existing = cls._registry.get(key)
+        if existing is None:
+            existing = cls._registry[key] = cls(resource, kind)
+        return existing
 
-    def __init__(self, scope: CfnResource, id: str, resource: CfnResource) -> None:
-        super().__init__(scope, id)
+    def __init__(self, resource: CfnResource, kind: str) -> None:
         self.resource = resource
-        self.claims: List[AuditBacklog] = []
+        self.kind = kind
+        self.claims: List[Tuple[AuditBacklog, Optional[int]]] = []  # (aspect, depth of apply_to's scope)
         self._outcome: Optional[_Outcome] = None
-        path = _USER_DATA_PATH[resource.cfn_resource_type]
-        resource.add_property_override(path, _Producer(self, "user_data"))
-        resource.add_metadata(METADATA_KEY, _Producer(self, "metadata"))
-        resource.node.add_validation(_Validation(self))
+        self._lazy = False
+        self._validated = False
 
-    def claim(self, aspect: AuditBacklog) -> None:
-        if not any(a is aspect for a in self.claims):
-            self.claims.append(aspect)
+    @property
+    def decided(self) -> bool:
+        return self._outcome is not None
+
+    def claim(self, aspect: AuditBacklog, depth: Optional[int] = None) -> None:
+        if not any(a is aspect for a, _ in self.claims):
+            self.claims.append((aspect, depth))
 
     @property
     def winner(self) -> AuditBacklog:
         if len(self.claims) == 1:
-            return self.claims[0]
-        # Nearest scope wins; between aspects on the same scope, the one added (and so visiting) last.
-        ranked = [(_distance_to_aspect(self.resource, a), i, a) for i, a in enumerate(self.claims)]
+            return self.claims[0][0]
+        # Nearest scope wins; between aspects on the same scope, the one added (and so visiting) last. An
+        # apply_to claim is made after the plain aspects' visits but stands for an aspect that, added to its
+        # scope with a mutating priority, would have visited first: it ranks before them on the same scope.
+        ranked = [
+            (_distance_to_aspect(self.resource, a) if depth is None else depth, -1 if depth is not None else i, a)
+            for i, (a, depth) in enumerate(self.claims)
+        ]
         return max(ranked, key=lambda c: (c[0], c[1]))[2]
+
+    def attach_lazily(self) -> None:
+        """The plain path: lazy UserData and Metadata, decided when synthesis first resolves them."""
+        if self._lazy or self.decided:
+            return
+        self._lazy = True
+        self.resource.add_property_override(_USER_DATA_PATH[self.kind], _Producer(self, "user_data"))
+        self.resource.add_metadata(METADATA_KEY, _Producer(self, "metadata"))
+        self._add_validation()
 
     def outcome(self) -> _Outcome:
         if self._outcome is None:
-            self._outcome = _decide(self.resource, self.winner)
+            winner = self.winner
+            self.settle(_read_one(self.resource, self.kind, winner), winner)
+        assert self._outcome is not None
+        return self._outcome
+
+    def settle(self, launch: _Launch, aspect: AuditBacklog) -> _Outcome:
+        if self._outcome is None:
+            self._outcome = _decide(launch, aspect)
             if self._outcome.warning:
                 Annotations.of(self.resource).add_warning_v2(*self._outcome.warning)
         return self._outcome
+
+    def write(self) -> None:
+        """apply_to's path: the decided values as plain overrides (no callback at synthesis); a skipped
+        launch keeps its own UserData property untouched."""
+        outcome = self.outcome()
+        if not outcome.skipped:
+            self.resource.add_property_override(_USER_DATA_PATH[self.kind], outcome.user_data)
+        self.resource.add_metadata(METADATA_KEY, outcome.metadata)
+        if literal_bytes(outcome.user_data) > EC2_USER_DATA_LIMIT:
+            self._add_validation()
+
+    def _add_validation(self) -> None:
+        if not self._validated:
+            self._validated = True
+            self.resource.node.add_validation(_Validation(self))
 
 
 @jsii.implements(IValidation)
@@ -331,7 +631,7 @@ class _Validation:
 
 @jsii.implements(IResolvable)
 class _Producer:
-    """Lazy value of the overridden UserData or of the Metadata, both from the one cached outcome.
+    """Lazy value of the overridden UserData or of the Metadata (plain path), both from the one cached outcome.
 
     An ``IResolvable`` of our own rather than ``Lazy.any``: CDK resolves it only at synthesis, every time
     with a context, and the outcome it reads is computed once.
@@ -355,28 +655,24 @@ class _Producer:
 # -- deciding -------------------------------------------------------------------------------------
 
 
-def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
-    stack = Stack.of(resource)
-    lt_data = (
-        stack.resolve(resource.launch_template_data)  # type: ignore[attr-defined]
-        if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate"
-        else None
-    )
-    resolved = _get(lt_data, "UserData") if lt_data is not None else stack.resolve(resource.user_data)  # type: ignore[attr-defined]
-    skip_reason = _skip_reason(resource, aspect)
+def _decide(launch: _Launch, aspect: AuditBacklog) -> _Outcome:
+    resource = launch.resource
+    lt_data = launch.data  # resolved LaunchTemplateData, or the resource's own UserData / InstanceType
+    resolved = launch.user_data
+    skip_reason = launch.skipped or _skip_reason(resource, aspect, markers=False)
     if skip_reason:  # the user's own choice: recorded in Metadata, no warning
-        return _Outcome({"skipped": skip_reason}, resolved)
-    if _is_windows(resource):
+        return _Outcome({"skipped": skip_reason}, resolved, skipped=True)
+    if not _is_shell_script(resolved) and _is_windows(resource):
         reason = "Windows launch (no Linux audit subsystem)"
         message = f"cdk-audit-backlog: {resource.node.path} is not tuned: {reason}."
-        return _Outcome({"skipped": reason}, resolved, ("cdk-audit-backlog:skipped", message))
+        return _Outcome({"skipped": reason}, resolved, ("cdk-audit-backlog:skipped", message), skipped=True)
 
-    consumers = _consumers(resource, aspect) if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate" else []
+    consumers = launch.consumers
     if aspect.backlog_limit is not None:
         target: Optional[int] = aspect.backlog_limit
         types, memory, reason = [], None, "backlog_limit set on the aspect"
     else:
-        target, types, memory, reason = _limit_from_types(resource, lt_data, consumers, aspect.policy)
+        target, types, memory, reason = _limit_from_types(launch, lt_data, consumers, aspect.policy)
     source = f"{types[0]}/{memory}MiB" if types and memory else "unknown"
     require_mime = any(c.cfn_resource_type == "AWS::EKS::Nodegroup" for c in consumers)
     try:
@@ -385,7 +681,7 @@ def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
         )
     except Unsupported as e:
         message = f"cdk-audit-backlog: {resource.node.path} is not tuned: {e}."
-        return _Outcome({"skipped": str(e)}, resolved, ("cdk-audit-backlog:skipped", message))
+        return _Outcome({"skipped": str(e)}, resolved, ("cdk-audit-backlog:skipped", message), skipped=True)
     # CloudFormation drops nulls: unknown type and memory are simply absent.
     metadata: Dict[str, Any] = {"limit": "auto" if target is None else target, "reason": reason}
     if types and memory:
@@ -393,14 +689,30 @@ def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
     return _Outcome(metadata, new_user_data)
 
 
-def _skip_reason(resource: CfnResource, aspect: AuditBacklog) -> Optional[str]:
+def _skip_reason(resource: CfnResource, aspect: AuditBacklog, markers: bool = True) -> Optional[str]:
+    if markers:
+        reason = _skip_marker_reason(resource)
+        if reason:
+            return reason
+    if aspect.exclude is not None and aspect.exclude(resource):
+        return "excluded by the aspect's exclude predicate"
+    return None
+
+
+def _skip_marker_reason(resource: IConstruct) -> Optional[str]:
     for scope in reversed(resource.node.scopes) if _SkipMarker.used else []:
         marker = scope.node.try_find_child(_SKIP_ID)
         if isinstance(marker, _SkipMarker):
             return f"excluded with AuditBacklog.skip() on {scope.node.path or 'the app'}: {marker.reason}"
-    if aspect.exclude is not None and aspect.exclude(resource):
-        return "excluded by the aspect's exclude predicate"
     return None
+
+
+def _is_shell_script(user_data: Any) -> bool:
+    """A ``#!`` shell script is Linux whatever the image: no need to ask the L2 for its OS."""
+    try:
+        return user_data_kind(leading_text(user_data)) == "shell"
+    except Unsupported:
+        return False
 
 
 def _is_windows(resource: CfnResource) -> bool:
@@ -412,10 +724,9 @@ def _is_windows(resource: CfnResource) -> bool:
 
 
 def _limit_from_types(
-    resource: CfnResource, lt_data: Any, consumers: Sequence[CfnResource], policy: BacklogPolicy
+    resource: _Launch, lt_data: Any, consumers: Sequence[_Group], policy: BacklogPolicy
 ) -> Tuple[Optional[int], List[str], Optional[int], str]:
     """(limit or None for auto, types ordered smallest memory first, that memory, reason)."""
-    stack = Stack.of(resource)
     if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate":
         own = _get(lt_data, "InstanceType")
         candidates: List[Any] = [own] if own is not None else []
@@ -428,7 +739,7 @@ def _limit_from_types(
             candidates = group_types + ([own] if any(not types for types in per_group) else [])
             where = "the groups that use this launch template"
     else:
-        candidates = [stack.resolve(resource.instance_type)]  # type: ignore[attr-defined]
+        candidates = [_get(lt_data, "InstanceType")]
         where = "the resource"
     if not candidates:
         return None, [], None, f"no instance type on {where}: computed at boot from MemTotal"
@@ -450,44 +761,42 @@ def _limit_from_types(
     return limit, types, memory, reason
 
 
-def _consumers(launch_template: CfnResource, aspect: AuditBacklog) -> List[CfnResource]:
-    """The Auto Scaling groups and EKS node groups of the same stack that use ``launch_template``."""
-    stack = Stack.of(launch_template)
-    by_template = aspect._groups_by_template(stack)
-    return by_template.get(stack.resolve(launch_template.logical_id), [])
-
-
-def _groups_by_launch_template(stack: Stack) -> Dict[str, List[CfnResource]]:
-    """Logical id of a launch template -> the groups of ``stack`` that use it (one walk of the stack)."""
-    out: Dict[str, List[CfnResource]] = {}
-    for c in stack.node.find_all():
-        if not isinstance(c, CfnResource) or Stack.of(c) is not stack:
-            continue
-        kind = c.cfn_resource_type
-        if kind == "AWS::AutoScaling::AutoScalingGroup":
-            mixed = stack.resolve(c.mixed_instances_policy)  # type: ignore[attr-defined]
+def _index_groups(groups: Iterable[_Group]) -> Dict[str, List[_Group]]:
+    """Logical id of a launch template -> the groups (of one stack) that use it."""
+    out: Dict[str, List[_Group]] = {}
+    for group in groups:
+        props = group.props
+        if group.cfn_resource_type == "AWS::AutoScaling::AutoScalingGroup":
             specs = [
-                stack.resolve(c.launch_template),  # type: ignore[attr-defined]
-                _get(_get(mixed, "LaunchTemplate"), "LaunchTemplateSpecification"),
+                _get(props, "LaunchTemplate"),
+                _get(_get(_get(props, "MixedInstancesPolicy"), "LaunchTemplate"), "LaunchTemplateSpecification"),
             ]
             ids = [_get(spec, "LaunchTemplateId") for spec in specs]
-        elif kind == "AWS::EKS::Nodegroup":
-            ids = [_get(stack.resolve(c.launch_template), "Id")]  # type: ignore[attr-defined]
         else:
-            continue
+            ids = [_get(_get(props, "LaunchTemplate"), "Id")]
         for ref in ids:
             if isinstance(ref, dict) and isinstance(ref.get("Ref"), str):
-                out.setdefault(ref["Ref"], []).append(c)
+                out.setdefault(ref["Ref"], []).append(group)
     return out
 
 
-def _consumer_types(consumer: CfnResource) -> List[Any]:
+def _groups_by_launch_template(stack: Stack) -> Dict[str, List[_Group]]:
+    """Logical id of a launch template -> the groups of ``stack`` that use it (the plain path: one walk)."""
+    found = []
+    for c in stack.node.find_all():
+        kind = _kind_of(c)
+        if kind in _CONSUMER_TYPES and Stack.of(c) is stack:
+            found.append((c, kind))
+    _, groups = _read_stack(stack, [], found)
+    return _index_groups(groups)
+
+
+def _consumer_types(consumer: _Group) -> List[Any]:
     """Instance types a group may launch; a non-string entry means "not known at synth time"."""
-    stack = Stack.of(consumer)
     if consumer.cfn_resource_type == "AWS::EKS::Nodegroup":
-        types = stack.resolve(consumer.instance_types)  # type: ignore[attr-defined]
+        types = _get(consumer.props, "InstanceTypes")
         return list(types) if isinstance(types, list) and types else []
-    mixed = stack.resolve(consumer.mixed_instances_policy)  # type: ignore[attr-defined]
+    mixed = _get(consumer.props, "MixedInstancesPolicy")
     overrides = _get(_get(mixed, "LaunchTemplate"), "Overrides")
     # InstanceRequirements (attribute-based selection) cannot be known at synth: None, so auto.
     return [_get(o, "InstanceType") for o in overrides] if isinstance(overrides, list) else []
@@ -500,3 +809,12 @@ def _get(data: Any, name: str) -> Any:
         return None
     camel = name[0].lower() + name[1:]
     return data[camel] if camel in data else data.get(name)
+
+
+def _raw(data: Any, name: str) -> Any:
+    """A field of an unresolved L1 struct: a dict (camelCase keys) or, where someone read the struct through
+    its typed getter before, a jsii struct object (snake_case attributes)."""
+    if data is None or isinstance(data, dict):
+        return _get(data, name)
+    snake = "".join("_" + ch.lower() if ch.isupper() else ch for ch in name)
+    return getattr(data, snake, None)

@@ -254,6 +254,13 @@ def literal_text(value: Any) -> Optional[str]:
     return None
 
 
+def leading_text(value: Any) -> str:
+    """The literal text a resolved ``UserData`` value starts with, up to its first token ("" if none)."""
+    if isinstance(value, dict) and list(value) == ["Fn::Base64"]:
+        return _leading_text(_segments(value["Fn::Base64"]))
+    return literal_text(value) or ""
+
+
 def literal_bytes(value: Any) -> int:
     """Bytes of the literal text of a resolved ``UserData`` value (a lower bound when it holds tokens)."""
     if isinstance(value, dict) and list(value) == ["Fn::Base64"]:
