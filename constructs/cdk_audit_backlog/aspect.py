@@ -135,14 +135,23 @@ class AuditBacklog:
     # -- entry points ------------------------------------------------------------------------------
 
     @classmethod
-    def apply_to(cls, scope: IConstruct, **options: Any) -> "AuditBacklog":
+    def apply_to(cls, scope: IConstruct, *, association: Any = False, **options: Any) -> "AuditBacklog":
         """Adds one ``AuditBacklog(**options)`` to ``scope`` and to every Stage beneath it, however deep.
 
         CDK does not carry an app's aspects into Stages (each Stage is its own cloud assembly), so CDK
         Pipelines apps need this. Call it after the app's stacks and stages exist, just before ``app.synth()``.
         Calling it again adds nothing twice.
+
+        :param association: also tune the machines that already run: ``True`` or an
+            ``association.AssociationOptions`` adds an ``AuditBacklogAssociation`` (SSM document and State
+            Manager association, same policy inputs as the aspect) to every stack with an EC2 launch, Stages
+            and nested stacks included. Default: False.
         """
         aspect = cls(**options)
+        if association is not False:
+            from .association import add_to_stacks
+
+            add_to_stacks(scope, aspect, association)
         targets = [scope] + [c for c in scope.node.find_all() if c is not scope and isinstance(c, Stage)]
         for target in targets:
             if not any(isinstance(a, AuditBacklog) for a in Aspects.of(target).all):
