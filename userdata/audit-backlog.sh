@@ -235,7 +235,7 @@ cab_main() {
   # The exit status, for a caller that reads it (an SSM association: non-zero makes the instance
   # NON_COMPLIANT; user data ignores it): 0 done, nothing to do, or immutable (next boot); 3 no
   # auditctl; 4 the kernel's limit is not the one applied; 5 not persisted (the next boot reverts).
-  [ $v != 0 ] || [ $ok != no ] || v=5
+  [ $ok$v != no0 ] || v=5
   exit $v
 }
 
