@@ -288,6 +288,17 @@ def test_apply_to_adds_one_association_per_stack_with_a_launch_stages_included()
     assert _of_type(_template(app.node.find_child("NoLaunches")), "AWS::SSM::Association") == {}
 
 
+def test_apply_to_gives_a_nested_stack_its_own_association():
+    # A nested stack's instances carry the nested stack's name in aws:cloudformation:stack-name.
+    app = cdk.App()
+    parent = _stack(app, "Parent")
+    nested = cdk.NestedStack(parent, "Inner")
+    _launches(nested)
+    AuditBacklog.apply_to(app, association=True)
+    assert len(_of_type(_template(nested), "AWS::SSM::Association")) == 1
+    assert _of_type(_template(parent), "AWS::SSM::Association") == {}
+
+
 def test_apply_to_takes_association_options():
     app = cdk.App()
     stack = _stack(app)
