@@ -9,9 +9,12 @@
 3. reads back with boto3 every instance (the ASG's included) and launch template of the stack and prints
    resource, instance type, memory, the limit in the stored user data, and whether the block is there;
 4. runs the operator's check, ``cdk-audit-backlog verify --stack AuditBacklogExample``, against it;
-5. stops the emulator.
+5. runs ``cdk-audit-backlog impact`` on the same cloud assembly against the deployed stack: what a second
+   ``cdk deploy`` would do to each launch resource and its machines (nothing: it interrupts no machine);
+6. stops the emulator.
 
-Exit status 0 when every launch carries the block, 1 when one does not, 2 when a step fails.
+Exit status 0 when every launch carries the block and a second deploy interrupts nothing, 1 when not, 2 when
+a step fails.
 Against a real account the same deploy is ``npx cdk deploy`` with your credentials, and the same check is
 ``cdk-audit-backlog verify --stack AuditBacklogExample``.
 """
@@ -155,6 +158,19 @@ def run_verify(env: Dict[str, str]) -> int:
     return proc.returncode
 
 
+def run_impact(env: Dict[str, str], cdk_out: Path) -> int:
+    """What the next deploy of the same assembly would do to the deployed stack: the CLI, as a user runs it."""
+    cmd = [sys.executable, "-m", "cdk_audit_backlog", "impact", str(cdk_out), "--stack", STACK, "--region", REGION]
+    log(f"impact: cdk-audit-backlog impact cdk.out --stack {STACK} --region {REGION}")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    print(proc.stdout, end="", flush=True)
+    summary = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    log(f"impact: exit {proc.returncode}: {summary}")
+    if proc.returncode not in (0, 1):
+        sys.stderr.write(proc.stderr)
+    return proc.returncode
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", help="cloud assembly directory (default: a temporary one)")
@@ -176,6 +192,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
         untuned = read_back(server.url)
         verify_rc = run_verify(env)
+        impact_rc = run_impact(env, out_dir)
     except RuntimeError as e:
         log(f"error: {e}")
         return 2
@@ -186,9 +203,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     log(f"{'every launch carries the block' if not untuned else f'{untuned} launch(es) WITHOUT the block'}; "
         f"total {time.monotonic() - started:.1f} s")
-    if verify_rc == 2:
+    if 2 in (verify_rc, impact_rc):
         return 2
-    return 1 if untuned or verify_rc else 0
+    return 1 if untuned or verify_rc or impact_rc else 0
 
 
 if __name__ == "__main__":

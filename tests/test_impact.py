@@ -141,6 +141,9 @@ def test_new_association_tunes_running_machines_without_restart():
     assert (a.change, a.interrupts) == ("created", False)
     assert "tag:aws:cloudformation:stack-name=S" in a.effect and "rate(30 minutes)" in a.effect
     assert "no restart" in a.effect
+    assoc["Properties"]["Targets"][0]["Values"] = [{"Ref": "AWS::StackName"}, {"Fn::ImportValue": "x"}]
+    a = one(tpl(Web=instance()), tpl(Web=instance(), Assoc=assoc), "Assoc")
+    assert "tag:aws:cloudformation:stack-name=S,<token>" in a.effect
 
 
 def test_deleted_instance_is_terminated_and_a_type_change_is_delete_plus_create():

@@ -189,7 +189,7 @@ def _created(stack: str, lid: str, res: Mapping[str, Any], deployed: bool) -> Im
         schedule = props.get("ScheduleExpression")
         effect = (
             "new association: the machines it targets ("
-            + _targets_text(props.get("Targets"))
+            + _targets_text(props.get("Targets"), stack)
             + ") are tuned when it is created"
             + (f", then on {schedule}" if isinstance(schedule, str) else "")
             + "; no restart, running processes untouched"
@@ -198,7 +198,7 @@ def _created(stack: str, lid: str, res: Mapping[str, Any], deployed: bool) -> Im
     return Impact(stack, lid, kind, "created", effect + note)
 
 
-def _targets_text(targets: Any) -> str:
+def _targets_text(targets: Any, stack: str) -> str:
     if not isinstance(targets, list) or not targets:
         return "no targets"
     parts = []
@@ -207,9 +207,17 @@ def _targets_text(targets: Any) -> str:
             values = t.get("Values")
             shown = "?"
             if isinstance(values, list):
-                shown = ",".join(v if isinstance(v, str) else "<token>" for v in values)
+                shown = ",".join(_value_text(v, stack) for v in values)
             parts.append(f"{t.get('Key')}={shown}")
     return "; ".join(parts) or "?"
+
+
+def _value_text(value: Any, stack: str) -> str:
+    if isinstance(value, str):
+        return value
+    if value == {"Ref": "AWS::StackName"}:  # AssociationTarget.stack_instances()
+        return stack
+    return "<token>"
 
 
 def _deleted(stack: str, lid: str, prev: Mapping[str, Any]) -> Impact:
