@@ -59,8 +59,9 @@ def decide(resource: CfnResource, running_instances: str) -> RunningDecision:
                 f"cdk-audit-backlog: {path} gets the block in its user data. If this instance already runs, "
                 "the next deploy stops and starts it (CloudFormation UserData update) and does not re-run "
                 "user data. For an app that is already deployed, run `cdk-audit-backlog impact cdk.out --record` "
-                "first: running instances then keep their user data and the association tunes them without a "
-                "restart. A stack that was never deployed can ignore this (the same command records it).",
+                "first: running instances then keep their user data, and AuditBacklog.apply_to(app, "
+                "association=True) tunes them without a restart. A stack that was never deployed can ignore "
+                "this (the same command records it as such).",
             ),
         )
     if stack.resolve(resource.logical_id) not in deployed:
@@ -78,7 +79,8 @@ def decide(resource: CfnResource, running_instances: str) -> RunningDecision:
         warning=(
             "cdk-audit-backlog:running-instance-not-tuned",
             f"cdk-audit-backlog: {path} already runs, so its user data is kept (no stop/start), but no "
-            "AWS::SSM::Association in its stack tunes it: add the association, or choose "
+            "AWS::SSM::Association in its stack tunes it: use AuditBacklog.apply_to(app, association=True), or "
+            "choose "
             "running_instances='restart' to tune it through its user data at the cost of a stop/start.",
         ),
     )
