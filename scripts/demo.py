@@ -149,6 +149,12 @@ def read_back(endpoint: str) -> int:
     return sum(1 for c in checks if not c.block)
 
 
+def _target_value(value: object) -> str:
+    if value == {"Ref": "AWS::StackName"}:
+        return STACK
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def show_association(endpoint: str) -> bool:
     """The SSM document and association the stack deployed (``association=True``), as moto holds them.
 
@@ -188,9 +194,7 @@ def show_association(endpoint: str) -> bool:
             found = True
             props = res.get("Properties", {})
             targets = "; ".join(
-                f"{t.get('Key')}="
-                + ",".join(STACK if v == {"Ref": "AWS::StackName"} else v if isinstance(v, str) else json.dumps(v)
-                           for v in t.get("Values", []))
+                f"{t.get('Key')}=" + ",".join(_target_value(v) for v in t.get("Values", []))
                 for t in props.get("Targets", [])
             )
             log(f"ssm: association {logical_id} in the deployed template: targets {targets}, schedule "
