@@ -16,6 +16,8 @@ import pytest
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ssm as ssm
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from moto import mock_aws
 
 from cdk_audit_backlog import AuditBacklog, cli
@@ -272,3 +274,56 @@ def test_table_output_and_a_stack_that_is_not_deployed(tmp_path, dummy_aws, caps
 def test_missing_assembly_is_a_usage_error(tmp_path, capsys):
     rc, _, err = run(["impact", str(tmp_path / "nowhere")], capsys)
     assert rc == 2 and "run cdk synth first" in err
+
+
+# ------------------------------------------------------------------------------------------ properties
+
+_KINDS = st.sampled_from(
+    ["AWS::EC2::Instance", "AWS::EC2::LaunchTemplate", "AWS::AutoScaling::LaunchConfiguration",
+     "AWS::AutoScaling::AutoScalingGroup", "AWS::EKS::Nodegroup", "AWS::SSM::Association", "AWS::S3::Bucket"]
+)
+_VALUES = st.recursive(
+    st.one_of(st.text(max_size=8), st.integers(), st.booleans()),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=8,
+)
+_RESOURCES = st.dictionaries(
+    st.from_regex(r"[A-Z][A-Za-z0-9]{0,6}", fullmatch=True),
+    st.builds(lambda kind, props: {"Type": kind, "Properties": props}, _KINDS,
+              st.dictionaries(st.sampled_from(["UserData", "InstanceType", "Tags", "LaunchTemplate", "ImageId"]),
+                              _VALUES, max_size=3)),
+    max_size=6,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_RESOURCES)
+def test_deploying_the_deployed_template_again_changes_and_interrupts_nothing(resources):
+    found = template_impacts("S", {"Resources": resources}, {"Resources": resources})
+    assert all(f.change == "unchanged" and not f.interrupts for f in found)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_RESOURCES, st.data())
+def test_any_changed_user_data_of_a_deployed_instance_interrupts_it(resources, data):
+    resources = {k: v for k, v in resources.items() if v["Type"] == "AWS::EC2::Instance"}
+    assume(resources)
+    lid = data.draw(st.sampled_from(sorted(resources)))
+    after = json.loads(json.dumps(resources))
+    after[lid]["Properties"]["UserData"] = ["changed", resources[lid]["Properties"].get("UserData")]
+    (found,) = [f for f in template_impacts("S", {"Resources": resources}, {"Resources": after}) if f.logical_id == lid]
+    assert found.interrupts and "UserData" in found.properties
+
+
+def test_stacks_inside_a_stage_are_read_from_the_nested_assembly(tmp_path):
+    app = cdk.App(outdir=str(tmp_path / "out"))
+    stage = cdk.Stage(app, "Prod", env=ENV)
+    stack = cdk.Stack(stage, "Inner", stack_name="ProdInner")
+    ec2.CfnLaunchTemplate(stack, "Lt", launch_template_data=ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(
+        instance_type="m5.large"))
+    cdk.Stack(app, "Top", env=ENV)
+    app.synth()
+    found = {s.stack_name: s for s in assembly_stacks(tmp_path / "out")}
+    assert set(found) == {"ProdInner", "Top"}
+    assert (found["ProdInner"].account, found["ProdInner"].region) == ("123456789012", "us-east-1")
+    assert "Lt" in found["ProdInner"].template["Resources"]
