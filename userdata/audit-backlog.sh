@@ -44,6 +44,12 @@ q() {
   timeout "$@" >/dev/null 2>&1
 }
 
+# gt A B: limit A is larger than limit B. 0 is no limit at all (the kernel skips the backlog check), so
+# it is the largest; an empty A (unknown) is larger than nothing, an empty B (no -b) is smaller than any.
+gt() {
+  [ -n "$1" ] && [ "$1" != "$2" ] && { [ "$1" = 0 ] || { [ "$2" != 0 ] && (($1>${2:-0})); }; }
+}
+
 # @@CAB_IF auto@@
 # The policy formula; twin of BacklogPolicy.limit_for_memory_bytes in policy.py (the agreement is
 # property-tested). $1 is MemTotal in kB. The budget bytes*ppm/1e6 is split so 64-bit arithmetic
@@ -165,7 +171,7 @@ cab_main() {
     fi
     if [ "$t" = "$p" ]; then
       say "persist: -b $t already"
-    elif ((t>${p:-0})) || [ "$CAB_ALLOW_LOWER" = 1 ]; then
+    elif gt "$t" "$p" || [ "$CAB_ALLOW_LOWER" = 1 ]; then
       c=1
     else
       d=$p
@@ -201,7 +207,7 @@ cab_main() {
       fi
     fi
     n=$d
-    if [ "$CAB_ALLOW_LOWER" != 1 ] && ((${bl:-0}>d)); then
+    if [ "$CAB_ALLOW_LOWER" != 1 ] && gt "$bl" "$d"; then
       n=$bl
       say "apply: kept $bl"
     fi
