@@ -47,37 +47,43 @@ def _require_int(name: str, value: Any, low: int, high: int) -> int:
     """``value`` as a plain int if it is an integer from ``low`` to ``high``, else ValueError naming ``name``.
 
     Any integer type is accepted (``int``, numpy's integers: whatever ``numbers.Integral`` holds) and
-    returned as a plain ``int``, so it renders and compares as one. ``bool`` is refused although it is an
-    int subclass (True as a limit is always a mistake), as are floats (even ``8192.0``), ``Decimal``,
-    ``Fraction`` and strings: an integer option takes integers.
+    returned as a plain ``int``, so it renders and compares as one. ``bool`` (numpy's too) is refused
+    although it is an int subclass (True as a limit is always a mistake), as are floats (even
+    ``8192.0``), ``Decimal``, ``Fraction`` and strings: an integer option takes integers.
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {_shown(value)}")
     number = int(value)
     if not low <= number <= high:
         raise ValueError(f"{name} must be an integer from {low} to {high}, got {_shown(number)}")
     return number
 
 
-def _shown(number: int) -> str:
-    """An integer for an error message: huge ones (10**100) by their size, not 100 digits."""
-    text = str(number)
-    return text if len(text) <= 24 else f"an integer of {len(text.lstrip('-'))} digits"
+def _shown(value: Any) -> str:
+    """A value for an error message; a huge integer (10**100) by its size, since printing one with more
+    than 4300 digits raises an error of its own."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(int(value)) >= 10**24:
+        return f"an integer of about {int(abs(int(value)).bit_length() * 0.30103) + 1} digits"
+    if isinstance(value, Decimal) and value.is_finite() and abs(value.adjusted()) > 24:
+        return f"Decimal of magnitude 1e{value.adjusted()}"
+    return repr(value)
 
 
 def _fraction(name: str, value: Any, allowed: str) -> Fraction:
     """``value`` as an exact Fraction if it is a finite real number, else ValueError naming ``name``.
 
     Accepted: int, float, ``Fraction``, ``Decimal`` and other real numbers (numpy's floats and integers);
-    refused: bool, strings, complex, nan and the infinities (of any type: float, Decimal, numpy).
+    refused: bool, strings, complex, nan and the infinities (of any type: float, Decimal, numpy), and
+    a ``Decimal`` whose exponent puts it far outside any fraction (1e-999999999 would take minutes to
+    make exact).
     """
-    bad = ValueError(f"{name} must be a number with {allowed}, got {value!r}")
+    bad = ValueError(f"{name} must be a number with {allowed}, got {_shown(value)}")
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, Decimal)):
         raise bad
     if isinstance(value, numbers.Rational):  # int, Fraction, numpy integers: exact, never converted to float
         return Fraction(int(value.numerator), int(value.denominator))
     if isinstance(value, Decimal):
-        if not value.is_finite():
+        if not value.is_finite() or (not value.is_zero() and not -40 <= value.adjusted() <= 40):
             raise bad
         return Fraction(value)
     as_float = float(value)  # float and its subclasses, numpy floats; inf and nan stay inf and nan
@@ -94,7 +100,7 @@ def validate_backlog_limit(value: Any, name: str = "backlog_limit") -> int:
     worst case. A limit of 0 that an image already has is kept at boot (never lowered to a number
     unless ``allow_lower``); to come close on purpose, set the largest value, 2147483647.
     """
-    if value == 0 and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) == 0:
         raise ValueError(
             f"{name} must be an integer from 1 to {KERNEL_MAX_BACKLOG_LIMIT}, got 0 (auditctl -b 0 means no "
             f"limit at all, which this library does not set; an image's existing 0 is kept)"
@@ -130,11 +136,13 @@ class BacklogPolicy:
         allowed = "0 < memory_fraction <= 0.25 (resolution 1e-6)"
         f = self.memory_fraction
         exact = _fraction("memory_fraction", f, allowed)
-        # A float is scaled as a float (as always); exact types (int, Fraction, Decimal) exactly.
+        if not 0 < exact <= Fraction(1, 4):
+            raise ValueError(f"memory_fraction must be a number with {allowed}, got {_shown(f)}")
+        # A float is scaled as a float (as always); exact types (Fraction, Decimal) exactly.
         fraction = float(f) if isinstance(f, float) else float(exact)
         ppm = round(fraction * _PPM) if isinstance(f, float) else round(exact * _PPM)
-        if not 0 < exact <= Fraction(1, 4) or ppm < 1:
-            raise ValueError(f"memory_fraction must be a number with {allowed}, got {f!r}")
+        if ppm < 1:
+            raise ValueError(f"memory_fraction must be a number with {allowed}, got {_shown(f)}")
         minimum = validate_backlog_limit(self.minimum, "minimum")
         maximum = validate_backlog_limit(self.maximum, "maximum")
         if minimum > maximum:
