@@ -287,6 +287,68 @@ def test_allow_lower_lowers_both_rules_and_kernel(tmp_path, sandbox):
     assert fakes.boot(root)["backlog_limit"] == 8192
 
 
+# -b 0 is no limit at all (the kernel skips the backlog check): the largest limit there is, so raising
+# it to a number would lower it. Kept, in the rules and in the kernel, unless allow_lower.
+ZERO_RULES = {"al2": "etc/audit/rules.d/audit.rules", "al1": "etc/audit/audit.rules"}
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_RULES))
+def test_rules_with_b_0_no_limit_are_kept(tmp_path, sandbox, name):
+    root = tmp_path / name
+    fx.build(root, name)
+    rules = root / ZERO_RULES[name]
+    rules.write_text(rules.read_text().replace("-b 320", "-b 0"))
+    assert fakes.boot(root)["backlog_limit"] == 0
+    fx.clear_calls(root)
+    before = fx.tree_digest(root)
+    r = run(root, sandbox, target=8192)
+    assert f"{PREFIX}persist: kept -b 0" in r.stdout.splitlines()
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 0 -> 0 (")
+    assert mutating(fx.calls(root)) == []
+    after = fx.tree_digest(root)
+    after.pop("var/lib/cdk-audit-backlog/state")
+    assert after == before  # no file written, audit.rules not edited
+    assert fakes.boot(root)["backlog_limit"] == 0
+
+
+def test_rules_with_b_0_are_applied_to_a_kernel_still_at_a_number(tmp_path, sandbox):
+    # The rules keep "no limit"; a kernel that has not loaded them yet gets it now, as the next boot would.
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    (root / "etc/audit/rules.d/audit.rules").write_text("-D\n-b 0\n-f 1\n")
+    r = run(root, sandbox, target=8192)
+    assert f"{PREFIX}persist: kept -b 0" in r.stdout.splitlines()
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 320 -> 0 (")
+    assert mutating(fx.calls(root)) == ["auditctl -b 0"]
+    assert fakes.boot(root)["backlog_limit"] == 0
+
+
+def test_running_kernel_with_no_limit_is_kept_while_rules_are_raised(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    fx.set_kernel(root, backlog_limit=0)  # set by hand or by another agent (auditbeat) since boot
+    r = run(root, sandbox, target=8192)
+    assert f"{PREFIX}apply: kept 0" in r.stdout.splitlines()
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 0 -> 0 (")
+    assert not any(c.startswith("auditctl -b") for c in fx.calls(root))
+    assert fx.kernel(root)["backlog_limit"] == 0
+    assert fakes.boot(root)["backlog_limit"] == 8192  # the rules' 320 is raised as usual
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_RULES))
+def test_allow_lower_lowers_no_limit_in_rules_and_kernel(tmp_path, sandbox, name):
+    root = tmp_path / name
+    fx.build(root, name)
+    rules = root / ZERO_RULES[name]
+    rules.write_text(rules.read_text().replace("-b 320", "-b 0"))
+    assert fakes.boot(root)["backlog_limit"] == 0
+    fx.clear_calls(root)
+    r = run(root, sandbox, target=8192, allow_lower=1)
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 0 -> 8192 (")
+    assert "auditctl -b 8192" in fx.calls(root)
+    assert fakes.boot(root)["backlog_limit"] == 8192
+
+
 def test_larger_running_kernel_limit_is_kept_while_rules_are_raised(tmp_path, sandbox):
     root = tmp_path / "al2"
     fx.build(root, "al2")

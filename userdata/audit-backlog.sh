@@ -41,7 +41,7 @@ has() {
 
 # q SECONDS COMMAND...: run COMMAND bounded and quietly (its exit status is what counts).
 q() {
-  timeout "$@" >/dev/null 2>&1
+  timeout "$@" &>/dev/null
 }
 
 # @@CAB_IF auto@@
@@ -165,7 +165,9 @@ cab_main() {
     fi
     if [ "$t" = "$p" ]; then
       say "persist: -b $t already"
-    elif ((t>${p:-0})) || [ "$CAB_ALLOW_LOWER" = 1 ]; then
+    # -b 0 is no limit at all (the kernel skips the backlog check): the largest, never raised to a number.
+    # (CAB_ALLOW_LOWER is 0 or 1, so arithmetic reads it as it is.)
+    elif ((CAB_ALLOW_LOWER||t>${p:-0}&&${p:-1})); then
       c=1
     else
       d=$p
@@ -201,7 +203,8 @@ cab_main() {
       fi
     fi
     n=$d
-    if [ "$CAB_ALLOW_LOWER" != 1 ] && ((${bl:-0}>d)); then
+    # A larger running limit is kept: one above d, or 0 (no limit) where d is a number.
+    if ((!CAB_ALLOW_LOWER&&d&&(${bl:--1}==0||${bl:-0}>d))); then
       n=$bl
       say "apply: kept $bl"
     fi

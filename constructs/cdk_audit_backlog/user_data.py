@@ -48,10 +48,11 @@ class BlockInputs:
     source: str = "unknown"
 
     def __post_init__(self) -> None:
+        # Stored as plain ints (numpy's integers are accepted too): they are written into a root shell.
         if self.target is not None:
-            validate_backlog_limit(self.target, "target")
+            object.__setattr__(self, "target", validate_backlog_limit(self.target, "target"))
         if self.backlog_wait_time is not None:
-            validate_backlog_wait_time(self.backlog_wait_time)
+            object.__setattr__(self, "backlog_wait_time", validate_backlog_wait_time(self.backlog_wait_time))
         if not isinstance(self.policy, BacklogPolicy):
             raise ValueError(f"policy must be a BacklogPolicy, got {self.policy!r}")
         for name in ("kernel_cmdline", "install_auditd", "allow_lower"):
