@@ -49,6 +49,7 @@ from aws_cdk import aws_ec2 as ec2
 from constructs import Construct, IConstruct, IValidation
 
 from . import instance_memory
+from . import running_instances as running_instances_module
 from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
 from .splice import Unsupported, leading_text, literal_bytes, splice_user_data, user_data_kind
 from .user_data import BlockInputs, render_block
@@ -81,7 +82,7 @@ class _Outcome:
     metadata: Dict[str, Any]
     user_data: Any  # resolved UserData value to emit
     warning: Optional[Tuple[str, str]] = None  # (id, message)
-    skipped: bool = False
+    keeps_user_data: bool = False  # skipped, or an instance already running: its own UserData stays as is
 
 
 @jsii.implements(IAspect)
@@ -102,6 +103,11 @@ class AuditBacklog:
     :param allow_lower: lower a larger limit the image already has. Default: False (never lower).
     :param exclude: predicate on each launch L1 resource; True leaves it untouched (Metadata says so).
         Default: None (no exclusions). See also :meth:`skip`.
+    :param running_instances: what to do with an ``AWS::EC2::Instance`` recorded as already running (in
+        ``cdk.context.json`` by ``cdk-audit-backlog impact --record``): ``"keep"`` leaves its user data byte
+        for byte (changing it would stop and start the instance; the SSM association tunes it instead),
+        ``"restart"`` tunes its user data anyway (the next deploy stops and starts it). Instances not
+        recorded boot tuned either way. Default: ``"keep"``. See :mod:`.running_instances`.
     """
 
     def __init__(
@@ -114,13 +120,14 @@ class AuditBacklog:
         install_auditd: bool = False,
         allow_lower: bool = False,
         exclude: Optional[Callable[[CfnResource], bool]] = None,
+        running_instances: str = "keep",
     ) -> None:
         if backlog_limit is not None:
-            validate_backlog_limit(backlog_limit)
+            backlog_limit = validate_backlog_limit(backlog_limit)
         if policy is not None and not isinstance(policy, BacklogPolicy):
             raise ValueError(f"policy must be a BacklogPolicy, got {policy!r}")
         if backlog_wait_time is not None:
-            validate_backlog_wait_time(backlog_wait_time)
+            backlog_wait_time = validate_backlog_wait_time(backlog_wait_time)
         for name, value in (
             ("kernel_cmdline", kernel_cmdline),
             ("install_auditd", install_auditd),
@@ -130,6 +137,9 @@ class AuditBacklog:
                 raise ValueError(f"{name} must be True or False, got {value!r}")
         if exclude is not None and not callable(exclude):
             raise ValueError(f"exclude must be a callable taking a CfnResource, got {exclude!r}")
+        if running_instances not in running_instances_module.RUNNING_INSTANCES:
+            allowed = ", ".join(map(repr, running_instances_module.RUNNING_INSTANCES))
+            raise ValueError(f"running_instances must be one of {allowed}, got {running_instances!r}")
         self.backlog_limit = backlog_limit
         self.policy = policy or BacklogPolicy()
         self.backlog_wait_time = backlog_wait_time
@@ -137,6 +147,7 @@ class AuditBacklog:
         self.install_auditd = install_auditd
         self.allow_lower = allow_lower
         self.exclude = exclude
+        self.running_instances = running_instances
         # Plain path only: per-stack index of which groups use which launch template, built once at synthesis
         # (when the tree is final) by the first launch template that needs it.
         self._group_index: Dict[str, Dict[str, List[_Group]]] = {}
@@ -150,7 +161,7 @@ class AuditBacklog:
     # -- entry points ------------------------------------------------------------------------------
 
     @classmethod
-    def apply_to(cls, scope: IConstruct, **options: Any) -> "AuditBacklog":
+    def apply_to(cls, scope: IConstruct, *, association: Any = False, **options: Any) -> "AuditBacklog":
         """Tunes every launch under ``scope`` and under every Stage beneath it, however deep, with one
         ``AuditBacklog(**options)``.
 
@@ -160,8 +171,17 @@ class AuditBacklog:
         after the app's stacks and stages exist, just before ``app.synth()``; a Stage created later is not
         reached. Calling it again adds nothing twice; a scope that already has an ``AuditBacklog`` aspect
         keeps it.
+
+        :param association: also tune the machines that already run: ``True`` or an
+            ``association.AssociationOptions`` adds an ``AuditBacklogAssociation`` (SSM document and State
+            Manager association, same policy inputs as the aspect) to every stack with an EC2 launch, Stages
+            and nested stacks included. Default: False.
         """
         aspect = cls(**options)
+        if association is not False:
+            from .association import add_to_stacks
+
+            add_to_stacks(scope, aspect, association)
         targets = [scope] + [c for c in scope.node.find_all() if c is not scope and isinstance(c, Stage)]
         for target in targets:
             if not _is_covered(target):
@@ -597,10 +617,10 @@ class _Tuning:
         return self._outcome
 
     def write(self) -> None:
-        """apply_to's path: the decided values as plain overrides (no callback at synthesis); a skipped
-        launch keeps its own UserData property untouched."""
+        """apply_to's path: the decided values as plain overrides (no callback at synthesis); a skipped launch
+        (or a running instance kept as is) keeps its own UserData property untouched."""
         outcome = self.outcome()
-        if not outcome.skipped:
+        if not outcome.keeps_user_data:
             self.resource.add_property_override(_USER_DATA_PATH[self.kind], outcome.user_data)
         self.resource.add_metadata(METADATA_KEY, outcome.metadata)
         if literal_bytes(outcome.user_data) > EC2_USER_DATA_LIMIT:
@@ -661,19 +681,38 @@ def _decide(launch: _Launch, aspect: AuditBacklog) -> _Outcome:
     resolved = launch.user_data
     skip_reason = launch.skipped or _skip_reason(resource, aspect, markers=False)
     if skip_reason:  # the user's own choice: recorded in Metadata, no warning
-        return _Outcome({"skipped": skip_reason}, resolved, skipped=True)
+        return _Outcome({"skipped": skip_reason}, resolved, keeps_user_data=True)
     if not _is_shell_script(resolved) and _is_windows(resource):
         reason = "Windows launch (no Linux audit subsystem)"
         message = f"cdk-audit-backlog: {resource.node.path} is not tuned: {reason}."
-        return _Outcome({"skipped": reason}, resolved, ("cdk-audit-backlog:skipped", message), skipped=True)
+        return _Outcome({"skipped": reason}, resolved, ("cdk-audit-backlog:skipped", message), keeps_user_data=True)
 
     consumers = launch.consumers
     if aspect.backlog_limit is not None:
         target: Optional[int] = aspect.backlog_limit
-        types, memory, reason = [], None, "backlog_limit set on the aspect"
+        types, memory, reason, per_type = [], None, "backlog_limit set on the aspect", {}
     else:
-        target, types, memory, reason = _limit_from_types(launch, lt_data, consumers, aspect.policy)
-    source = f"{types[0]}/{memory}MiB" if types and memory else "unknown"
+        target, types, memory, reason, per_type = _limit_from_types(launch, lt_data, consumers, aspect.policy)
+    if per_type:  # known types with different limits: auto, each machine sizes itself at boot
+        source = "mixed"
+    else:
+        source = f"{types[0]}/{memory}MiB" if types and memory else "unknown"
+    # CloudFormation drops nulls: unknown type and memory are simply absent.
+    metadata: Dict[str, Any] = {"limit": "auto" if target is None else target, "reason": reason}
+    if per_type:
+        metadata["perType"] = per_type
+    elif types and memory:
+        metadata.update(instanceType=types[0], memoryMiB=memory)
+    # Only an AWS::EC2::Instance is interrupted by a user data change: other kinds need no look.
+    running = (
+        running_instances_module.decide(resource, aspect.running_instances)
+        if launch.cfn_resource_type == "AWS::EC2::Instance"
+        else None
+    )
+    if running is not None and running.note:
+        metadata["deployed"] = running.note
+    if running is not None and running.keep:  # already running: a user data change would stop and start it
+        return _Outcome(metadata, resolved, running.warning, keeps_user_data=True)
     require_mime = any(c.cfn_resource_type == "AWS::EKS::Nodegroup" for c in consumers)
     try:
         new_user_data = splice_user_data(
@@ -681,12 +720,8 @@ def _decide(launch: _Launch, aspect: AuditBacklog) -> _Outcome:
         )
     except Unsupported as e:
         message = f"cdk-audit-backlog: {resource.node.path} is not tuned: {e}."
-        return _Outcome({"skipped": str(e)}, resolved, ("cdk-audit-backlog:skipped", message), skipped=True)
-    # CloudFormation drops nulls: unknown type and memory are simply absent.
-    metadata: Dict[str, Any] = {"limit": "auto" if target is None else target, "reason": reason}
-    if types and memory:
-        metadata.update(instanceType=types[0], memoryMiB=memory)
-    return _Outcome(metadata, new_user_data)
+        return _Outcome({"skipped": str(e)}, resolved, ("cdk-audit-backlog:skipped", message), keeps_user_data=True)
+    return _Outcome(metadata, new_user_data, running.warning if running is not None else None)
 
 
 def _skip_reason(resource: CfnResource, aspect: AuditBacklog, markers: bool = True) -> Optional[str]:
@@ -725,8 +760,13 @@ def _is_windows(resource: CfnResource) -> bool:
 
 def _limit_from_types(
     resource: _Launch, lt_data: Any, consumers: Sequence[_Group], policy: BacklogPolicy
-) -> Tuple[Optional[int], List[str], Optional[int], str]:
-    """(limit or None for auto, types ordered smallest memory first, that memory, reason)."""
+) -> Tuple[Optional[int], List[str], Optional[int], str, Dict[str, int]]:
+    """(limit or None for auto, types ordered smallest memory first, that memory, reason, limit per type).
+
+    The limit per type is given only when the types are all known and map to more than one limit: then
+    the limit is None (auto) and each machine computes its own from MemTotal with the same policy, where
+    the smallest type's limit would leave the larger machines below the policy.
+    """
     if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate":
         own = _get(lt_data, "InstanceType")
         candidates: List[Any] = [own] if own is not None else []
@@ -742,23 +782,33 @@ def _limit_from_types(
         candidates = [_get(lt_data, "InstanceType")]
         where = "the resource"
     if not candidates:
-        return None, [], None, f"no instance type on {where}: computed at boot from MemTotal"
+        return None, [], None, f"no instance type on {where}: computed at boot from MemTotal", {}
     known: List[Tuple[int, str]] = []
     for t in candidates:
         memory = instance_memory.memory_mib(t) if isinstance(t, str) else None
         if memory is None:
             shown = t if isinstance(t, str) else "a token or instance requirements"
-            return None, [], None, f"instance type {shown} of {where} has no known memory: computed at boot from MemTotal"
+            return (
+                None, [], None, f"instance type {shown} of {where} has no known memory: computed at boot from MemTotal", {}
+            )
         known.append((memory, t))
     known.sort()
     memory, smallest = known[0]
     types = [smallest] + sorted({t for _, t in known} - {smallest})
     limit = policy.limit_for_memory(memory)
     if len(types) > 1:
+        per_type = {t: policy.limit_for_memory(m) for m, t in known}
+        low, high = min(per_type.values()), max(per_type.values())
+        if low != high:
+            reason = (
+                f"instance types {', '.join(types)} ({where}) map to different limits ({low}..{high}): "
+                f"each machine computes its own from MemTotal at boot"
+            )
+            return None, types, None, reason, {t: per_type[t] for t in types}
         reason = f"smallest memory among {', '.join(types)} ({where}), {memory} MiB"
     else:
         reason = f"instance type {smallest} ({memory} MiB) of {where}"
-    return limit, types, memory, reason
+    return limit, types, memory, reason, {}
 
 
 def _index_groups(groups: Iterable[_Group]) -> Dict[str, List[_Group]]:
