@@ -41,6 +41,7 @@ from aws_cdk import aws_ec2 as ec2
 from constructs import Construct, IConstruct, IValidation
 
 from . import instance_memory
+from . import running_instances as running_instances_module
 from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
 from .splice import Unsupported, literal_bytes, splice_user_data
 from .user_data import BlockInputs, render_block
@@ -87,6 +88,11 @@ class AuditBacklog:
     :param allow_lower: lower a larger limit the image already has. Default: False (never lower).
     :param exclude: predicate on each launch L1 resource; True leaves it untouched (Metadata says so).
         Default: None (no exclusions). See also :meth:`skip`.
+    :param running_instances: what to do with an ``AWS::EC2::Instance`` recorded as already running (in
+        ``cdk.context.json`` by ``cdk-audit-backlog impact --record``): ``"keep"`` leaves its user data byte
+        for byte (changing it would stop and start the instance; the SSM association tunes it instead),
+        ``"restart"`` tunes its user data anyway (the next deploy stops and starts it). Instances not
+        recorded boot tuned either way. Default: ``"keep"``. See :mod:`.running_instances`.
     """
 
     def __init__(
@@ -99,6 +105,7 @@ class AuditBacklog:
         install_auditd: bool = False,
         allow_lower: bool = False,
         exclude: Optional[Callable[[CfnResource], bool]] = None,
+        running_instances: str = "keep",
     ) -> None:
         if backlog_limit is not None:
             backlog_limit = validate_backlog_limit(backlog_limit)
@@ -115,6 +122,9 @@ class AuditBacklog:
                 raise ValueError(f"{name} must be True or False, got {value!r}")
         if exclude is not None and not callable(exclude):
             raise ValueError(f"exclude must be a callable taking a CfnResource, got {exclude!r}")
+        if running_instances not in running_instances_module.RUNNING_INSTANCES:
+            allowed = ", ".join(map(repr, running_instances_module.RUNNING_INSTANCES))
+            raise ValueError(f"running_instances must be one of {allowed}, got {running_instances!r}")
         self.backlog_limit = backlog_limit
         self.policy = policy or BacklogPolicy()
         self.backlog_wait_time = backlog_wait_time
@@ -122,6 +132,7 @@ class AuditBacklog:
         self.install_auditd = install_auditd
         self.allow_lower = allow_lower
         self.exclude = exclude
+        self.running_instances = running_instances
         # Per-stack index of which groups use which launch template, built once at synthesis (when the
         # tree is final) by the first launch template that needs it.
         self._group_index: Dict[int, Dict[str, List[CfnResource]]] = {}
@@ -135,14 +146,23 @@ class AuditBacklog:
     # -- entry points ------------------------------------------------------------------------------
 
     @classmethod
-    def apply_to(cls, scope: IConstruct, **options: Any) -> "AuditBacklog":
+    def apply_to(cls, scope: IConstruct, *, association: Any = False, **options: Any) -> "AuditBacklog":
         """Adds one ``AuditBacklog(**options)`` to ``scope`` and to every Stage beneath it, however deep.
 
         CDK does not carry an app's aspects into Stages (each Stage is its own cloud assembly), so CDK
         Pipelines apps need this. Call it after the app's stacks and stages exist, just before ``app.synth()``.
         Calling it again adds nothing twice.
+
+        :param association: also tune the machines that already run: ``True`` or an
+            ``association.AssociationOptions`` adds an ``AuditBacklogAssociation`` (SSM document and State
+            Manager association, same policy inputs as the aspect) to every stack with an EC2 launch, Stages
+            and nested stacks included. Default: False.
         """
         aspect = cls(**options)
+        if association is not False:
+            from .association import add_to_stacks
+
+            add_to_stacks(scope, aspect, association)
         targets = [scope] + [c for c in scope.node.find_all() if c is not scope and isinstance(c, Stage)]
         for target in targets:
             if not any(isinstance(a, AuditBacklog) for a in Aspects.of(target).all):
@@ -381,6 +401,17 @@ def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
         source = "mixed"
     else:
         source = f"{types[0]}/{memory}MiB" if types and memory else "unknown"
+    # CloudFormation drops nulls: unknown type and memory are simply absent.
+    metadata: Dict[str, Any] = {"limit": "auto" if target is None else target, "reason": reason}
+    if per_type:
+        metadata["perType"] = per_type
+    elif types and memory:
+        metadata.update(instanceType=types[0], memoryMiB=memory)
+    running = running_instances_module.decide(resource, aspect.running_instances)
+    if running.note:
+        metadata["deployed"] = running.note
+    if running.keep:  # already running: a user data change would stop and start it
+        return _Outcome(metadata, resolved, running.warning)
     require_mime = any(c.cfn_resource_type == "AWS::EKS::Nodegroup" for c in consumers)
     try:
         new_user_data = splice_user_data(
@@ -389,13 +420,7 @@ def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
     except Unsupported as e:
         message = f"cdk-audit-backlog: {resource.node.path} is not tuned: {e}."
         return _Outcome({"skipped": str(e)}, resolved, ("cdk-audit-backlog:skipped", message))
-    # CloudFormation drops nulls: unknown type and memory are simply absent.
-    metadata: Dict[str, Any] = {"limit": "auto" if target is None else target, "reason": reason}
-    if per_type:
-        metadata["perType"] = per_type
-    elif types and memory:
-        metadata.update(instanceType=types[0], memoryMiB=memory)
-    return _Outcome(metadata, new_user_data)
+    return _Outcome(metadata, new_user_data, running.warning)
 
 
 def _skip_reason(resource: CfnResource, aspect: AuditBacklog) -> Optional[str]:

@@ -15,7 +15,7 @@ from typing import Optional
 
 from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
 
-__all__ = ["BlockInputs", "render_block", "BLOCK_BEGIN", "BLOCK_END", "SCRIPT_NAME"]
+__all__ = ["BlockInputs", "render_block", "render_run_command", "BLOCK_BEGIN", "BLOCK_END", "SCRIPT_NAME"]
 
 BLOCK_BEGIN = "# >>> cdk-audit-backlog >>>"
 BLOCK_END = "# <<< cdk-audit-backlog <<<"
@@ -157,3 +157,17 @@ def render_block(inputs: BlockInputs) -> str:
             BLOCK_END + "\n",
         ]
     )
+
+
+def render_run_command(inputs: BlockInputs) -> list[str]:
+    """The same script for a fleet carrier that reads its exit status (an SSM ``aws:runShellScript`` step):
+    the lines of a POSIX shell script whose status is the script's own (0 done or nothing to do, non-zero
+    when the limit could not be applied, verified or persisted; see docs/design.md). Unlike the user data
+    block there is no ``|| true`` and no begin/end marker: nothing runs after it, and SSM must see failure.
+    """
+    return [
+        f"/bin/bash -s <<'{_HEREDOC}'",
+        *inputs.assignments(),
+        *_compact_body(inputs.features()).splitlines(),
+        _HEREDOC,
+    ]
