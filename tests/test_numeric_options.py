@@ -4,12 +4,19 @@ Each bad value (nan, the infinities, huge integers, Decimal, Fraction, numpy num
 numbers, ...) must give a ValueError that names the option, never an OverflowError, TypeError or a
 silent acceptance; each good value must be accepted and behave exactly like the equivalent int (or float
 for the memory fraction). An explicit table of the known cases, then hypothesis over the types.
+
+Covered: BacklogPolicy(memory_fraction, minimum, maximum) and its limit_for_memory / limit_for_memory_bytes /
+worst_case_bytes; AuditBacklog(backlog_limit, backlog_wait_time); BlockInputs(target, backlog_wait_time);
+AuditBacklogAssociation(backlog_limit, backlog_wait_time); the CLI's --memory-fraction, --minimum,
+--maximum, --max-workers and plan sizes. AuditBacklogCheck's only numbers come from its memory_of
+callable: tests/test_check.py.
 """
 
 from __future__ import annotations
 
 import enum
 import io
+import itertools
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Callable, NamedTuple
@@ -19,7 +26,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cdk_audit_backlog import AuditBacklog, BacklogPolicy, cli
+from aws_cdk import App, Stack
+
+from cdk_audit_backlog import AuditBacklog, AuditBacklogAssociation, BacklogPolicy, cli
 from cdk_audit_backlog.policy import KERNEL_MAX_BACKLOG_LIMIT, MAX_BACKLOG_WAIT_TIME
 from cdk_audit_backlog.user_data import BlockInputs, render_block
 
@@ -37,6 +46,14 @@ def _aspect_inputs(aspect: AuditBacklog) -> Any:
     return (type(aspect.backlog_limit), type(aspect.backlog_wait_time), inputs.assignments())
 
 
+_STACK = Stack(App(), "Associations")
+_IDS = itertools.count()
+
+
+def _association(**kwargs: Any) -> AuditBacklogAssociation:
+    return AuditBacklogAssociation(_STACK, f"A{next(_IDS)}", **kwargs)
+
+
 INT_OPTIONS = [
     IntOption("minimum", lambda v: BacklogPolicy(minimum=v, maximum=KERNEL_MAX_BACKLOG_LIMIT),
               lambda p: (p, type(p.minimum), p.limit_for_memory(8192)), 1, KERNEL_MAX_BACKLOG_LIMIT),
@@ -47,13 +64,18 @@ INT_OPTIONS = [
               MAX_BACKLOG_WAIT_TIME),
     IntOption("target", lambda v: BlockInputs(target=v), render_block, 1, KERNEL_MAX_BACKLOG_LIMIT),
     IntOption("backlog_wait_time", lambda v: BlockInputs(backlog_wait_time=v), render_block, 0, MAX_BACKLOG_WAIT_TIME),
+    IntOption("backlog_limit", lambda v: _association(backlog_limit=v), lambda a: a.run_command, 1,
+              KERNEL_MAX_BACKLOG_LIMIT),
+    IntOption("backlog_wait_time", lambda v: _association(backlog_wait_time=v), lambda a: a.run_command, 0,
+              MAX_BACKLOG_WAIT_TIME),
     IntOption("memory_mib", lambda v: BacklogPolicy().limit_for_memory(v), lambda n: (n, type(n)), 0, 2**42),
     IntOption("memory_bytes", lambda v: BacklogPolicy().limit_for_memory_bytes(v), lambda n: (n, type(n)), 0, 2**62),
     IntOption("limit", BacklogPolicy.worst_case_bytes, lambda n: (n, type(n)), 0, KERNEL_MAX_BACKLOG_LIMIT),
 ]
 INT_IDS = [
     "BacklogPolicy.minimum", "BacklogPolicy.maximum", "AuditBacklog.backlog_limit", "AuditBacklog.backlog_wait_time",
-    "BlockInputs.target", "BlockInputs.backlog_wait_time", "limit_for_memory", "limit_for_memory_bytes",
+    "BlockInputs.target", "BlockInputs.backlog_wait_time", "AuditBacklogAssociation.backlog_limit",
+    "AuditBacklogAssociation.backlog_wait_time", "limit_for_memory", "limit_for_memory_bytes",
     "worst_case_bytes",
 ]
 assert len(INT_IDS) == len(INT_OPTIONS)
