@@ -37,7 +37,12 @@ def document_commands(app: Path = REPO / "app.py") -> List[str]:
     template, not from the library)."""
     with tempfile.TemporaryDirectory(prefix="e2e-ssm-synth-") as tmp:
         templates = userdata.synthesize(app, Path(tmp))
-    docs = [r for t in templates.values() for r in t.get("Resources", {}).values() if r.get("Type") == "AWS::SSM::Document"]
+    docs = [
+        r
+        for t in templates.values()
+        for r in t.get("Resources", {}).values()
+        if r.get("Type") == "AWS::SSM::Document"
+    ]
     if len(docs) != 1:
         raise RuntimeError(f"{app.name}: expected one AWS::SSM::Document, found {len(docs)}")
     (step,) = docs[0]["Properties"]["Content"]["mainSteps"]
@@ -86,7 +91,9 @@ class SsmRun:
         return out
 
     def output(self, step: str) -> List[str]:
-        return [m.group(2) for _, text in self.run.lines for m in [_OUT.search(text)] if m and m.group(1) == step]
+        return [
+            m.group(2) for _, text in self.run.lines for m in [_OUT.search(text)] if m and m.group(1) == step
+        ]
 
     @property
     def ended(self) -> bool:
@@ -98,9 +105,16 @@ def running_machine(suite: str = images.DEFAULT_SUITE) -> SsmRun:
     commands = document_commands()
     img = images.build_image(images.AL2, suite=suite)
     wd = workdir(f"ssm-{suite}")
-    run = vm.boot(img, name=f"ssm-{suite}", workdir=wd, user_data=guest_user_data(commands),
-                  instance_id=f"i-e2e-ssm-{suite}", memory_mib=MEMORY_MIB, extra_append="e2e.hold=1",
-                  timeout_s=900)
+    run = vm.boot(
+        img,
+        name=f"ssm-{suite}",
+        workdir=wd,
+        user_data=guest_user_data(commands),
+        instance_id=f"i-e2e-ssm-{suite}",
+        memory_mib=MEMORY_MIB,
+        extra_append="e2e.hold=1",
+        timeout_s=900,
+    )
     return SsmRun(suite, run, commands, time.monotonic() - started)
 
 

@@ -33,8 +33,13 @@ CORE = "AmazonSSMManagedInstanceCore"
 
 
 def _vpc(stack):
-    return ec2.Vpc(stack, "Vpc", max_azs=1, nat_gateways=0,
-                   subnet_configuration=[ec2.SubnetConfiguration(name="p", subnet_type=ec2.SubnetType.PUBLIC)])
+    return ec2.Vpc(
+        stack,
+        "Vpc",
+        max_azs=1,
+        nat_gateways=0,
+        subnet_configuration=[ec2.SubnetConfiguration(name="p", subnet_type=ec2.SubnetType.PUBLIC)],
+    )
 
 
 def _launches(stack, vpc=None, *, template_role=False):
@@ -42,11 +47,17 @@ def _launches(stack, vpc=None, *, template_role=False):
     vpc = vpc or _vpc(stack)
     image = ec2.MachineImage.generic_linux({"us-east-1": "ami-12345678"})
     ec2.Instance(stack, "Web", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=image)
-    autoscaling.AutoScalingGroup(stack, "Legacy", vpc=vpc, instance_type=ec2.InstanceType("t3.small"),
-                                 machine_image=image)
-    role = iam.Role(stack, "WorkerRole", assumed_by=iam.ServicePrincipal("ec2.amazonaws.com")) if template_role else None
-    lt = ec2.LaunchTemplate(stack, "WorkerTemplate", instance_type=ec2.InstanceType("m5.large"), machine_image=image,
-                            role=role)
+    autoscaling.AutoScalingGroup(
+        stack, "Legacy", vpc=vpc, instance_type=ec2.InstanceType("t3.small"), machine_image=image
+    )
+    role = (
+        iam.Role(stack, "WorkerRole", assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"))
+        if template_role
+        else None
+    )
+    lt = ec2.LaunchTemplate(
+        stack, "WorkerTemplate", instance_type=ec2.InstanceType("m5.large"), machine_image=image, role=role
+    )
     autoscaling.AutoScalingGroup(stack, "Workers", vpc=vpc, launch_template=lt)
 
 
@@ -104,18 +115,35 @@ def test_document_is_a_schema_2_2_command_with_one_linux_shell_step():
 
 def test_document_runs_the_same_rendered_script_as_the_user_data_block_in_auto_mode():
     stack = _stack()
-    AuditBacklogAssociation(stack, "Tune", policy=BacklogPolicy(memory_fraction=0.02), allow_lower=True,
-                            backlog_wait_time=6000, kernel_cmdline=True, install_auditd=True)
+    AuditBacklogAssociation(
+        stack,
+        "Tune",
+        policy=BacklogPolicy(memory_fraction=0.02),
+        allow_lower=True,
+        backlog_wait_time=6000,
+        kernel_cmdline=True,
+        install_auditd=True,
+    )
     lines = _run_command(_template(stack))
-    block = render_block(BlockInputs(target=None, policy=BacklogPolicy(memory_fraction=0.02), allow_lower=True,
-                                     backlog_wait_time=6000, kernel_cmdline=True, install_auditd=True,
-                                     source="ssm-association")).splitlines()
+    block = render_block(
+        BlockInputs(
+            target=None,
+            policy=BacklogPolicy(memory_fraction=0.02),
+            allow_lower=True,
+            backlog_wait_time=6000,
+            kernel_cmdline=True,
+            install_auditd=True,
+            source="ssm-association",
+        )
+    ).splitlines()
     # user data: marker, `/bin/bash -s <<'X' || true`, script, X, marker; the document: the same without
     # the markers and without `|| true`, so the script's exit status is the step's.
     assert block[1] == lines[0] + " || true"
     assert lines[1:] == block[2:-1]
     assert "CAB_TARGET=auto" in lines and "CAB_FRACTION_PPM=20000" in lines and "CAB_WAIT=6000" in lines
-    assert "CAB_ALLOW_LOWER=1" in lines and "CAB_KERNEL_CMDLINE=1" in lines and "CAB_INSTALL_AUDITD=1" in lines
+    assert (
+        "CAB_ALLOW_LOWER=1" in lines and "CAB_KERNEL_CMDLINE=1" in lines and "CAB_INSTALL_AUDITD=1" in lines
+    )
 
 
 def test_a_fixed_backlog_limit_reaches_the_document():
@@ -129,8 +157,14 @@ def _sh_run(tmp_path, lines, root, sandbox):
     script = tmp_path / "_script.sh"
     script.write_text("\n".join(lines) + "\n")
     script.chmod(0o700)
-    return subprocess.run([str(sandbox / "sh"), "-c", str(script)], env=fx.script_env(root, sandbox),
-                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [str(sandbox / "sh"), "-c", str(script)],
+        env=fx.script_env(root, sandbox),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -145,13 +179,18 @@ def document_lines():
     return _run_command(_template(stack))
 
 
-def test_document_commands_tune_a_running_al2_layout_from_memtotal_and_exit_0(tmp_path, sandbox, document_lines):
+def test_document_commands_tune_a_running_al2_layout_from_memtotal_and_exit_0(
+    tmp_path, sandbox, document_lines
+):
     root = tmp_path / "al2"
     fx.build(root, "al2", mem_kib=8_000_000)  # 8,000,000 kB -> 8192 by the policy
     loads = fx.kernel(root)["loads"]
     r = _sh_run(tmp_path, document_lines, root, sandbox)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "cdk-audit-backlog: backlog_limit 320 -> 8192 (ssm-association, MemTotal 8000000 kB; method auditctl; lost 0)" in r.stdout.splitlines()
+    assert (
+        "cdk-audit-backlog: backlog_limit 320 -> 8192 (ssm-association, MemTotal 8000000 kB; method auditctl; lost 0)"
+        in r.stdout.splitlines()
+    )
     assert fx.kernel(root)["backlog_limit"] == 8192 and fx.kernel(root)["loads"] == loads  # no reload
     assert fakes.boot(root)["backlog_limit"] == 8192
     fx.clear_calls(root)
@@ -171,7 +210,9 @@ def test_document_exit_status_is_the_scripts(tmp_path, sandbox, document_lines, 
 def test_document_commands_pass_shellcheck(tmp_path, document_lines):
     path = tmp_path / "_script.sh"
     path.write_text("#!/bin/sh\n" + "\n".join(document_lines) + "\n")
-    r = subprocess.run([os.path.join(REPO, ".venv", "bin", "shellcheck"), str(path)], capture_output=True, text=True)
+    r = subprocess.run(
+        [os.path.join(REPO, ".venv", "bin", "shellcheck"), str(path)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stdout + r.stderr
 
 
@@ -243,7 +284,9 @@ def test_ssm_permissions_add_the_core_policy_to_every_visible_role_and_warn_wher
     AuditBacklogAssociation(stack, "Tune", ssm_permissions=True)
     t = _template(stack)
     roles = _roles_with_core(t)
-    assert {r for r in roles if r.startswith("WebInstanceRole")} and {r for r in roles if r.startswith("LegacyInstanceRole")}
+    assert {r for r in roles if r.startswith("WebInstanceRole")} and {
+        r for r in roles if r.startswith("LegacyInstanceRole")
+    }
     assert len(roles) == 2
     warnings = Annotations.from_stack(stack).find_warning("*", Match.string_like_regexp(NO_ROLE_WARNING))
     assert [w.id for w in warnings] == ["/Fleet/WorkerTemplate/Resource"]
@@ -252,7 +295,9 @@ def test_ssm_permissions_add_the_core_policy_to_every_visible_role_and_warn_wher
 def test_ssm_permissions_reach_a_launch_template_role_and_the_output_bucket():
     stack = _stack()
     _launches(stack, template_role=True)
-    AuditBacklogAssociation(stack, "Tune", ssm_permissions=True, output_bucket_name="audit-logs", output_key_prefix="ssm/")
+    AuditBacklogAssociation(
+        stack, "Tune", ssm_permissions=True, output_bucket_name="audit-logs", output_key_prefix="ssm/"
+    )
     t = _template(stack)
     assert any(r.startswith("WorkerRole") for r in _roles_with_core(t)) and len(_roles_with_core(t)) == 3
     assert not Annotations.from_stack(stack).find_warning("*", Match.string_like_regexp(NO_ROLE_WARNING))
@@ -303,7 +348,9 @@ def test_apply_to_takes_association_options():
     app = cdk.App()
     stack = _stack(app)
     _launches(stack)
-    AuditBacklog.apply_to(app, association=AssociationOptions(schedule="rate(12 hours)", ssm_permissions=True))
+    AuditBacklog.apply_to(
+        app, association=AssociationOptions(schedule="rate(12 hours)", ssm_permissions=True)
+    )
     t = Template.from_stack(stack)
     t.has_resource_properties("AWS::SSM::Association", {"ScheduleExpression": "rate(12 hours)"})
     assert len(_roles_with_core(t.to_json())) == 2
@@ -379,15 +426,33 @@ def test_output_key_prefix_needs_a_bucket():
         AssociationOptions(output_key_prefix="ssm/")
 
 
-@pytest.mark.parametrize("key,values", [("tag:Name", ("a",)), ("", ("a",)), ("Name", ()), ("Name", ("",)),
-                                        ("Name", ("x" * 257,)), ("Name", tuple("v" * 51))])
+@pytest.mark.parametrize(
+    "key,values",
+    [
+        ("tag:Name", ("a",)),
+        ("", ("a",)),
+        ("Name", ()),
+        ("Name", ("",)),
+        ("Name", ("x" * 257,)),
+        ("Name", tuple("v" * 51)),
+    ],
+)
 def test_bad_tag_targets_are_value_errors(key, values):
     with pytest.raises(ValueError, match="targets"):
         AssociationTarget.tag(key, *values)
 
 
-@pytest.mark.parametrize("schedule", ["rate(30 minutes)", "rate(1 hour)", "rate(6 hours)", "rate(1 day)",
-                                      "rate(7 days)", "cron(0 3 ? * SUN *)"])
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        "rate(30 minutes)",
+        "rate(1 hour)",
+        "rate(6 hours)",
+        "rate(1 day)",
+        "rate(7 days)",
+        "cron(0 3 ? * SUN *)",
+    ],
+)
 def test_good_schedules_are_accepted(schedule):
     assert AssociationOptions(schedule=schedule).schedule == schedule
 
@@ -398,23 +463,41 @@ def test_good_schedules_are_accepted(schedule):
 def _full_stack():
     stack = _stack(name="AssociationFull")
     _launches(stack, template_role=True)
-    AuditBacklogAssociation(stack, "Tune", ssm_permissions=True, output_bucket_name="audit-logs",
-                            output_key_prefix="ssm/", association_name="audit-backlog",
-                            document_name="Company-AuditBacklog", schedule="rate(12 hours)")
-    AuditBacklogAssociation(stack, "Everywhere", targets=[AssociationTarget.all_managed_instances()],
-                            backlog_wait_time=6000, kernel_cmdline=True)
+    AuditBacklogAssociation(
+        stack,
+        "Tune",
+        ssm_permissions=True,
+        output_bucket_name="audit-logs",
+        output_key_prefix="ssm/",
+        association_name="audit-backlog",
+        document_name="Company-AuditBacklog",
+        schedule="rate(12 hours)",
+    )
+    AuditBacklogAssociation(
+        stack,
+        "Everywhere",
+        targets=[AssociationTarget.all_managed_instances()],
+        backlog_wait_time=6000,
+        kernel_cmdline=True,
+    )
     return stack
 
 
 def test_cfn_lint_finds_no_errors(tmp_path):
     path = tmp_path / "template.json"
     path.write_text(json.dumps(_template(_full_stack())))
-    r = subprocess.run([os.path.join(REPO, ".venv", "bin", "cfn-lint"), str(path)], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [os.path.join(REPO, ".venv", "bin", "cfn-lint"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode & 2 == 0, r.stdout + r.stderr  # bit 2: errors
 
 
 def test_ssm_resources_snapshot(snapshot):
     t = _template(_full_stack())
-    ssm_and_iam = {k: v for k, v in t["Resources"].items() if v["Type"].startswith(("AWS::SSM::", "AWS::IAM::"))}
+    ssm_and_iam = {
+        k: v for k, v in t["Resources"].items() if v["Type"].startswith(("AWS::SSM::", "AWS::IAM::"))
+    }
     assert ssm_and_iam == snapshot

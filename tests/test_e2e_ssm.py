@@ -43,15 +43,19 @@ def test_first_run_sets_the_policy_limit_for_memtotal_without_restarting_auditd(
     assert first["rc"] == OK and first["limit"] == str(target)
     assert first["pid"] == before["pid"] != "0" and first["nrestarts"] == before["nrestarts"]
     assert first["files"] != before["files"]  # persisted
-    assert any(f"backlog_limit {AL2_SHIPPED_LIMIT} -> {target} (ssm-association, MemTotal" in line
-               and "method auditctl" in line for line in machine.output("first"))
+    assert any(
+        f"backlog_limit {AL2_SHIPPED_LIMIT} -> {target} (ssm-association, MemTotal" in line
+        and "method auditctl" in line
+        for line in machine.output("first")
+    )
 
 
 def test_second_run_changes_nothing(machine):
     first, second = machine.steps["first"], machine.steps["second"]
     assert second["rc"] == OK
-    assert {k: second[k] for k in ("limit", "pid", "nrestarts", "files")} == \
-        {k: first[k] for k in ("limit", "pid", "nrestarts", "files")}
+    assert {k: second[k] for k in ("limit", "pid", "nrestarts", "files")} == {
+        k: first[k] for k in ("limit", "pid", "nrestarts", "files")
+    }
     assert any("method none" in line for line in machine.output("second"))
 
 
@@ -66,8 +70,10 @@ def test_a_read_only_rules_dir_fails_the_run_but_the_limit_still_applies_now(mac
     ro, again = machine.steps["read-only"], machine.steps["writable-again"]
     assert ro["rc"] == NOT_PERSISTED
     assert ro["limit"] == str(_policy_limit(machine))
-    assert any("persist: cannot write /etc/audit/rules.d/zz-cdk-audit-backlog.rules" in line
-               for line in machine.output("read-only"))
+    assert any(
+        "persist: cannot write /etc/audit/rules.d/zz-cdk-audit-backlog.rules" in line
+        for line in machine.output("read-only")
+    )
     assert again["rc"] == OK
 
 

@@ -93,12 +93,16 @@ class AssociationTarget:
         """Instances whose tag ``key`` has one of ``values`` (1..50), e.g. a Karpenter node pool:
         ``AssociationTarget.tag("karpenter.sh/nodepool", "default")``."""
         if not _literal(key) or not _TAG_KEY_RE.match(key) or key.startswith("tag:"):
-            raise ValueError(f"targets: tag key must be 1..128 letters, digits, spaces or _.:/=+-@ without 'tag:', got {key!r}")
+            raise ValueError(
+                f"targets: tag key must be 1..128 letters, digits, spaces or _.:/=+-@ without 'tag:', got {key!r}"
+            )
         if not 1 <= len(values) <= 50:
             raise ValueError(f"targets: tag {key!r} needs 1..50 values, got {len(values)}")
         for v in values:
             if not isinstance(v, str) or (not Token.is_unresolved(v) and not 0 < len(v) <= 256):
-                raise ValueError(f"targets: tag {key!r} values must be strings of 1..256 characters, got {v!r}")
+                raise ValueError(
+                    f"targets: tag {key!r} values must be strings of 1..256 characters, got {v!r}"
+                )
         return cls(f"tag:{key}", tuple(values))
 
     @classmethod
@@ -145,14 +149,22 @@ class AssociationOptions:
         for name, rx in (("max_concurrency", _MAX_CONCURRENCY_RE), ("max_errors", _MAX_ERRORS_RE)):
             value = getattr(self, name)
             if not isinstance(value, str) or not rx.match(value):
-                raise ValueError(f"{name} must be a number or a percentage matching {rx.pattern}, got {value!r}")
+                raise ValueError(
+                    f"{name} must be a number or a percentage matching {rx.pattern}, got {value!r}"
+                )
         if self.compliance_severity not in _SEVERITIES:
-            raise ValueError(f"compliance_severity must be one of {', '.join(_SEVERITIES)}, got {self.compliance_severity!r}")
+            raise ValueError(
+                f"compliance_severity must be one of {', '.join(_SEVERITIES)}, got {self.compliance_severity!r}"
+            )
         if self.sync_compliance not in _SYNC:
             raise ValueError(f"sync_compliance must be AUTO or MANUAL, got {self.sync_compliance!r}")
         bucket = self.output_bucket_name
-        if bucket is not None and not (isinstance(bucket, str) and (Token.is_unresolved(bucket) or _BUCKET_RE.match(bucket))):
-            raise ValueError(f"output_bucket_name must be an S3 bucket name (3..63 of a-z 0-9 . -), got {bucket!r}")
+        if bucket is not None and not (
+            isinstance(bucket, str) and (Token.is_unresolved(bucket) or _BUCKET_RE.match(bucket))
+        ):
+            raise ValueError(
+                f"output_bucket_name must be an S3 bucket name (3..63 of a-z 0-9 . -), got {bucket!r}"
+            )
         prefix = self.output_key_prefix
         if prefix is not None:
             if bucket is None:
@@ -172,7 +184,9 @@ def validate_schedule(schedule: Any) -> None:
             if unit.startswith("minute") and n < 30:
                 raise ValueError(f"schedule: State Manager runs at most every 30 minutes, got {schedule!r}")
             if singular != (n == 1):
-                raise ValueError(f"schedule: write rate(1 {unit.rstrip('s')}) or rate(N {unit.rstrip('s')}s), got {schedule!r}")
+                raise ValueError(
+                    f"schedule: write rate(1 {unit.rstrip('s')}) or rate(N {unit.rstrip('s')}s), got {schedule!r}"
+                )
             return
         if _CRON_RE.match(schedule):
             return
@@ -185,7 +199,9 @@ def validate_document_name(name: Any, option: str = "document_name") -> None:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ValueError(f"{option} must be 3..128 of letters, digits, _ . -, got {name!r}")
     if option == "document_name" and name.lower().startswith(_RESERVED_PREFIXES):
-        raise ValueError(f"document_name must not start with a prefix SSM reserves (aws, amazon, amzn), got {name!r}")
+        raise ValueError(
+            f"document_name must not start with a prefix SSM reserves (aws, amazon, amzn), got {name!r}"
+        )
 
 
 class AuditBacklogAssociation(Construct):
@@ -260,7 +276,11 @@ class AuditBacklogAssociation(Construct):
             raise ValueError(f"policy must be a BacklogPolicy, got {policy!r}")
         if backlog_wait_time is not None:
             validate_backlog_wait_time(backlog_wait_time)
-        for name, value in (("kernel_cmdline", kernel_cmdline), ("install_auditd", install_auditd), ("allow_lower", allow_lower)):
+        for name, value in (
+            ("kernel_cmdline", kernel_cmdline),
+            ("install_auditd", install_auditd),
+            ("allow_lower", allow_lower),
+        ):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
         if association_name is not None:
@@ -322,7 +342,9 @@ class AuditBacklogAssociation(Construct):
             name=self.document.ref,
             document_version="$LATEST",
             association_name=association_name,
-            targets=[ssm.CfnAssociation.TargetProperty(key=t.key, values=list(t.values)) for t in self.targets],
+            targets=[
+                ssm.CfnAssociation.TargetProperty(key=t.key, values=list(t.values)) for t in self.targets
+            ],
             schedule_expression=schedule,
             max_concurrency=max_concurrency,
             max_errors=max_errors,
@@ -393,7 +415,9 @@ def _role_of(launch: CfnResource) -> Tuple[Optional[iam.Role], str]:
     return role, ""
 
 
-def add_to_stacks(scope: IConstruct, aspect: "AuditBacklog", association: Union[bool, AssociationOptions]) -> List[AuditBacklogAssociation]:
+def add_to_stacks(
+    scope: IConstruct, aspect: "AuditBacklog", association: Union[bool, AssociationOptions]
+) -> List[AuditBacklogAssociation]:
     """``AuditBacklog.apply_to(..., association=...)``: one :class:`AuditBacklogAssociation` in every stack under
     ``scope`` (Stages and nested stacks included) that holds an EC2 launch, with the aspect's policy inputs.
     A stack that has one already (an earlier call, or the user's own with the same id) is left as it is."""
