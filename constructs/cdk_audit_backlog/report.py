@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from .deployed_context import user_data_kept
 from .errors import CliError
 
 METADATA_KEY = "cdk-audit-backlog"
@@ -29,6 +30,8 @@ class ReportRow:
     memory_mib: Optional[int]
     blocks: Optional[int]
     reason: str
+    #: the Instance already runs and the aspect kept its user data (the association tunes it).
+    kept: bool = False
 
 
 def report_assembly(cdk_out: Path) -> List[ReportRow]:
@@ -69,5 +72,8 @@ def report_assembly(cdk_out: Path) -> List[ReportRow]:
                 row.instance_type = meta.get("instanceType")
                 row.memory_mib = meta.get("memoryMiB")
                 row.reason = str(meta.get("reason", ""))
+                if meta.get("deployed"):
+                    row.reason += f"; {meta['deployed']}"
+                row.kept = user_data_kept(meta)
             rows.append(row)
     return rows
