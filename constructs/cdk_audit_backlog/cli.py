@@ -250,7 +250,7 @@ def _cmd_report(args: argparse.Namespace, out: TextIO) -> int:
                 r.template,
                 r.logical_id,
                 r.resource_type.split("::")[-1],
-                r.limit,
+                r.limit_shown,
                 r.instance_type or "-",
                 "-" if r.memory_mib is None else str(r.memory_mib),
                 "-" if r.blocks is None else {0: "NO", 1: "yes"}.get(r.blocks, f"{r.blocks} blocks!"),
