@@ -274,7 +274,11 @@ def _cmd_report(args: argparse.Namespace, out: TextIO) -> int:
             for r in rows
         ]
         out.write(format_table(headers, cells))
-    untuned = [r for r in rows if r.blocks == 0]
+    untuned = [r for r in rows if r.blocks == 0 and not r.kept]
+    kept = [r for r in rows if r.blocks == 0 and r.kept]
+    if kept:
+        print(f"report: {len(kept)} running instance(s) keep their user data (recorded as deployed)",
+              file=sys.stderr)
     doubled = [r for r in rows if r.blocks is not None and r.blocks > 1]
     if untuned:
         print(f"report: {len(untuned)} launch resource(s) without the block", file=sys.stderr)
