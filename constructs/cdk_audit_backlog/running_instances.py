@@ -18,7 +18,7 @@ each gets a warning naming the command, so an existing app is never stopped with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, FrozenSet, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Optional, Tuple
 
 from aws_cdk import CfnResource, Stack, Token
 
@@ -48,7 +48,7 @@ def decide(resource: CfnResource, running_instances: str) -> RunningDecision:
     if resource.cfn_resource_type != "AWS::EC2::Instance":
         return _NEW
     stack = Stack.of(resource)
-    deployed = recorded_instances(stack)
+    deployed = _recorded_once(stack)
     path = resource.node.path
     if deployed is None:
         return RunningDecision(
@@ -83,6 +83,18 @@ def decide(resource: CfnResource, running_instances: str) -> RunningDecision:
             "running_instances='restart' to tune it through its user data at the cost of a stop/start.",
         ),
     )
+
+
+_RECORDED: Dict[str, Optional[FrozenSet[str]]] = {}
+
+
+def _recorded_once(stack: Stack) -> Optional[FrozenSet[str]]:
+    """``recorded_instances`` read once per stack (about ten bridge calls each time; context cannot change once
+    a stack has children), keyed by the stack's jsii reference, which is never reused in a process."""
+    key = stack.__jsii_ref__.ref
+    if key not in _RECORDED:
+        _RECORDED[key] = recorded_instances(stack)
+    return _RECORDED[key]
 
 
 def recorded_instances(stack: Stack) -> Optional[FrozenSet[str]]:
