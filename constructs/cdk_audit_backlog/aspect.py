@@ -487,7 +487,7 @@ class _Launch:
 
     resource: CfnResource
     cfn_resource_type: str
-    data: Any  # resolved LaunchTemplateData of a launch template; {userData, instanceType} otherwise
+    data: Any  # resolved {userData, instanceType} (of the LaunchTemplateData for a launch template)
     logical_id: Optional[str] = None  # launch templates and configurations (groups refer to them by it)
     consumers: List[_Group] = field(default_factory=list)
     skipped: Optional[str] = None  # reason given to AuditBacklog.skip() on a scope above it
@@ -508,10 +508,11 @@ def _read_stack(
     group_raws = [g._cfn_properties for g, _ in groups]  # type: ignore[attr-defined]
     wanted: List[Any] = []
     for (_, kind), raw in zip(launches, raws):
-        if kind == "AWS::EC2::LaunchTemplate":
-            wanted.append(_get(raw, "LaunchTemplateData"))
+        data = _get(raw, "LaunchTemplateData") if kind == "AWS::EC2::LaunchTemplate" else raw
+        if isinstance(data, dict):  # only what deciding reads: tag specifications and the like stay unresolved
+            wanted.append({"userData": _get(data, "UserData"), "instanceType": _get(data, "InstanceType")})
         else:
-            wanted.append({"userData": _get(raw, "UserData"), "instanceType": _get(raw, "InstanceType")})
+            wanted.append(data)  # a token or a struct object read earlier through its typed getter: all of it
     for (_, kind), raw in zip(groups, group_raws):
         wanted.append({name: _get(raw, name) for name in _GROUP_FIELDS[kind]})
     named = [i for i, (_, kind) in enumerate(launches) if kind != "AWS::EC2::Instance"]
@@ -677,7 +678,7 @@ class _Producer:
 
 def _decide(launch: _Launch, aspect: AuditBacklog) -> _Outcome:
     resource = launch.resource
-    lt_data = launch.data  # resolved LaunchTemplateData, or the resource's own UserData / InstanceType
+    lt_data = launch.data  # resolved UserData and InstanceType (of the LaunchTemplateData for a launch template)
     resolved = launch.user_data
     skip_reason = launch.skipped or _skip_reason(resource, aspect, markers=False)
     if skip_reason:  # the user's own choice: recorded in Metadata, no warning
