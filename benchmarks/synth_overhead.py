@@ -55,7 +55,9 @@ def run(kind, count, mode, before_path=None):
 
 def export_before(tmp):
     """The library's package as it was at BENCH_BEFORE, for the 'before' mode."""
-    archive = subprocess.run(["git", "-C", REPO, "archive", BEFORE, "constructs"], check=True, capture_output=True)
+    # The package reads the boot script through its userdata symlink: export both.
+    archive = subprocess.run(["git", "-C", REPO, "archive", BEFORE, "constructs", "userdata"], check=True,
+                             capture_output=True)
     subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
     return os.path.join(tmp, "constructs")
 
