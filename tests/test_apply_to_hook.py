@@ -170,3 +170,23 @@ def test_launch_in_a_stage_created_inside_a_stack_is_tuned_by_that_stage():
     (launch,) = tuned(inner).values()
     assert launch.tuning.target == 8192 and launch.tuning.count == 1
     assert launch.metadata["limit"] == 8192
+
+
+def test_user_data_referring_to_another_stack_gets_the_import_not_a_dangling_ref():
+    """The hook resolves user data before prepareApp turns a cross-stack reference into an import; such
+    launches are read again after it (a Ref to the other stack's logical id would not deploy)."""
+    from aws_cdk import aws_s3 as s3
+
+    app = cdk.App()
+    producer = cdk.Stack(app, "Producer", env=ENV)
+    bucket = s3.Bucket(producer, "Bucket")
+    stack, vpc = new_stack(app, "Consumer")
+    inst = ec2.Instance(stack, "I", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=IMAGE)
+    inst.user_data.add_commands(f"aws s3 ls s3://{bucket.bucket_name}")
+    AuditBacklog.apply_to(app)
+    template = assertions.Template.from_stack(stack).to_json()
+    (resource,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::EC2::Instance"]
+    parts = resource["Properties"]["UserData"]["Fn::Base64"]["Fn::Join"][1]
+    intrinsics = [p for p in parts if not isinstance(p, str)]
+    assert intrinsics and all(list(p) == ["Fn::ImportValue"] for p in intrinsics), intrinsics
+    assert "# >>> cdk-audit-backlog >>>" in parts[0]

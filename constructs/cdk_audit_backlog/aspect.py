@@ -26,7 +26,7 @@ stable id. User data over 16 KB with the block fails synth (a validation on that
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import jsii
@@ -332,7 +332,10 @@ class _Hook(Construct):
         self.scope_ = scope
         self.aspect = aspect
         self._depth: Optional[int] = None
+        # Launches whose user data holds a Ref or GetAtt, by stack: read again after prepareApp (see _Recheck).
+        self.recheck: Dict[str, Tuple[Stack, List[_Tuning]]] = {}
         Aspects.of(self).add(_HookVisit(self), priority=AspectPriority.MUTATING)
+        self.node.add_validation(_Recheck(self))
 
     @property
     def depth(self) -> int:
@@ -340,6 +343,42 @@ class _Hook(Construct):
         if self._depth is None:
             self._depth = len(self.scope_.node.scopes) - 1
         return self._depth
+
+
+@jsii.implements(IValidation)
+class _Recheck:
+    """After ``prepareApp``: the user data of a launch that refers to another stack's resource.
+
+    The hook resolves user data during the aspect phase, where CDK has not yet replaced a reference to another
+    stack's resource (an ``Fn::ImportValue`` once ``prepareApp`` has created the export) and it still reads as a
+    plain ``Ref``. ``prepareApp`` makes a stack that imports depend on the exporter, so the launches of a stack
+    with dependencies (or a nested stack) whose user data held a ``Ref`` or ``GetAtt`` are read again here, one
+    batch per stack, and rewritten where the value changed. (A nested stack's template asset hash was taken
+    before: such a launch is reported, not rewritten.)"""
+
+    def __init__(self, hook: _Hook) -> None:
+        self._hook = hook
+
+    def validate(self) -> List[str]:
+        errors: List[str] = []
+        pending, self._hook.recheck = self._hook.recheck, {}
+        for stack, tunings in pending.values():
+            if not stack.dependencies and not stack.nested:
+                continue
+            launches, _ = _read_stack(stack, [(t.resource, t.kind) for t in tunings], [])
+            for tuning, fresh in zip(tunings, launches):
+                if fresh.user_data == tuning.launch.user_data:
+                    continue
+                if stack.nested:
+                    errors.append(
+                        f"cdk-audit-backlog: the user data of {tuning.resource.node.path} refers to a resource of "
+                        f"another stack, which CDK resolves only after the nested stack's template was hashed; "
+                        f"pass the value as a parameter of the nested stack, or exclude this launch with "
+                        f"AuditBacklog.skip()."
+                    )
+                    continue
+                tuning.redo(fresh)
+        return errors
 
 
 @jsii.implements(IAspect)
@@ -384,6 +423,8 @@ def _tune_scope(hook: _Hook) -> None:
             tuning.claim(aspect, depth=hook.depth)
             tuning.settle(launch, tuning.winner)
             tuning.write()
+            if _has_reference(launch.user_data):
+                hook.recheck.setdefault(_key(stack), (stack, []))[1].append(tuning)
 
 
 _CHECKED_GROUPS: set = set()  # keys of groups whose reach was checked (warned once, not at every synthesis)
@@ -570,6 +611,7 @@ class _Tuning:
         self.kind = kind
         self.claims: List[Tuple[AuditBacklog, Optional[int]]] = []  # (aspect, depth of apply_to's scope)
         self._outcome: Optional[_Outcome] = None
+        self.launch: Optional[_Launch] = None  # what the outcome was decided from
         self._lazy = False
         self._validated = False
 
@@ -612,6 +654,7 @@ class _Tuning:
 
     def settle(self, launch: _Launch, aspect: AuditBacklog) -> _Outcome:
         if self._outcome is None:
+            self.launch = launch
             self._outcome = _decide(launch, aspect)
             if self._outcome.warning:
                 Annotations.of(self.resource).add_warning_v2(*self._outcome.warning)
@@ -626,6 +669,12 @@ class _Tuning:
         self.resource.add_metadata(METADATA_KEY, outcome.metadata)
         if literal_bytes(outcome.user_data) > EC2_USER_DATA_LIMIT:
             self._add_validation()
+
+    def redo(self, fresh: _Launch) -> None:
+        """The same decision on user data read again after prepareApp (see _Recheck), written again."""
+        self.launch = replace(self.launch, data=fresh.data)
+        self._outcome = _decide(self.launch, self.winner)
+        self.write()
 
     def _add_validation(self) -> None:
         if not self._validated:
@@ -741,6 +790,18 @@ def _skip_marker_reason(resource: IConstruct) -> Optional[str]:
         if isinstance(marker, _SkipMarker):
             return f"excluded with AuditBacklog.skip() on {scope.node.path or 'the app'}: {marker.reason}"
     return None
+
+
+def _has_reference(value: Any) -> bool:
+    """Whether a resolved value holds a Ref (other than a pseudo parameter) or an Fn::GetAtt."""
+    if isinstance(value, dict):
+        ref = value.get("Ref")
+        if (isinstance(ref, str) and not ref.startswith("AWS::")) or "Fn::GetAtt" in value:
+            return True
+        return any(_has_reference(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_reference(v) for v in value)
+    return False
 
 
 def _is_shell_script(user_data: Any) -> bool:
