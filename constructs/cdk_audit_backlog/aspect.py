@@ -532,6 +532,7 @@ class _Launch:
     logical_id: Optional[str] = None  # launch templates and configurations (groups refer to them by it)
     consumers: List[_Group] = field(default_factory=list)
     skipped: Optional[str] = None  # reason given to AuditBacklog.skip() on a scope above it
+    stack: Optional[Stack] = None
 
     @property
     def user_data(self) -> Any:
@@ -559,7 +560,7 @@ def _read_stack(
     named = [i for i, (_, kind) in enumerate(launches) if kind != "AWS::EC2::Instance"]
     wanted.extend(launches[i][0].logical_id for i in named)
     resolved = stack.resolve(wanted) if wanted else []
-    out = [_Launch(r, kind, resolved[i]) for i, (r, kind) in enumerate(launches)]
+    out = [_Launch(r, kind, resolved[i], stack=stack) for i, (r, kind) in enumerate(launches)]
     for n, i in enumerate(named):
         out[i].logical_id = resolved[len(launches) + len(groups) + n]
     read_groups = [
@@ -755,7 +756,9 @@ def _decide(launch: _Launch, aspect: AuditBacklog) -> _Outcome:
         metadata.update(instanceType=types[0], memoryMiB=memory)
     # Only an AWS::EC2::Instance is interrupted by a user data change: other kinds need no look.
     running = (
-        running_instances_module.decide(resource, aspect.running_instances)
+        running_instances_module.decide(
+            resource, aspect.running_instances, kind=launch.cfn_resource_type, stack=launch.stack
+        )
         if launch.cfn_resource_type == "AWS::EC2::Instance"
         else None
     )

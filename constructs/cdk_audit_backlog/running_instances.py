@@ -43,11 +43,15 @@ class RunningDecision:
 _NEW = RunningDecision(keep=False)
 
 
-def decide(resource: CfnResource, running_instances: str) -> RunningDecision:
-    """The decision for one launch L1 (a user data change interrupts only an ``AWS::EC2::Instance``)."""
-    if resource.cfn_resource_type != "AWS::EC2::Instance":
+def decide(
+    resource: CfnResource, running_instances: str, *, kind: Optional[str] = None, stack: Optional[Stack] = None
+) -> RunningDecision:
+    """The decision for one launch L1 (a user data change interrupts only an ``AWS::EC2::Instance``).
+
+    ``kind`` and ``stack``, when the caller already knows them, save a bridge call each."""
+    if (kind or resource.cfn_resource_type) != "AWS::EC2::Instance":
         return _NEW
-    stack = Stack.of(resource)
+    stack = stack or Stack.of(resource)
     deployed = _recorded_once(stack)
     path = resource.node.path
     if deployed is None:
