@@ -8,6 +8,7 @@ noop (a Python aspect that does nothing), nag (cdk-nag 3.x ``AwsSolutionsChecks`
 findings fail synth, which is caught: the time is that of the whole check).
 """
 
+import os
 import sys
 
 import aws_cdk as cdk
@@ -52,6 +53,29 @@ def add_launch(stack, vpc, i, kind, cluster):
             instance_type=t.to_string(), user_data=cdk.Fn.base64(mime.render())))
 
 
+def count_bridge_messages(path):
+    """Counts the requests this process sends to the jsii kernel (each one a round trip to Node) and writes the
+    count to ``path`` at exit: a figure of the work that machine load does not blur, unlike wall time."""
+    import atexit
+
+    from jsii._kernel.providers import process
+
+    sent = [0]
+    send = process._NodeProcess.send
+
+    def counting_send(self, *args, **kwargs):
+        sent[0] += 1
+        return send(self, *args, **kwargs)
+
+    process._NodeProcess.send = counting_send
+
+    def write():
+        with open(path, "w") as f:
+            f.write(str(sent[0]))
+
+    atexit.register(write)
+
+
 def main(kind, count, mode, outdir):
     app = cdk.App(outdir=outdir, context={"@aws-cdk/aws-autoscaling:generateLaunchTemplateInsteadOfLaunchConfig": True})
     env = cdk.Environment(account="123456789012", region="us-east-1")
@@ -91,4 +115,6 @@ class _Noop:
 
 
 if __name__ == "__main__":
+    if os.environ.get("BENCH_MESSAGES_FILE"):
+        count_bridge_messages(os.environ["BENCH_MESSAGES_FILE"])
     main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4])
