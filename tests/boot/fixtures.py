@@ -199,7 +199,7 @@ def clear_calls(root: Path) -> None:
 # Real tools the script may use, and nothing else: a command missing here fails the test loudly.
 SANDBOX_TOOLS = (
     "bash", "sh", "awk", "sed", "grep", "ls", "cat", "tr", "cp", "rm", "chmod", "mkdir", "timeout",
-    "env", "sleep", "head", "mktemp", "cmp",
+    "env", "sleep", "head", "mktemp", "cmp", "ln",
 )  # fmt: skip
 
 
