@@ -93,15 +93,19 @@ mb() {
   done | lb
 }
 
-# lay: a=1 and f=our own rules.d file where auditd's start merges rules.d (augenrules: systemd units,
-# or SysV with USE_AUGENRULES=yes); else a=0 and f=/etc/audit/audit.rules, which auditd loads as it is
-# (Amazon Linux 1).
+# lay: the layout. a=1 and f=our own rules.d file where auditd's start merges rules.d (augenrules:
+# systemd units, or SysV with USE_AUGENRULES=yes); else a=0 and f=/etc/audit/audit.rules, which auditd
+# loads as it is (Amazon Linux 1). p: the -b the next boot loads without us (augenrules: what the other
+# rules.d files load).
 lay() {
   a=0 f=$E/audit.rules
   if [ -d "$E/rules.d" ] && has augenrules && { [ -d "$R/run/systemd/system" ] || grep -qsi '^USE_AUGENRULES="\?y' "$R"/etc/{sysconfig,default}/auditd; }; then
     # Its name sorts after audit.rules and every other letter-named file in `ls -1v` order, so
     # augenrules keeps its -b (last wins).
     a=1 f=$E/rules.d/zz-cdk-audit-backlog.rules
+    p=$(mb "${f##*/}")
+  else
+    p=$(lb "$f") || p=
   fi
 }
 
@@ -119,6 +123,7 @@ kv() {
 # every boot, so a resize) unless the user fixed the limit (CAB_UNIT=fixed). A rerun writes nothing.
 cab_unit() {
   local y=auto s=$R/usr/local/sbin/cdk-audit-backlog u=$R/etc/systemd/system/cdk-audit-backlog.service x='' l
+  lay
   if [ $a = 0 ] || [ ! -d "$R/run/systemd/system" ] || [ ! -f "$S" ]; then
     say "unit: not installed (needs systemd, augenrules, a script file)"
     return 0
@@ -174,10 +179,9 @@ cab_main() {
   # mo mode (apply, boot, install); t target, s source, w wait time, m method, a augenrules layout, c
   # rules need our -b, f file we persist in, ok persisted, ch changed a file; d limit the rules load, n
   # limit the kernel gets, o kernel limit before.
-  mo=${1:-apply}
   # @@CAB_IF unit@@
+  mo=${1:-apply}
   if [ "$mo" = install ]; then
-    lay
     cab_unit
     return 0
   fi
@@ -188,7 +192,7 @@ cab_main() {
     . "$V"
   fi
   # @@CAB_ENDIF@@
-  t=$CAB_TARGET s=$CAB_SOURCE w=$CAB_WAIT m=none a=0 c=0 ok=yes ch=0
+  t=$CAB_TARGET s=$CAB_SOURCE w=$CAB_WAIT m=none c=0 ok=yes ch=0
   # @@CAB_IF auto@@
   if [ "$t" = auto ]; then
     # No MemTotal (no /proc/meminfo): 0 kB, for which the formula gives the minimum.
@@ -226,13 +230,7 @@ cab_main() {
       w=
     fi
     # @@CAB_ENDIF@@
-    # p: the -b the next boot loads without us (augenrules: what the other rules.d files load).
     lay
-    if [ $a = 1 ]; then
-      p=$(mb "${f##*/}")
-    else
-      p=$(lb "$f") || p=
-    fi
     if [ "$t" = "$p" ]; then
       say "persist: -b $t already"
     elif ((t>${p:-0})) || [ "$CAB_ALLOW_LOWER" = 1 ]; then
@@ -271,12 +269,15 @@ cab_main() {
       fi
     fi
     n=$d
+    # The gates below leave the apply part unconditional in blocks without the unit.
+    # @@CAB_IF unit@@
     if [ "$mo" = boot ]; then
       # The boot unit runs before the rules load, and that load sets the merged limit p: no auditctl
       # here (no race with it). Method "rules" when this run changed what it loads.
       [ $ch = 0 ] || m=rules
       bl=${p:-$d}
     else
+    # @@CAB_ENDIF@@
       if [ "$CAB_ALLOW_LOWER" != 1 ] && ((${bl:-0}>d)); then
         n=$bl
         say "apply: kept $bl"
@@ -295,7 +296,9 @@ cab_main() {
         st
         [ "$bl" = "$n" ] || say "verify failed"
       fi
+    # @@CAB_IF unit@@
     fi
+    # @@CAB_ENDIF@@
   fi
   # @@CAB_IF cmdline@@
   [ "$CAB_KERNEL_CMDLINE" != 1 ] || cab_cmdline "$d"

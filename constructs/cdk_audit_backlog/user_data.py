@@ -97,8 +97,7 @@ class BlockInputs:
             f"CAB_INSTALL_AUDITD={int(self.install_auditd)}",
             f"CAB_ALLOW_LOWER={int(self.allow_lower)}",
             f"CAB_SOURCE={self.source}",
-            f"CAB_UNIT={self.boot_unit}",
-        ]
+        ] + ([] if self.boot_unit == "off" else [f"CAB_UNIT={self.boot_unit}"])
 
 
 def script_text() -> str:
