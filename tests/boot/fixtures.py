@@ -245,12 +245,12 @@ def script_env(root: Path, sandbox: Path, **inputs) -> dict:
     return env
 
 
-def run_script(root: Path, sandbox: Path, timeout: float = 60, **inputs):
-    """Run the shipped script (all features) on the fixture, as `bash audit-backlog.sh`."""
+def run_script(root: Path, sandbox: Path, timeout: float = 60, args: tuple = (), **inputs):
+    """Run the shipped script (all features) on the fixture, as `bash audit-backlog.sh [ARGS]`."""
     import subprocess
 
     return subprocess.run(
-        [str(sandbox / "bash"), str(SCRIPT)],
+        [str(sandbox / "bash"), str(SCRIPT), *args],
         env=script_env(root, sandbox, **inputs),
         capture_output=True,
         text=True,
