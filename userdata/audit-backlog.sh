@@ -55,7 +55,7 @@ has() {
 
 # q SECONDS COMMAND...: run COMMAND bounded and quietly (its exit status is what counts).
 q() {
-  timeout "$@" >/dev/null 2>&1
+  timeout "$@" &>/dev/null
 }
 
 # @@CAB_IF auto@@
@@ -126,7 +126,7 @@ cab_unit() {
   lay
   if [ $a = 0 ] || [ ! -d "$R/run/systemd/system" ] || [ ! -f "$S" ]; then
     say "unit: not installed (needs systemd, augenrules, a script file)"
-    return 0
+    return 6
   fi
   [ "$CAB_UNIT" != fixed ] || y=$CAB_TARGET
   wr "$V" "CAB_TARGET=$y" "CAB_FRACTION_PPM=$CAB_FRACTION_PPM" "CAB_MIN=$CAB_MIN" "CAB_MAX=$CAB_MAX" "CAB_WAIT=$CAB_WAIT" "CAB_KERNEL_CMDLINE=0" "CAB_INSTALL_AUDITD=0" "CAB_ALLOW_LOWER=$CAB_ALLOW_LOWER" "CAB_SOURCE=boot"
@@ -139,6 +139,7 @@ cab_unit() {
     [ -L "$l" ] || { mkdir -p "${l%/*}" && ln -s "${u#"$R"}" "$l" && x=${x:-installed}; } || x=failed
   done
   say "unit: ${x:-up to date} (boot target $y)"
+  [ "$x" != failed ] || return 6
 }
 
 # wr FILE LINE...: FILE holds the LINEs, written only when it differs; x=installed when written, failed
@@ -178,11 +179,11 @@ cab_main() {
   umask 027
   # mo mode (apply, boot, install); t target, s source, w wait time, m method, a augenrules layout, c
   # rules need our -b, f file we persist in, ok persisted, ch changed a file; d limit the rules load, n
-  # limit the kernel gets, o kernel limit before.
+  # limit the kernel gets, o kernel limit before; v exit status (see the end).
   # @@CAB_IF unit@@
   mo=${1:-apply}
   if [ "$mo" = install ]; then
-    cab_unit
+    cab_unit || return
     return 0
   fi
   [ "$mo" = apply ] || [ "$mo" = boot ] || { say "unknown mode $mo (apply, boot, install)"; return 2; }
@@ -192,7 +193,7 @@ cab_main() {
     . "$V"
   fi
   # @@CAB_ENDIF@@
-  t=$CAB_TARGET s=$CAB_SOURCE w=$CAB_WAIT m=none c=0 ok=yes ch=0
+  t=$CAB_TARGET s=$CAB_SOURCE w=$CAB_WAIT m=none c=0 ok=yes ch=0 v=0
   # @@CAB_IF auto@@
   if [ "$t" = auto ]; then
     # No MemTotal (no /proc/meminfo): 0 kB, for which the formula gives the minimum.
@@ -221,7 +222,7 @@ cab_main() {
   o=${bl:-?} d=$t
   if ! has auditctl; then
     say "no auditd: nothing applied"
-    ok=-
+    ok=- v=3
   else
     # @@CAB_IF wait@@
     # `auditctl -h` exits 255 after its usage text (audit 3.0.9): only grep's status may count.
@@ -233,7 +234,9 @@ cab_main() {
     lay
     if [ "$t" = "$p" ]; then
       say "persist: -b $t already"
-    elif ((t>${p:-0})) || [ "$CAB_ALLOW_LOWER" = 1 ]; then
+    # -b 0 is no limit at all (the kernel skips the backlog check): the largest, never raised to a number.
+    # (CAB_ALLOW_LOWER is 0 or 1, so arithmetic reads it as it is.)
+    elif ((CAB_ALLOW_LOWER||t>${p:-0}&&${p:-1})); then
       c=1
     else
       d=$p
@@ -278,7 +281,8 @@ cab_main() {
       bl=${p:-$d}
     else
     # @@CAB_ENDIF@@
-      if [ "$CAB_ALLOW_LOWER" != 1 ] && ((${bl:-0}>d)); then
+      # A larger running limit is kept: one above d, or 0 (no limit) where d is a number.
+      if ((!CAB_ALLOW_LOWER&&d&&(${bl:--1}==0||${bl:-0}>d))); then
         n=$bl
         say "apply: kept $bl"
       fi
@@ -294,7 +298,7 @@ cab_main() {
         fi
         # @@CAB_ENDIF@@
         st
-        [ "$bl" = "$n" ] || say "verify failed"
+        [ "$bl" = "$n" ] || { say "verify failed"; v=4; }
       fi
     # @@CAB_IF unit@@
     fi
@@ -304,7 +308,8 @@ cab_main() {
   [ "$CAB_KERNEL_CMDLINE" != 1 ] || cab_cmdline "$d"
   # @@CAB_ENDIF@@
   # @@CAB_IF unit@@
-  [ "$mo" != apply ] || [ "$CAB_UNIT" = off ] || cab_unit
+  # A unit that cannot be installed is reported; it does not change the exit status of apply.
+  [ "$mo" != apply ] || [ "$CAB_UNIT" = off ] || cab_unit || :
   # @@CAB_ENDIF@@
   x=${bl:+$lo}
   say "backlog_limit $o -> ${bl:-?} ($s; method $m; lost ${x:-?})"
@@ -315,6 +320,12 @@ cab_main() {
     mkdir -p "${f%/*}"
     printf '%s\n' "target=$t" "limit=${bl:-?}" "old=$o" "persisted=$ok" "method=$m" "lost=${x:-?}" "source=$s" >"$f"
   fi
+  # The exit status, for a caller that reads it (an SSM association: non-zero makes the instance
+  # NON_COMPLIANT; user data ignores it; the boot unit shows failed): 0 done, nothing to do, or immutable
+  # (next boot); 3 no auditctl; 4 the kernel's limit is not the one applied; 5 not persisted (the next
+  # boot reverts); 6 (install mode) the boot unit could not be installed.
+  [ $ok$v != no0 ] || v=5
+  exit $v
 }
 
 cab_main "$@" </dev/null
