@@ -59,9 +59,9 @@ def decide(resource: CfnResource, running_instances: str) -> RunningDecision:
             warning=(
                 "cdk-audit-backlog:running-instance-unknown",
                 f"cdk-audit-backlog: {path} gets the block in its user data. If this instance already runs, "
-                "the next deploy stops and starts it (CloudFormation UserData update) and does not re-run "
-                "user data. For an app that is already deployed, run `cdk-audit-backlog impact cdk.out --record` "
-                "first: running instances then keep their user data, and AuditBacklog.apply_to(app, "
+                "the next deploy stops and starts it (CloudFormation UserData update; a replacement if it "
+                "launches from a launch template) and does not re-run user data. For an app that is already "
+                "deployed, run `cdk-audit-backlog impact cdk.out --record` first: running instances then keep their user data, and AuditBacklog.apply_to(app, "
                 "association=True) tunes them without a restart. A stack that was never deployed can ignore "
                 "this (the same command records it as such).",
             ),
