@@ -86,6 +86,10 @@ class AuditBacklog:
         boot before auditd starts (takes effect at the next boot). Default: False.
     :param install_auditd: install auditd where the image lacks it. Default: False.
     :param allow_lower: lower a larger limit the image already has. Default: False (never lower).
+    :param boot_unit: also install a systemd unit that sizes the limit again on every later boot, before the
+        audit rules load (so a stopped, resized and started instance follows its new memory): from MemTotal
+        where the limit was chosen from the instance type, or the fixed ``backlog_limit``. Only on systemd
+        hosts that merge rules.d with augenrules. Default: True.
     :param exclude: predicate on each launch L1 resource; True leaves it untouched (Metadata says so).
         Default: None (no exclusions). See also :meth:`skip`.
     :param running_instances: what to do with an ``AWS::EC2::Instance`` recorded as already running (in
@@ -104,6 +108,7 @@ class AuditBacklog:
         kernel_cmdline: bool = False,
         install_auditd: bool = False,
         allow_lower: bool = False,
+        boot_unit: bool = True,
         exclude: Optional[Callable[[CfnResource], bool]] = None,
         running_instances: str = "keep",
     ) -> None:
@@ -117,6 +122,7 @@ class AuditBacklog:
             ("kernel_cmdline", kernel_cmdline),
             ("install_auditd", install_auditd),
             ("allow_lower", allow_lower),
+            ("boot_unit", boot_unit),
         ):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
@@ -131,6 +137,7 @@ class AuditBacklog:
         self.kernel_cmdline = kernel_cmdline
         self.install_auditd = install_auditd
         self.allow_lower = allow_lower
+        self.boot_unit = boot_unit
         self.exclude = exclude
         self.running_instances = running_instances
         # Per-stack index of which groups use which launch template, built once at synthesis (when the
@@ -202,6 +209,8 @@ class AuditBacklog:
             install_auditd=self.install_auditd,
             allow_lower=self.allow_lower,
             source=source,
+            # a limit chosen from the instance type follows the memory at every boot; the user's stays fixed
+            boot_unit="off" if not self.boot_unit else "fixed" if self.backlog_limit is not None else "auto",
         )
 
 
