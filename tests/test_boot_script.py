@@ -287,6 +287,97 @@ def test_allow_lower_lowers_both_rules_and_kernel(tmp_path, sandbox):
     assert fakes.boot(root)["backlog_limit"] == 8192
 
 
+# -b 0 is no limit at all (the kernel skips the backlog check): the largest limit there is, so raising
+# it to a number would lower it. Kept, in the rules and in the kernel, unless allow_lower.
+ZERO_RULES = {"al2": "etc/audit/rules.d/audit.rules", "al1": "etc/audit/audit.rules"}
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_RULES))
+def test_rules_with_b_0_no_limit_are_kept(tmp_path, sandbox, name):
+    root = tmp_path / name
+    fx.build(root, name)
+    rules = root / ZERO_RULES[name]
+    rules.write_text(rules.read_text().replace("-b 320", "-b 0"))
+    assert fakes.boot(root)["backlog_limit"] == 0
+    fx.clear_calls(root)
+    before = fx.tree_digest(root)
+    r = run(root, sandbox, target=8192)
+    assert f"{PREFIX}persist: kept -b 0" in r.stdout.splitlines()
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 0 -> 0 (")
+    assert mutating(fx.calls(root)) == []
+    after = fx.tree_digest(root)
+    after.pop("var/lib/cdk-audit-backlog/state")
+    assert after == before  # no file written, audit.rules not edited
+    assert fakes.boot(root)["backlog_limit"] == 0
+
+
+def test_rules_with_b_0_are_applied_to_a_kernel_still_at_a_number(tmp_path, sandbox):
+    # The rules keep "no limit"; a kernel that has not loaded them yet gets it now, as the next boot would.
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    (root / "etc/audit/rules.d/audit.rules").write_text("-D\n-b 0\n-f 1\n")
+    r = run(root, sandbox, target=8192)
+    assert f"{PREFIX}persist: kept -b 0" in r.stdout.splitlines()
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 320 -> 0 (")
+    assert mutating(fx.calls(root)) == ["auditctl -b 0"]
+    assert fakes.boot(root)["backlog_limit"] == 0
+
+
+def test_running_kernel_with_no_limit_is_kept_while_rules_are_raised(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    fx.set_kernel(root, backlog_limit=0)  # set by hand or by another agent (auditbeat) since boot
+    r = run(root, sandbox, target=8192)
+    assert f"{PREFIX}apply: kept 0" in r.stdout.splitlines()
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 0 -> 0 (")
+    assert not any(c.startswith("auditctl -b") for c in fx.calls(root))
+    assert fx.kernel(root)["backlog_limit"] == 0
+    assert fakes.boot(root)["backlog_limit"] == 8192  # the rules' 320 is raised as usual
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_RULES))
+def test_allow_lower_lowers_no_limit_in_rules_and_kernel(tmp_path, sandbox, name):
+    root = tmp_path / name
+    fx.build(root, name)
+    rules = root / ZERO_RULES[name]
+    rules.write_text(rules.read_text().replace("-b 320", "-b 0"))
+    assert fakes.boot(root)["backlog_limit"] == 0
+    fx.clear_calls(root)
+    r = run(root, sandbox, target=8192, allow_lower=1)
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 0 -> 8192 (")
+    assert "auditctl -b 8192" in fx.calls(root)
+    assert fakes.boot(root)["backlog_limit"] == 8192
+
+
+def _larger(a, b) -> bool:
+    """Limit a is larger than limit b, 0 being no limit at all (the model the script must follow)."""
+    return a != b and (a == 0 or (b != 0 and a > b))
+
+
+_limits = st.sampled_from([0, 64, 320, 8192, 65536, 2147483647])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rules=st.one_of(st.none(), _limits), kernel=_limits, target=st.sampled_from([320, 8192, 131072]),
+       allow_lower=st.booleans())
+def test_hypothesis_never_lower_with_0_as_the_largest_limit(tmp_path_factory, sandbox, rules, kernel, target,
+                                                            allow_lower):
+    # The script against a model: the rules keep a larger -b (0 included) unless allow_lower; the running
+    # kernel keeps a larger limit (0 included) unless allow_lower; the next boot loads what was persisted.
+    root = tmp_path_factory.mktemp("never-lower") / "al2"
+    fx.build(root, "al2")
+    (root / "etc/audit/rules.d/audit.rules").write_text("-D\n" + ("" if rules is None else f"-b {rules}\n") + "-f 1\n")
+    fakes.boot(root)
+    fx.set_kernel(root, backlog_limit=kernel)
+    r = run(root, sandbox, target=target, allow_lower=int(allow_lower))
+    persisted = target if rules is None or allow_lower or _larger(target, rules) else rules
+    applied = kernel if not allow_lower and _larger(kernel, persisted) else persisted
+    assert fx.kernel(root)["backlog_limit"] == applied, r.stdout
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit {kernel} -> {applied} ("), r.stdout
+    assert fakes.boot(root)["backlog_limit"] == persisted
+    assert (f"{PREFIX}persist: kept -b {rules}" in r.stdout) == (persisted != target)
+
+
 def test_larger_running_kernel_limit_is_kept_while_rules_are_raised(tmp_path, sandbox):
     root = tmp_path / "al2"
     fx.build(root, "al2")

@@ -41,6 +41,7 @@ from aws_cdk import aws_ec2 as ec2
 from constructs import Construct, IConstruct, IValidation
 
 from . import instance_memory
+from . import running_instances as running_instances_module
 from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
 from .splice import Unsupported, literal_bytes, splice_user_data
 from .user_data import BlockInputs, render_block
@@ -85,8 +86,17 @@ class AuditBacklog:
         boot before auditd starts (takes effect at the next boot). Default: False.
     :param install_auditd: install auditd where the image lacks it. Default: False.
     :param allow_lower: lower a larger limit the image already has. Default: False (never lower).
+    :param boot_unit: also install a systemd unit that sizes the limit again on every later boot, before the
+        audit rules load (so a stopped, resized and started instance follows its new memory): from MemTotal
+        where the limit was chosen from the instance type, or the fixed ``backlog_limit``. Only on systemd
+        hosts that merge rules.d with augenrules. Default: True.
     :param exclude: predicate on each launch L1 resource; True leaves it untouched (Metadata says so).
         Default: None (no exclusions). See also :meth:`skip`.
+    :param running_instances: what to do with an ``AWS::EC2::Instance`` recorded as already running (in
+        ``cdk.context.json`` by ``cdk-audit-backlog impact --record``): ``"keep"`` leaves its user data byte
+        for byte (changing it would stop and start the instance; the SSM association tunes it instead),
+        ``"restart"`` tunes its user data anyway (the next deploy stops and starts it). Instances not
+        recorded boot tuned either way. Default: ``"keep"``. See :mod:`.running_instances`.
     """
 
     def __init__(
@@ -98,30 +108,38 @@ class AuditBacklog:
         kernel_cmdline: bool = False,
         install_auditd: bool = False,
         allow_lower: bool = False,
+        boot_unit: bool = True,
         exclude: Optional[Callable[[CfnResource], bool]] = None,
+        running_instances: str = "keep",
     ) -> None:
         if backlog_limit is not None:
-            validate_backlog_limit(backlog_limit)
+            backlog_limit = validate_backlog_limit(backlog_limit)
         if policy is not None and not isinstance(policy, BacklogPolicy):
             raise ValueError(f"policy must be a BacklogPolicy, got {policy!r}")
         if backlog_wait_time is not None:
-            validate_backlog_wait_time(backlog_wait_time)
+            backlog_wait_time = validate_backlog_wait_time(backlog_wait_time)
         for name, value in (
             ("kernel_cmdline", kernel_cmdline),
             ("install_auditd", install_auditd),
             ("allow_lower", allow_lower),
+            ("boot_unit", boot_unit),
         ):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
         if exclude is not None and not callable(exclude):
             raise ValueError(f"exclude must be a callable taking a CfnResource, got {exclude!r}")
+        if running_instances not in running_instances_module.RUNNING_INSTANCES:
+            allowed = ", ".join(map(repr, running_instances_module.RUNNING_INSTANCES))
+            raise ValueError(f"running_instances must be one of {allowed}, got {running_instances!r}")
         self.backlog_limit = backlog_limit
         self.policy = policy or BacklogPolicy()
         self.backlog_wait_time = backlog_wait_time
         self.kernel_cmdline = kernel_cmdline
         self.install_auditd = install_auditd
         self.allow_lower = allow_lower
+        self.boot_unit = boot_unit
         self.exclude = exclude
+        self.running_instances = running_instances
         # Per-stack index of which groups use which launch template, built once at synthesis (when the
         # tree is final) by the first launch template that needs it.
         self._group_index: Dict[int, Dict[str, List[CfnResource]]] = {}
@@ -191,6 +209,8 @@ class AuditBacklog:
             install_auditd=self.install_auditd,
             allow_lower=self.allow_lower,
             source=source,
+            # a limit chosen from the instance type follows the memory at every boot; the user's stays fixed
+            boot_unit="off" if not self.boot_unit else "fixed" if self.backlog_limit is not None else "auto",
         )
 
 
@@ -383,10 +403,24 @@ def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
     consumers = _consumers(resource, aspect) if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate" else []
     if aspect.backlog_limit is not None:
         target: Optional[int] = aspect.backlog_limit
-        types, memory, reason = [], None, "backlog_limit set on the aspect"
+        types, memory, reason, per_type = [], None, "backlog_limit set on the aspect", {}
     else:
-        target, types, memory, reason = _limit_from_types(resource, lt_data, consumers, aspect.policy)
-    source = f"{types[0]}/{memory}MiB" if types and memory else "unknown"
+        target, types, memory, reason, per_type = _limit_from_types(resource, lt_data, consumers, aspect.policy)
+    if per_type:  # known types with different limits: auto, each machine sizes itself at boot
+        source = "mixed"
+    else:
+        source = f"{types[0]}/{memory}MiB" if types and memory else "unknown"
+    # CloudFormation drops nulls: unknown type and memory are simply absent.
+    metadata: Dict[str, Any] = {"limit": "auto" if target is None else target, "reason": reason}
+    if per_type:
+        metadata["perType"] = per_type
+    elif types and memory:
+        metadata.update(instanceType=types[0], memoryMiB=memory)
+    running = running_instances_module.decide(resource, aspect.running_instances)
+    if running.note:
+        metadata["deployed"] = running.note
+    if running.keep:  # already running: a user data change would stop and start it
+        return _Outcome(metadata, resolved, running.warning)
     require_mime = any(c.cfn_resource_type == "AWS::EKS::Nodegroup" for c in consumers)
     try:
         new_user_data = splice_user_data(
@@ -395,11 +429,7 @@ def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
     except Unsupported as e:
         message = f"cdk-audit-backlog: {resource.node.path} is not tuned: {e}."
         return _Outcome({"skipped": str(e)}, resolved, ("cdk-audit-backlog:skipped", message))
-    # CloudFormation drops nulls: unknown type and memory are simply absent.
-    metadata: Dict[str, Any] = {"limit": "auto" if target is None else target, "reason": reason}
-    if types and memory:
-        metadata.update(instanceType=types[0], memoryMiB=memory)
-    return _Outcome(metadata, new_user_data)
+    return _Outcome(metadata, new_user_data, running.warning)
 
 
 def _skip_reason(resource: CfnResource, aspect: AuditBacklog) -> Optional[str]:
@@ -422,8 +452,13 @@ def _is_windows(resource: CfnResource) -> bool:
 
 def _limit_from_types(
     resource: CfnResource, lt_data: Any, consumers: Sequence[CfnResource], policy: BacklogPolicy
-) -> Tuple[Optional[int], List[str], Optional[int], str]:
-    """(limit or None for auto, types ordered smallest memory first, that memory, reason)."""
+) -> Tuple[Optional[int], List[str], Optional[int], str, Dict[str, int]]:
+    """(limit or None for auto, types ordered smallest memory first, that memory, reason, limit per type).
+
+    The limit per type is given only when the types are all known and map to more than one limit: then
+    the limit is None (auto) and each machine computes its own from MemTotal with the same policy, where
+    the smallest type's limit would leave the larger machines below the policy.
+    """
     stack = Stack.of(resource)
     if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate":
         own = _get(lt_data, "InstanceType")
@@ -440,23 +475,33 @@ def _limit_from_types(
         candidates = [stack.resolve(resource.instance_type)]  # type: ignore[attr-defined]
         where = "the resource"
     if not candidates:
-        return None, [], None, f"no instance type on {where}: computed at boot from MemTotal"
+        return None, [], None, f"no instance type on {where}: computed at boot from MemTotal", {}
     known: List[Tuple[int, str]] = []
     for t in candidates:
         memory = instance_memory.memory_mib(t) if isinstance(t, str) else None
         if memory is None:
             shown = t if isinstance(t, str) else "a token or instance requirements"
-            return None, [], None, f"instance type {shown} of {where} has no known memory: computed at boot from MemTotal"
+            return (
+                None, [], None, f"instance type {shown} of {where} has no known memory: computed at boot from MemTotal", {}
+            )
         known.append((memory, t))
     known.sort()
     memory, smallest = known[0]
     types = [smallest] + sorted({t for _, t in known} - {smallest})
     limit = policy.limit_for_memory(memory)
     if len(types) > 1:
+        per_type = {t: policy.limit_for_memory(m) for m, t in known}
+        low, high = min(per_type.values()), max(per_type.values())
+        if low != high:
+            reason = (
+                f"instance types {', '.join(types)} ({where}) map to different limits ({low}..{high}): "
+                f"each machine computes its own from MemTotal at boot"
+            )
+            return None, types, None, reason, {t: per_type[t] for t in types}
         reason = f"smallest memory among {', '.join(types)} ({where}), {memory} MiB"
     else:
         reason = f"instance type {smallest} ({memory} MiB) of {where}"
-    return limit, types, memory, reason
+    return limit, types, memory, reason, {}
 
 
 def _consumers(launch_template: CfnResource, aspect: AuditBacklog) -> List[CfnResource]:
