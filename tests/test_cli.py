@@ -372,6 +372,25 @@ def test_verify_fails_on_untuned_and_below_policy(capsys):
 
 
 @mock_aws
+def test_verify_accepts_a_running_instance_whose_user_data_was_kept_but_not_a_plain_one(capsys):
+    _deploy({"Old": ("t3.micro", "#!/bin/bash\necho untouched\n")}, with_asg=False)
+    cfn = boto3.client("cloudformation", region_name="us-east-1")
+    template = json.loads(json.dumps(cfn.get_template(StackName="Fleet")["TemplateBody"]))
+    template["Resources"]["Old"]["Metadata"] = {
+        "cdk-audit-backlog": {"limit": 1024, "deployed": "user data kept; tuned by the association"}}
+    template["Resources"]["New"] = json.loads(json.dumps(template["Resources"]["Old"]))
+    del template["Resources"]["New"]["Metadata"]
+    cfn.create_stack(StackName="Adopted", TemplateBody=json.dumps(template))
+    rc, out, err = run(["verify", "--stack", "Adopted", "--region", "us-east-1", "--format", "json"], capsys)
+    assert rc == 1, out + err  # New has no block and no record: untuned
+    rows = {r["resource"].split()[1]: r for r in json.loads(out)}
+    assert rows["(Old)"]["status"] == "kept" and not rows["(Old)"]["failed"]
+    assert "the SSM association tunes it" in rows["(Old)"]["note"]
+    assert rows["(New)"]["status"] == "untuned"
+    assert "2 checked, 1 untuned" in err
+
+
+@mock_aws
 def test_verify_unknown_stack_is_a_clear_error(capsys):
     rc, _, err = run(["verify", "--stack", "NoSuchStack", "--region", "us-east-1"], capsys)
     assert rc == 2
@@ -469,10 +488,27 @@ def test_report_flags_launches_without_the_block(tmp_path, capsys):
     assert rc == 0
     lines = out.splitlines()[2:]
     assert len(lines) == 2  # the bucket is not a launch
+    assert "running instance(s) keep" not in err
     assert "NO" in next(l for l in lines if "Bare" in l)
     assert "skipped" in next(l for l in lines if "Skipped" in l)
     assert "without the block" in err
     assert run(["report", str(out_dir), "--strict"], capsys)[0] == 1
+
+
+def test_report_does_not_count_a_running_instance_whose_user_data_was_kept(tmp_path, capsys):
+    out_dir = tmp_path / "cdk.out"
+    out_dir.mkdir()
+    kept = {"limit": 1024, "reason": "instance type t3.micro (1024 MiB) of the resource",
+            "deployed": "user data kept; tuned by the association"}
+    template = {"Resources": {"Web": {"Type": "AWS::EC2::Instance", "Metadata": {"cdk-audit-backlog": kept},
+                                      "Properties": {"UserData": {"Fn::Base64": "#!/bin/bash\necho hi\n"}}}}}
+    (out_dir / "S.template.json").write_text(json.dumps(template))
+    rc, out, err = run(["report", str(out_dir), "--strict", "--format", "json"], capsys)
+    assert rc == 0, err
+    (row,) = json.loads(out)
+    assert row["blocks"] == 0 and row["kept"] is True
+    assert row["reason"].endswith("; user data kept; tuned by the association")
+    assert "1 running instance(s) keep their user data" in err and "without the block" not in err
 
 
 def test_report_on_a_missing_directory(tmp_path, capsys):
