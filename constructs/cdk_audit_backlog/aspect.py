@@ -40,7 +40,7 @@ from aws_cdk import (
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct, IConstruct, IValidation
 
-from . import instance_memory
+from . import bottlerocket, instance_memory
 from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
 from .splice import Unsupported, literal_bytes, splice_user_data
 from .user_data import BlockInputs, render_block
@@ -85,6 +85,10 @@ class AuditBacklog:
         boot before auditd starts (takes effect at the next boot). Default: False.
     :param install_auditd: install auditd where the image lacks it. Default: False.
     :param allow_lower: lower a larger limit the image already has. Default: False (never lower).
+    :param bottlerocket: tune Bottlerocket launches (TOML user data) too: ``audit_backlog_limit`` goes
+        into ``settings.boot.kernel-parameters`` with ``settings.boot.reboot-to-reconcile = true`` (one
+        reboot during the first boot). Needs a known instance type or ``backlog_limit`` (Bottlerocket has
+        no boot hook to size from MemTotal). Default: False (skipped with a warning).
     :param exclude: predicate on each launch L1 resource; True leaves it untouched (Metadata says so).
         Default: None (no exclusions). See also :meth:`skip`.
     """
@@ -98,6 +102,7 @@ class AuditBacklog:
         kernel_cmdline: bool = False,
         install_auditd: bool = False,
         allow_lower: bool = False,
+        bottlerocket: bool = False,
         exclude: Optional[Callable[[CfnResource], bool]] = None,
     ) -> None:
         if backlog_limit is not None:
@@ -110,6 +115,7 @@ class AuditBacklog:
             ("kernel_cmdline", kernel_cmdline),
             ("install_auditd", install_auditd),
             ("allow_lower", allow_lower),
+            ("bottlerocket", bottlerocket),
         ):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
@@ -121,6 +127,7 @@ class AuditBacklog:
         self.kernel_cmdline = kernel_cmdline
         self.install_auditd = install_auditd
         self.allow_lower = allow_lower
+        self.bottlerocket = bottlerocket
         self.exclude = exclude
         # Per-stack index of which groups use which launch template, built once at synthesis (when the
         # tree is final) by the first launch template that needs it.
@@ -380,9 +387,12 @@ def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
     source = f"{types[0]}/{memory}MiB" if types and memory else "unknown"
     require_mime = any(c.cfn_resource_type == "AWS::EKS::Nodegroup" for c in consumers)
     try:
-        new_user_data = splice_user_data(
-            resolved, render_block(aspect.block_inputs(target, source)), require_mime=require_mime
-        )
+        if bottlerocket.is_bottlerocket_user_data(resolved):
+            new_user_data, target, reason = _merge_bottlerocket(resolved, aspect, target, reason)
+        else:
+            new_user_data = splice_user_data(
+                resolved, render_block(aspect.block_inputs(target, source)), require_mime=require_mime
+            )
     except Unsupported as e:
         message = f"cdk-audit-backlog: {resource.node.path} is not tuned: {e}."
         return _Outcome({"skipped": str(e)}, resolved, ("cdk-audit-backlog:skipped", message))
@@ -391,6 +401,28 @@ def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
     if types and memory:
         metadata.update(instanceType=types[0], memoryMiB=memory)
     return _Outcome(metadata, new_user_data)
+
+
+def _merge_bottlerocket(
+    resolved: Any, aspect: AuditBacklog, target: Optional[int], reason: str
+) -> Tuple[Any, int, str]:
+    """(user data, limit, reason) for Bottlerocket TOML, or Unsupported saying which option is missing."""
+    if not aspect.bottlerocket:
+        raise Unsupported(
+            "user data is Bottlerocket TOML settings (no auditd); AuditBacklog(bottlerocket=True) sets "
+            "audit_backlog_limit in settings.boot.kernel-parameters instead"
+        )
+    if target is None:
+        raise Unsupported(
+            f"Bottlerocket cannot size the limit at boot ({reason}); give the launch an instance type "
+            f"or the aspect a backlog_limit"
+        )
+    try:
+        user_data, merge = bottlerocket.merge_user_data(resolved, target, allow_lower=aspect.allow_lower)
+    except bottlerocket.NotToml as e:
+        raise Unsupported(f"Bottlerocket TOML settings the merge cannot keep intact: {e}") from None
+    notes = "".join(f"; {note}" for note in merge.notes)
+    return user_data, merge.limit, f"{reason}; Bottlerocket settings.boot.kernel-parameters{notes}"
 
 
 def _skip_reason(resource: CfnResource, aspect: AuditBacklog) -> Optional[str]:
