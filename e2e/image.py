@@ -1,11 +1,21 @@
-"""Builds the Debian 12 test image (cached by a key of its inputs) and its variants.
+"""Builds the Debian test images, one per suite (cached by a key of their inputs), and their variants.
 
-Two cache levels under ``.cache/e2e/`` (gitignored):
+Public API (stable; other scenarios build on it):
 
-* ``base-<key>/``: the mmdebstrap tree plus the kernel and initrd taken out of its ``/boot``. The key covers
-  the suite, the package list, mmdebstrap's version, the apt sources and the customize hook.
-* ``base-<key>/img-<variant>-<key>.raw``: an ext4 file system made with ``mkfs.ext4 -d`` from a copy of the tree with the guest
-  reporter installed and a layout variant applied. Its key adds the guest files and the variant's files.
+* ``SUITES``: the suites the harness builds, ``("bookworm", "trixie")``; ``DEFAULT_SUITE`` is bookworm.
+  ``SUITE_NAMES[suite]`` says which Debian it is ("Debian 12", "Debian 13").
+* ``build_image(variant=DEBIAN, suite=DEFAULT_SUITE) -> Image``: the variant's disk plus the suite's kernel
+  and initrd; ``Image.suite`` says which suite it is. ``VARIANTS`` maps names to the layouts.
+* ``build_base(suite)``, ``base_build_seconds(suite)``: the bootstrapped tree, and how long it took.
+
+Two cache levels under ``.cache/e2e/`` (``E2E_CACHE``; gitignored):
+
+* ``base-<key>/``: the mmdebstrap tree of one suite plus the kernel and initrd taken out of its ``/boot``. The
+  key covers the suite, the package list, mmdebstrap's version, the apt sources and the customize hook; the
+  file ``suite`` inside names the suite, so a new key of one suite replaces only that suite's old tree.
+* ``base-<key>/img-<variant>-<key>.raw``: an ext4 file system made with ``mkfs.ext4 -d`` from a copy of the
+  tree with the guest reporter installed and a layout variant applied. Its key adds the guest files and the
+  variant's files (as written on that suite).
 
 Boots never write to these: every boot gets its own qcow2 overlay (``vm.py``).
 """
@@ -27,7 +37,9 @@ REPO = Path(__file__).resolve().parent.parent
 GUEST = Path(__file__).resolve().parent / "guest"
 CACHE = Path(os.environ.get("E2E_CACHE", REPO / ".cache" / "e2e"))
 
-SUITE = "bookworm"
+SUITES = ("bookworm", "trixie")
+DEFAULT_SUITE = "bookworm"
+SUITE_NAMES = {"bookworm": "Debian 12", "trixie": "Debian 13"}
 PACKAGES = (
     "linux-image-cloud-amd64",
     "auditd",
@@ -84,6 +96,7 @@ class Image:
     initrd: Path
     disk: Path
     variant: Variant
+    suite: str = DEFAULT_SUITE
     timings: Dict[str, float] = field(default_factory=dict)
 
 
@@ -101,14 +114,35 @@ def _tool_version(cmd: list) -> bytes:
         return b"missing"
 
 
-def base_key() -> str:
+def _check_suite(suite: str) -> str:
+    if suite not in SUITES:
+        raise ValueError(f"suite must be one of {', '.join(SUITES)}, got {suite!r}")
+    return suite
+
+
+def apt_sources(suite: str) -> Optional[bytes]:
+    """The host's deb822 sources with its bookworm suites renamed to ``suite`` (None: mmdebstrap's default
+    mirror). Both suites live in the same archive and are signed by keys in debian-archive-keyring."""
+    if not APT_SOURCES.exists():
+        return None
+    text = APT_SOURCES.read_bytes()
+    return text if suite == "bookworm" else text.replace(b"bookworm", suite.encode())
+
+
+def base_key(suite: str = DEFAULT_SUITE) -> str:
     return _sha(
-        SUITE.encode(),
+        _check_suite(suite).encode(),
         ",".join(PACKAGES).encode(),
         _tool_version(["mmdebstrap", "--version"]),
-        APT_SOURCES.read_bytes() if APT_SOURCES.exists() else b"default-mirror",
+        apt_sources(suite) or b"default-mirror",
         (GUEST / "customize.sh").read_bytes(),
     )
+
+
+def _base_suite(base: Path) -> str:
+    """The suite of a cached base tree (trees from before the suite file were bookworm)."""
+    f = base / "suite"
+    return f.read_text().strip() if f.exists() else "bookworm"
 
 
 def _run(cmd: list, log: Path, timeout: float) -> None:
@@ -121,9 +155,17 @@ def _run(cmd: list, log: Path, timeout: float) -> None:
         raise RuntimeError(f"{cmd[0]} failed with exit {proc.returncode}; last output:\n{tail}")
 
 
-def build_base(timings: Optional[Dict[str, float]] = None) -> Path:
-    """The bootstrapped tree with kernel and initrd beside it; built once per key."""
-    key = base_key()
+def drop_old_bases(suite: str, keep: Path) -> None:
+    """Removes the suite's finished trees (and their images) other than ``keep``: dead weight once the key
+    moved on. The other suite's trees stay."""
+    for old in CACHE.glob("base-*"):
+        if old != keep and (old / "done").exists() and _base_suite(old) == suite:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def build_base(suite: str = DEFAULT_SUITE, timings: Optional[Dict[str, float]] = None) -> Path:
+    """The suite's bootstrapped tree with kernel and initrd beside it; built once per key."""
+    key = base_key(suite)
     base = CACHE / f"base-{key}"
     if (base / "done").exists():
         return base
@@ -138,12 +180,14 @@ def build_base(timings: Optional[Dict[str, float]] = None) -> Path:
         "--variant=apt",
         "--include=" + ",".join(PACKAGES),
         "--customize-hook=" + f"sh {GUEST / 'customize.sh'} \"$1\"",
-        SUITE,
+        suite,
         str(tmp / "tree"),
     ]
-    if APT_SOURCES.exists():
-        cmd.append(str(APT_SOURCES))
-    _run(cmd, log, timeout=1200)
+    sources = apt_sources(suite)
+    if sources is not None:
+        (tmp / "debian.sources").write_bytes(sources)
+        cmd.append(str(tmp / "debian.sources"))
+    _run(cmd, log, timeout=1800)
     boot = tmp / "tree" / "boot"
     kernels = sorted(boot.glob("vmlinuz-*"))
     initrds = sorted(boot.glob("initrd.img-*"))
@@ -152,21 +196,20 @@ def build_base(timings: Optional[Dict[str, float]] = None) -> Path:
     shutil.copy2(kernels[0], tmp / "vmlinuz")
     shutil.copy2(initrds[0], tmp / "initrd.img")
     (tmp / "kernel-version").write_text(kernels[0].name[len("vmlinuz-"):] + "\n")
+    (tmp / "suite").write_text(suite + "\n")
     (tmp / "done").write_text(f"{time.monotonic() - started:.1f}\n")
     if base.exists():
         shutil.rmtree(base)
     tmp.rename(base)
-    for old in CACHE.glob("base-*"):  # earlier keys (and their images) are dead weight
-        if old != base and (old / "done").exists():
-            shutil.rmtree(old, ignore_errors=True)
+    drop_old_bases(suite, keep=base)
     if timings is not None:
         timings["base_build_s"] = time.monotonic() - started
     return base
 
 
-def base_build_seconds() -> str:
-    """How long the current base tree took to build, for reports ("not built" if it is not there)."""
-    done = CACHE / f"base-{base_key()}" / "done"
+def base_build_seconds(suite: str = DEFAULT_SUITE) -> str:
+    """How long the suite's current base tree took to build, for reports ("not built" if it is not there)."""
+    done = CACHE / f"base-{base_key(suite)}" / "done"
     return f"built in {float(done.read_text()):.0f}s (cached by key)" if done.exists() else "not built"
 
 
@@ -178,10 +221,10 @@ def _guest_files() -> Tuple[Tuple[str, int, bytes], ...]:
     )
 
 
-def build_image(variant: Variant = DEBIAN) -> Image:
-    """The variant's ext4 image (cached), with the base's kernel and initrd."""
+def build_image(variant: Variant = DEBIAN, suite: str = DEFAULT_SUITE) -> Image:
+    """The variant's ext4 image on ``suite`` (one of ``SUITES``; cached), with the suite's kernel and initrd."""
     timings: Dict[str, float] = {}
-    base = build_base(timings)
+    base = build_base(suite, timings)
     guest = _guest_files()
     key = _sha(base.name.encode(), variant.key_material().encode(), *[p.encode() + c for p, _, c in guest])
     disk = base / f"img-{variant.name}-{key}.raw"
@@ -211,7 +254,8 @@ def build_image(variant: Variant = DEBIAN) -> Image:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         timings["image_build_s"] = time.monotonic() - started
-    return Image(kernel=base / "vmlinuz", initrd=base / "initrd.img", disk=disk, variant=variant, timings=timings)
+    return Image(kernel=base / "vmlinuz", initrd=base / "initrd.img", disk=disk, variant=variant, suite=suite,
+                 timings=timings)
 
 
 def _write(path: Path, mode: int, content: bytes) -> None:
@@ -223,9 +267,10 @@ def _write(path: Path, mode: int, content: bytes) -> None:
     os.chmod(path, mode)
 
 
-if __name__ == "__main__":  # python -m e2e.image [variant]: build and print what was built
+if __name__ == "__main__":  # python -m e2e.image [variant [suite]]: build and print what was built
     import sys
 
-    img = build_image(VARIANTS[sys.argv[1] if len(sys.argv) > 1 else "debian"])
-    print(json.dumps({"kernel": str(img.kernel), "initrd": str(img.initrd), "disk": str(img.disk),
-                      **img.timings}, indent=1))
+    img = build_image(VARIANTS[sys.argv[1] if len(sys.argv) > 1 else "debian"],
+                      sys.argv[2] if len(sys.argv) > 2 else DEFAULT_SUITE)
+    print(json.dumps({"suite": img.suite, "kernel": str(img.kernel), "initrd": str(img.initrd),
+                      "disk": str(img.disk), **img.timings}, indent=1))

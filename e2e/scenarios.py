@@ -1,6 +1,10 @@
 """The e2e scenarios: each boots the image (or a variant) with user data taken from a synthesized template
 and returns the parsed runs. Assertions live in ``tests/test_e2e_scenarios.py``; ``python -m e2e.scenarios``
-runs them all and prints a summary.
+runs them all and prints a summary (``--suite trixie`` for Debian 13; default bookworm).
+
+Every scenario takes ``suite`` (one of ``images.SUITES``): the same user data on Debian 12 (kernel 6.1,
+audit 3.0.9, cloud-init 22.4) or Debian 13 (kernel 6.12, audit 4.0.2, cloud-init 25.1). Serial logs go to
+``<E2E_WORKDIR>/<suite>/<scenario>/``.
 
 VM sizes follow the instance type whose user data is booted: t3.micro = 2 vCPU / 1 GiB,
 m5.large = 2 vCPU / 8 GiB (TCG allocates guest memory lazily; an idle 8 GiB guest uses far less).
@@ -82,49 +86,50 @@ class Scenario:
     runs: List[vm.Run]
     user_data: bytes
     seconds: float
+    suite: str = images.DEFAULT_SUITE
 
     @property
     def target(self) -> str:
         return userdata.block_target(self.user_data)
 
 
-def debian_default_and_rerun() -> Scenario:
-    """Scenarios 1 and 3: the t3.micro Instance's user data on Debian 12 as shipped, then the same disk with a
+def debian_default_and_rerun(suite: str = images.DEFAULT_SUITE) -> Scenario:
+    """Scenarios 1 and 3: the t3.micro Instance's user data on Debian as shipped, then the same disk with a
     new instance-id (cloud-init runs the user data again)."""
     started = time.monotonic()
     ud = userdata.find(example_user_data(), "Web")
-    img = images.build_image(images.DEBIAN)
-    wd = workdir("debian")
+    img = images.build_image(images.DEBIAN, suite)
+    wd = workdir(f"{suite}/debian")
     first = vm.boot(img, name="debian-1", workdir=wd, user_data=ud, instance_id="i-e2e-debian-1",
                     memory_mib=T3_MICRO_MIB)
     second = vm.boot(img, name="debian-2-rerun", workdir=wd, user_data=ud, instance_id="i-e2e-debian-2",
                      overlay=wd / "debian-1.qcow2", memory_mib=T3_MICRO_MIB)
-    return Scenario("debian", [first, second], ud, time.monotonic() - started)
+    return Scenario("debian", [first, second], ud, time.monotonic() - started, suite)
 
 
-def al2_layout(storm_spec: str = "") -> Scenario:
+def al2_layout(storm_spec: str = "", suite: str = images.DEFAULT_SUITE) -> Scenario:
     """Scenario 2: the m5.large launch template's user data on an AL2-like layout (-b 320,
     RefuseManualStop=yes), in an 8 GiB guest; optionally followed by a storm (see ``guest/e2e-storm.sh``)."""
     started = time.monotonic()
     ud = userdata.find(example_user_data(), "WorkerTemplate")
-    img = images.build_image(images.AL2)
-    wd = workdir("al2" + ("-storm" if storm_spec else ""))
+    img = images.build_image(images.AL2, suite)
+    wd = workdir(f"{suite}/al2" + ("-storm" if storm_spec else ""))
     extra = f"e2e.storm={storm_spec}" if storm_spec else ""
     run = vm.boot(img, name="al2", workdir=wd, user_data=ud, instance_id="i-e2e-al2-1",
                   memory_mib=M5_LARGE_MIB, extra_append=extra, timeout_s=1800 if storm_spec else 600)
-    return Scenario("al2", [run], ud, time.monotonic() - started)
+    return Scenario("al2", [run], ud, time.monotonic() - started, suite)
 
 
-def immutable_then_reboot() -> Scenario:
+def immutable_then_reboot(suite: str = images.DEFAULT_SUITE) -> Scenario:
     """Scenario 4: AL2-like layout plus ``-e 2``: boot 1 cannot change the kernel; boot 2 (a reboot inside the
     same qemu run, user data not re-run) must come up with the persisted limit."""
     started = time.monotonic()
     ud = userdata.find(example_user_data(), "Web")
-    img = images.build_image(images.IMMUTABLE)
-    wd = workdir("immutable")
+    img = images.build_image(images.IMMUTABLE, suite)
+    wd = workdir(f"{suite}/immutable")
     run = vm.boot(img, name="immutable", workdir=wd, user_data=ud, instance_id="i-e2e-immutable-1",
                   memory_mib=T3_MICRO_MIB, extra_append="e2e.boots=2", timeout_s=900)
-    return Scenario("immutable", [run], ud, time.monotonic() - started)
+    return Scenario("immutable", [run], ud, time.monotonic() - started, suite)
 
 
 def grub_args(linux_line: str) -> str:
@@ -135,15 +140,15 @@ def grub_args(linux_line: str) -> str:
     return " ".join(parts[2:])
 
 
-def kernel_cmdline_and_strict_user_script() -> Scenario:
+def kernel_cmdline_and_strict_user_script(suite: str = images.DEFAULT_SUITE) -> Scenario:
     """Scenarios 5 and 6: the fixture app's Instance (kernel_cmdline=True; user script with ``set -e`` ending
     in ``exit 0``). Boot 2 acts as the bootloader: it boots with the arguments of the first menuentry of the
     grub.cfg that update-grub regenerated in boot 1 (the image has grub's configuration but boots with
     -kernel; a real bootloader would pass exactly these)."""
     started = time.monotonic()
     ud = userdata.find(fixture_user_data(), "Strict")
-    img = images.build_image(images.DEBIAN)
-    wd = workdir("cmdline")
+    img = images.build_image(images.DEBIAN, suite)
+    wd = workdir(f"{suite}/cmdline")
     first = vm.boot(img, name="cmdline-1", workdir=wd, user_data=ud, instance_id="i-e2e-cmdline-1",
                     memory_mib=T3_MICRO_MIB)
     runs = [first]
@@ -153,17 +158,18 @@ def kernel_cmdline_and_strict_user_script() -> Scenario:
         second = vm.boot(img, name="cmdline-2-grub", workdir=wd, user_data=ud, instance_id="i-e2e-cmdline-1",
                          overlay=wd / "cmdline-1.qcow2", memory_mib=T3_MICRO_MIB, append=args)
         runs.append(second)
-    return Scenario("cmdline", runs, ud, time.monotonic() - started)
+    return Scenario("cmdline", runs, ud, time.monotonic() - started, suite)
 
 
 def summary(s: Scenario) -> Dict[str, object]:
-    out: Dict[str, object] = {"scenario": s.name, "target": s.target, "seconds": round(s.seconds, 1), "boots": []}
+    out: Dict[str, object] = {"scenario": s.name, "suite": s.suite, "target": s.target,
+                              "seconds": round(s.seconds, 1), "boots": []}
     for run in s.runs:
         for n, rep in sorted(run.boots.items()):
             out["boots"].append({  # type: ignore[union-attr]
                 "run": run.name, "boot": n, "accel": run.accel, "run_seconds": round(run.elapsed_s, 1),
                 "limit": vm.audit_status(rep).get("backlog_limit"), "enabled": vm.audit_status(rep).get("enabled"),
-                "result": result_line(rep), "cmdline": rep.get("cmdline"),
+                "result": result_line(rep), "cmdline": rep.get("cmdline"), "kernel": rep.get("kernel"),
             })
     return out
 
@@ -175,8 +181,15 @@ ALL = {
     "cmdline": kernel_cmdline_and_strict_user_script,
 }
 
-if __name__ == "__main__":
-    import sys
+if __name__ == "__main__":  # python -m e2e.scenarios [--suite SUITE] [scenario ...]
+    import argparse
 
-    for name in sys.argv[1:] or list(ALL):
-        print(json.dumps(summary(ALL[name]()), indent=1), flush=True)
+    ap = argparse.ArgumentParser(prog="python -m e2e.scenarios")
+    ap.add_argument("--suite", choices=images.SUITES, default=images.DEFAULT_SUITE)
+    ap.add_argument("names", nargs="*", metavar="scenario", help=f"any of {', '.join(ALL)} (default: all)")
+    args = ap.parse_args()
+    unknown = sorted(set(args.names) - set(ALL))
+    if unknown:
+        ap.error(f"unknown scenario {', '.join(unknown)}")
+    for name in args.names or list(ALL):
+        print(json.dumps(summary(ALL[name](suite=args.suite)), indent=1), flush=True)

@@ -22,7 +22,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
-from cdk_audit_backlog import AuditBacklog, cli
+from cdk_audit_backlog import AuditBacklog, aws_api, cli, verify
 from cdk_audit_backlog import instance_memory as im
 from cdk_audit_backlog.policy import BacklogPolicy
 
@@ -197,7 +197,7 @@ def test_throttling_is_retried_with_backoff_then_reported(tmp_path, monkeypatch,
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://localhost:{server.server_address[1]}")
-        monkeypatch.setattr(cli, "MAX_ATTEMPTS", 2)
+        monkeypatch.setattr(aws_api, "MAX_ATTEMPTS", 2)
         argv = ["refresh-types", "--region", "us-east-1", "--output", str(tmp_path / "t.txt")]
         rc, _, err = run(argv, capsys)
     finally:
@@ -407,7 +407,7 @@ def test_verify_reports_progress_up_to_the_total():
 )
 def test_classification(target, applied, expected, status):
     c = cli.LaunchCheck("r", "instance", "m5.large", 8192, expected, True, target, applied=applied)
-    cli._classify(c)
+    verify._classify(c)
     assert c.status == status
     assert c.failed == (status == "below-policy")
 
@@ -511,7 +511,7 @@ def test_verify_a_fleet_of_150_checks_every_instance_with_bounded_concurrency(mo
             with lock:
                 in_flight[0] -= 1
 
-    monkeypatch.setattr(cli, "decode_stored_user_data", counting_decode)
+    monkeypatch.setattr(verify, "decode_stored_user_data", counting_decode)
     progress = io.StringIO()
     checks = cli.check_stack(
         "Big", region="us-east-1", max_workers=4, progress=cli._progress_printer(progress)
@@ -557,10 +557,10 @@ def test_block_source():
 def test_auto_floor_allows_memtotal_below_nominal():
     # A 1 GiB t3.micro boots with MemTotal about 8 % lower; "auto" must not read as below policy for that.
     c = cli.LaunchCheck("r", "instance", "t3.micro", 1024, 1024, True, "auto", applied=512, floor=512)
-    cli._classify(c)
+    verify._classify(c)
     assert c.status == "tuned"
     c = cli.LaunchCheck("r", "instance", "t3.micro", 1024, 1024, True, "auto", applied=256, floor=512)
-    cli._classify(c)
+    verify._classify(c)
     assert c.status == "below-policy"
 
 

@@ -1,0 +1,68 @@
+"""``plan``: the limit the policy gives each instance type (memory, limit, worst case, share of memory)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, List, Optional, Tuple
+
+from . import instance_memory
+from .policy import BacklogPolicy
+
+_MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    """One row of ``plan``. ``memory_mib``/``limit`` are None for an unknown type."""
+
+    type: str
+    memory_mib: Optional[int]
+    limit: Optional[int]
+    worst_case_mib: Optional[float]
+    percent_of_memory: Optional[float]
+
+
+_MEMORY_ARG_RE = re.compile(r"^([0-9]+)(MiB|GiB)$")
+
+
+def plan_rows(names: Iterable[str], policy: BacklogPolicy) -> List[PlanRow]:
+    """Rows for instance type names; ``4096MiB`` / ``16GiB`` plan for a bare memory size."""
+    rows = []
+    for name in names:
+        m = _MEMORY_ARG_RE.match(name)
+        if m:
+            mib: Optional[int] = int(m.group(1)) * (1024 if m.group(2) == "GiB" else 1)
+        else:
+            mib = instance_memory.memory_mib(name)
+        if mib is None:
+            rows.append(PlanRow(name, None, None, None, None))
+            continue
+        limit = policy.limit_for_memory(mib)
+        worst = policy.worst_case_bytes(limit)
+        rows.append(
+            PlanRow(
+                type=name,
+                memory_mib=mib,
+                limit=limit,
+                worst_case_mib=round(worst / _MIB, 1),
+                percent_of_memory=round(100 * worst / (mib * _MIB), 3) if mib else None,
+            )
+        )
+    return rows
+
+
+
+def type_sort_key(name: str) -> Tuple[str, int, str]:
+    """Sort key for instance type names: family, then size from nano to the largest xlarge."""
+    family, _, size = name.partition(".")
+    m = re.match(r"^([0-9]*)xlarge$", size)
+    order = {"nano": 0, "micro": 1, "small": 2, "medium": 3, "large": 4}
+    if size in order:
+        rank = order[size]
+    elif m:
+        rank = 10 + int(m.group(1) or 1)
+    else:
+        rank = 10_000
+    return (family, rank, size)
+

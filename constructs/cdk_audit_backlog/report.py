@@ -1,0 +1,73 @@
+"""``report``: what the aspect chose for every launch resource of a synthesized cloud assembly."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+from .errors import CliError
+
+METADATA_KEY = "cdk-audit-backlog"
+
+
+@dataclass
+class ReportRow:
+    """One launch resource of a synthesized template.
+
+    ``limit`` is the Metadata's limit (``8192``, ``auto``), ``skipped``, or ``-`` when the aspect never saw
+    the resource; ``blocks`` is how many blocks its decoded user data carries (None: an ASG, whose launch
+    template or configuration carries them).
+    """
+
+    template: str
+    logical_id: str
+    resource_type: str
+    limit: str
+    instance_type: Optional[str]
+    memory_mib: Optional[int]
+    blocks: Optional[int]
+    reason: str
+
+
+def report_assembly(cdk_out: Path) -> List[ReportRow]:
+    """Rows for every launch resource of every template in a cloud assembly (nested assemblies too).
+
+    User data is decoded by :mod:`cdk_audit_backlog.testing` (the reader that shares no code with the
+    writer); the choice is read from the ``cdk-audit-backlog`` Metadata the aspect writes.
+    """
+    from . import testing
+
+    if not cdk_out.is_dir():
+        raise CliError(f"report: {cdk_out} is not a directory (run cdk synth first)")
+    templates = sorted(cdk_out.rglob("*.template.json"))
+    if not templates:
+        raise CliError(f"report: no *.template.json under {cdk_out}")
+    rows: List[ReportRow] = []
+    for path in templates:
+        name = str(path.relative_to(cdk_out))
+        try:
+            template = json.loads(path.read_text(encoding="utf-8"))
+            found = {l.logical_id: l for l in testing.launches(template)}
+        except ValueError as e:  # bad JSON, or testing.MalformedBlock
+            raise CliError(f"report: {name}: {e}") from None
+        for logical_id, res in (template.get("Resources") or {}).items():
+            meta = (res.get("Metadata") or {}).get(METADATA_KEY)
+            launch = found.get(logical_id)
+            if launch is None and meta is None:
+                continue
+            blocks = None
+            if launch is not None:
+                blocks = launch.tuning.count if launch.tuning else 0
+            row = ReportRow(name, logical_id, res.get("Type", "?"), "-", None, None, blocks,
+                            "no cdk-audit-backlog metadata")
+            if isinstance(meta, dict) and "skipped" in meta:
+                row.limit, row.reason = "skipped", str(meta["skipped"])
+            elif isinstance(meta, dict):
+                row.limit = str(meta.get("limit"))
+                row.instance_type = meta.get("instanceType")
+                row.memory_mib = meta.get("memoryMiB")
+                row.reason = str(meta.get("reason", ""))
+            rows.append(row)
+    return rows

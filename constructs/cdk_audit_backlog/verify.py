@@ -1,0 +1,360 @@
+"""``verify``: checks that every instance of a deployed stack booted with the block and the expected limit.
+
+CloudFormation gives the stack's instances, ASGs and launch templates; Auto Scaling their instances; EC2 the
+types, stored user data and console output. The user data decoder here is written independently of the code
+that produces the block (STYLE.md: the checker must not share code with the producer).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email
+import gzip
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from . import instance_memory
+from .aws_api import NotFound, aws_errors, boto3_module, client_config
+from .policy import BacklogPolicy
+
+BLOCK_BEGIN = "# >>> cdk-audit-backlog >>>"
+BLOCK_END = "# <<< cdk-audit-backlog <<<"
+
+
+def decode_stored_user_data(value: Optional[str]) -> Optional[str]:
+    """Text of user data as EC2 returns it (base64; possibly gzip; possibly MIME multipart).
+
+    For MIME, the text parts are joined in order, so a block inside any part is found. None for none.
+    Written independently of the code that produces the block (see STYLE.md: the checker must not share
+    code with the producer).
+    """
+    if not value:
+        return None
+    try:
+        raw = base64.b64decode(value, validate=False)
+    except (binascii.Error, ValueError):
+        raw = value.encode()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    text = raw.decode("utf-8", errors="replace")
+    if text.lstrip().lower().startswith(("content-type: multipart", "mime-version:")):
+        msg = email.message_from_string(text)
+        if msg.is_multipart():
+            parts = []
+            for part in msg.walk():
+                if part.is_multipart():
+                    continue
+                payload = part.get_payload(decode=True)
+                if payload is None:
+                    continue
+                if payload[:2] == b"\x1f\x8b":
+                    payload = gzip.decompress(payload)
+                parts.append(payload.decode("utf-8", errors="replace"))
+            return "\n".join(parts)
+    return text
+
+
+_TARGET_RE = re.compile(r"^CAB_TARGET=['\"]?([0-9]+|auto)['\"]?\s*$", re.M)
+
+
+def block_target(user_data: Optional[str]) -> Tuple[bool, Optional[str]]:
+    """``(block present, CAB_TARGET)``: the block is the text between the markers (both, in order)."""
+    if not user_data:
+        return False, None
+    begin = user_data.find(BLOCK_BEGIN)
+    end = user_data.find(BLOCK_END, begin + 1) if begin >= 0 else -1
+    if begin < 0 or end < 0:
+        return False, None
+    m = _TARGET_RE.search(user_data, begin, end)
+    return True, (m.group(1) if m else None)
+
+
+_SOURCE_RE = re.compile(r"^CAB_SOURCE=['\"]?([a-z0-9][a-z0-9.-]*)/([0-9]+)MiB['\"]?\s*$", re.M)
+
+
+def block_source(user_data: Optional[str]) -> Optional[Tuple[str, int]]:
+    """``(instance type, MiB)`` the block's limit was chosen for (its ``CAB_SOURCE``), or None."""
+    if not user_data:
+        return None
+    begin = user_data.find(BLOCK_BEGIN)
+    end = user_data.find(BLOCK_END, begin + 1) if begin >= 0 else -1
+    m = _SOURCE_RE.search(user_data, begin, end) if begin >= 0 and end >= 0 else None
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+@dataclass(frozen=True)
+class ConsoleResult:
+    """The block's result line found in a console log. ``old``/``new`` are None where the line says ``?``
+    (the block could not read the kernel's limit, e.g. no ``auditctl``)."""
+
+    old: Optional[int]
+    new: Optional[int]
+    detail: str
+    line: str
+
+
+_RESULT_RE = re.compile(
+    r"cdk-audit-backlog: backlog_limit (?P<old>[0-9]+|\?) -> (?P<new>[0-9]+|\?)"
+    r"(?: \((?P<detail>[^)\r\n]*)\))?"
+)
+
+
+def parse_console_result(console: Optional[str]) -> Optional[ConsoleResult]:
+    """The last ``cdk-audit-backlog: backlog_limit OLD -> NEW (...)`` line of a console log, or None.
+
+    Tolerates what serial consoles add around it (kernel and cloud-init prefixes, timestamps, CR).
+    """
+    if not console:
+        return None
+    found = None
+    for line in console.splitlines():
+        m = _RESULT_RE.search(line)
+        if m:
+            found = (m, line)
+    if not found:
+        return None
+    m, line = found
+
+    def num(text: str) -> Optional[int]:
+        return int(text) if text.isdigit() else None
+
+    return ConsoleResult(
+        old=num(m.group("old")), new=num(m.group("new")), detail=m.group("detail") or "", line=line.strip()
+    )
+
+
+
+@dataclass
+class LaunchCheck:
+    """One instance or launch template of a stack, checked.
+
+    status: ``tuned``, ``untuned`` (no block), ``below-policy``, ``auto`` (the block computes the limit at
+    boot and no console line proves it yet), ``unverified`` (the console line says ``-> ?``),
+    ``not-running``. Only ``untuned`` and ``below-policy`` fail ``verify``.
+    """
+
+    resource: str
+    kind: str
+    instance_type: Optional[str]
+    memory_mib: Optional[int]
+    expected: Optional[int]
+    block: bool
+    target: Optional[str]
+    applied: Optional[int] = None
+    console_line: Optional[str] = None
+    status: str = "?"
+    problem: str = ""
+    #: the least limit accepted when it differs from ``expected`` (see ``note``).
+    floor: Optional[int] = None
+    note: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("untuned", "below-policy")
+
+
+def _classify(check: LaunchCheck) -> None:
+    exp = check.floor if check.floor is not None else check.expected
+    if not check.block:
+        check.status, check.problem = "untuned", "user data has no cdk-audit-backlog block"
+        return
+    if check.target is None:
+        check.status, check.problem = "untuned", "block has no CAB_TARGET line"
+        return
+    if check.target.isdigit() and exp is not None and int(check.target) < exp:
+        check.status = "below-policy"
+        check.problem = f"block target {check.target} < policy {exp} for {check.memory_mib} MiB"
+        return
+    if check.applied is not None and exp is not None and check.applied < exp:
+        check.status = "below-policy"
+        check.problem = f"console shows {check.applied} applied < policy {exp}"
+        return
+    if check.target == "auto" and check.applied is None:
+        check.status = "auto"
+        return
+    check.status = "tuned"
+
+
+def _stack_resources(cfn: Any, stack: str, depth: int = 0) -> List[Dict[str, Any]]:
+    out: List[Dict[str, Any]] = []
+    for page in cfn.get_paginator("list_stack_resources").paginate(StackName=stack):
+        for r in page.get("StackResourceSummaries", []):
+            nested = r.get("ResourceType") == "AWS::CloudFormation::Stack" and r.get("PhysicalResourceId")
+            if nested and depth < 5:
+                out += _stack_resources(cfn, r["PhysicalResourceId"], depth + 1)
+            else:
+                out.append(r)
+    return out
+
+
+def _chunks(items: Sequence[str], n: int) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def check_stack(
+    stack: str,
+    *,
+    session: Any = None,
+    region: Optional[str] = None,
+    policy: Optional[BacklogPolicy] = None,
+    max_workers: int = 8,
+    console: bool = True,
+    launch_templates: bool = True,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> List[LaunchCheck]:
+    """Check every instance (and launch template) of a deployed stack; see ``LaunchCheck`` for statuses.
+
+    CloudFormation gives the stack's instances, ASGs and launch templates (nested stacks included);
+    Auto Scaling gives the ASGs' instances; EC2 gives types, stored user data and console output. Every
+    list call is paginated; per-instance calls run with at most ``max_workers`` in flight.
+    """
+    policy = policy or BacklogPolicy()
+    boto3 = boto3_module()
+    session = session or boto3.session.Session(region_name=region)
+    config = client_config()
+    kw = {"region_name": region} if region else {}
+    what = f"stack {stack}"
+    cfn, ec2, asg = aws_errors(
+        what,
+        lambda: [session.client(s, config=config, **kw) for s in ("cloudformation", "ec2", "autoscaling")],
+    )
+
+    resources = aws_errors(what, lambda: _stack_resources(cfn, stack))
+    instance_ids: Dict[str, str] = {}  # id -> label
+    asg_names: Dict[str, str] = {}  # physical name -> logical id
+    lt_ids: Dict[str, str] = {}
+    for r in resources:
+        pid = r.get("PhysicalResourceId")
+        if not pid:
+            continue
+        rtype = r.get("ResourceType")
+        if rtype == "AWS::EC2::Instance":
+            instance_ids[pid] = r["LogicalResourceId"]
+        elif rtype == "AWS::AutoScaling::AutoScalingGroup":
+            asg_names[pid] = r["LogicalResourceId"]
+        elif rtype == "AWS::EC2::LaunchTemplate":
+            lt_ids[pid] = r["LogicalResourceId"]
+
+    def asg_instances() -> None:
+        for names in _chunks(sorted(asg_names), 50):
+            for page in asg.get_paginator("describe_auto_scaling_groups").paginate(
+                AutoScalingGroupNames=list(names)
+            ):
+                for g in page.get("AutoScalingGroups", []):
+                    for i in g.get("Instances", []):
+                        label = asg_names.get(g["AutoScalingGroupName"], g["AutoScalingGroupName"])
+                        instance_ids.setdefault(i["InstanceId"], f"{label} instance")
+
+    aws_errors(what, asg_instances)
+
+    types: Dict[str, Tuple[Optional[str], str]] = {}
+
+    def describe() -> None:
+        ids = sorted(instance_ids)
+        for chunk in _chunks(ids, 200):
+            # A filter, not InstanceIds: an id terminated since the listing must not fail the whole chunk.
+            filters = [{"Name": "instance-id", "Values": list(chunk)}]
+            for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
+                for res in page.get("Reservations", []):
+                    for inst in res.get("Instances", []):
+                        types[inst["InstanceId"]] = (
+                            inst.get("InstanceType"),
+                            inst.get("State", {}).get("Name", "?"),
+                        )
+
+    aws_errors(what, describe)
+
+    def expected_for(itype: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
+        mib = instance_memory.memory_mib(itype) if itype else None
+        return mib, (policy.limit_for_memory(mib) if mib is not None else None)
+
+    def check_instance(iid: str) -> LaunchCheck:
+        itype, state = types.get(iid, (None, "gone"))
+        mib, exp = expected_for(itype)
+        label = f"{iid} ({instance_ids[iid]})"
+        gone = LaunchCheck(
+            label, "instance", itype, mib, exp, block=False, target=None, status="not-running", problem=state
+        )
+        if state in ("gone", "terminated", "shutting-down"):
+            return gone
+        try:
+            attr = aws_errors(
+                f"instance {iid}",
+                lambda: ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData"),
+            )
+        except NotFound:
+            return gone
+        text = decode_stored_user_data(attr.get("UserData", {}).get("Value"))
+        block, target = block_target(text)
+        c = LaunchCheck(label, "instance", itype, mib, exp, block, target)
+        source = block_source(text)
+        if source and mib is not None and source[0] != itype and source[1] < mib:
+            # A mixed-instances group: the aspect sizes for the smallest type, so the worst case fits it.
+            c.floor = policy.limit_for_memory(source[1])
+            c.note = f"chosen for {source[0]} ({source[1]} MiB), the smallest type of its group"
+        elif target == "auto" and mib is not None:
+            # Computed at boot from MemTotal, which is below the nominal memory by the kernel's reservations.
+            c.floor = policy.limit_for_memory(mib * 9 // 10)
+        if console and state == "running":
+            try:
+                out = aws_errors(f"instance {iid}", lambda: ec2.get_console_output(InstanceId=iid))
+            except NotFound:
+                out = {}
+            raw = out.get("Output")
+            log = None
+            if raw:
+                try:
+                    log = base64.b64decode(raw).decode("utf-8", errors="replace")
+                except (binascii.Error, ValueError):
+                    log = raw
+            res = parse_console_result(log)
+            if res:
+                c.applied, c.console_line = res.new, res.line
+        _classify(c)
+        if c.console_line and c.applied is None and not c.failed:
+            c.status = "unverified"
+            c.problem = "the block could not read the kernel's limit (auditctl missing?)"
+        if state not in ("running", "pending") and not c.failed:
+            c.status = "not-running"
+        return c
+
+    def check_lt(lt_id: str) -> LaunchCheck:
+        resp = aws_errors(
+            f"launch template {lt_id}",
+            lambda: ec2.describe_launch_template_versions(LaunchTemplateId=lt_id, Versions=["$Latest"]),
+        )
+        versions = resp.get("LaunchTemplateVersions", [])
+        data = versions[0].get("LaunchTemplateData", {}) if versions else {}
+        itype = data.get("InstanceType")
+        mib, exp = expected_for(itype)
+        block, target = block_target(decode_stored_user_data(data.get("UserData")))
+        c = LaunchCheck(f"{lt_id} ({lt_ids[lt_id]})", "launch-template", itype, mib, exp, block, target)
+        _classify(c)
+        if c.status == "tuned" and target == "auto":
+            c.status = "auto"
+        return c
+
+    jobs: List[Callable[[], LaunchCheck]] = [
+        lambda i=i: check_lt(i) for i in (lt_ids if launch_templates else [])
+    ]
+    jobs += [lambda i=i: check_instance(i) for i in sorted(instance_ids)]
+    total = len(jobs)
+    done = [0]
+    lock = threading.Lock()
+
+    def run(job: Callable[[], LaunchCheck]) -> LaunchCheck:
+        r = job()
+        with lock:
+            done[0] += 1
+            if progress:
+                progress(done[0], total)
+        return r
+
+    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+        return list(pool.map(run, jobs))
+
