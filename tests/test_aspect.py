@@ -108,25 +108,77 @@ def test_launch_template_without_user_data_gets_one_created():
     assert cab_target(text) == "8192"
 
 
-def test_launch_template_without_type_takes_the_groups_smallest_override():
-    app, stack, vpc = new_stack()
-    lt = ec2.LaunchTemplate(stack, "LT", machine_image=IMAGE, user_data=ec2.UserData.for_linux())
+def mixed_group(stack, vpc, types, name="G"):
+    lt = ec2.LaunchTemplate(stack, name + "Lt", machine_image=IMAGE, user_data=ec2.UserData.for_linux())
     autoscaling.AutoScalingGroup(
-        stack, "G", vpc=vpc,
+        stack, name, vpc=vpc,
         mixed_instances_policy=autoscaling.MixedInstancesPolicy(
             launch_template=lt,
             launch_template_overrides=[
-                autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType("r5.2xlarge")),
-                autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType("t3.medium")),
+                autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t)) for t in types
             ],
         ),
     )
+    return lt
+
+
+def block_line(text: str, name: str) -> str:
+    return next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith(name + "="))
+
+
+def test_group_whose_types_map_to_different_limits_runs_auto_and_lists_them():
+    app, stack, vpc = new_stack()
+    mixed_group(stack, vpc, ["r5.2xlarge", "t3.medium"])
     AuditBacklog.apply_to(app)
     lt_res = only(stack, "AWS::EC2::LaunchTemplate")
-    assert cab_target(user_data_of(lt_res)) == "4096"  # t3.medium: 4 GiB
+    text = user_data_of(lt_res)
+    # t3.medium (4 GiB) gets 4096, r5.2xlarge (64 GiB) 65536: one number would leave one of them wrong.
+    assert cab_target(text) == "auto" and block_line(text, "CAB_SOURCE") == "mixed"
     meta = lt_res["Metadata"][METADATA_KEY]
-    assert meta["instanceType"] == "t3.medium" and meta["memoryMiB"] == 4096
-    assert "r5.2xlarge" in meta["reason"]
+    assert meta["limit"] == "auto"
+    assert meta["perType"] == {"t3.medium": 4096, "r5.2xlarge": 65536}
+    assert list(meta["perType"]) == ["t3.medium", "r5.2xlarge"]  # smallest memory first
+    assert "instanceType" not in meta and "memoryMiB" not in meta
+    assert "map to different limits (4096..65536)" in meta["reason"]
+
+
+def test_per_type_limits_follow_the_aspects_policy():
+    app, stack, vpc = new_stack()
+    mixed_group(stack, vpc, ["m5.large", "r5.4xlarge"])
+    AuditBacklog.apply_to(app, policy=BacklogPolicy(memory_fraction=0.02, maximum=65536))
+    lt_res = only(stack, "AWS::EC2::LaunchTemplate")
+    assert lt_res["Metadata"][METADATA_KEY]["perType"] == {"m5.large": 16384, "r5.4xlarge": 65536}
+    assert block_line(user_data_of(lt_res), "CAB_FRACTION_PPM") == "20000"  # auto computes with that policy
+
+
+def test_group_whose_types_all_map_to_one_limit_keeps_the_fixed_number():
+    app, stack, vpc = new_stack()
+    mixed_group(stack, vpc, ["m5.large", "t3.large"], name="Same")  # both 8 GiB
+    mixed_group(stack, vpc, ["r5.8xlarge", "x2iedn.8xlarge"], name="Capped")  # 256 GiB, 1 TiB: both the maximum
+    AuditBacklog.apply_to(app)
+    metas = {k: r["Metadata"][METADATA_KEY] for k, r in resources(stack, "AWS::EC2::LaunchTemplate").items()}
+    same = next(m for k, m in metas.items() if k.startswith("SameLt"))
+    capped = next(m for k, m in metas.items() if k.startswith("CappedLt"))
+    assert same["limit"] == 8192 and "perType" not in same
+    assert capped["limit"] == 262144 and "perType" not in capped and capped["instanceType"] == "r5.8xlarge"
+
+
+def test_group_with_an_unknown_type_stays_auto_without_per_type_limits():
+    app, stack, vpc = new_stack()
+    mixed_group(stack, vpc, ["m5.large", "zz9.plural"])
+    AuditBacklog.apply_to(app)
+    lt_res = only(stack, "AWS::EC2::LaunchTemplate")
+    meta = lt_res["Metadata"][METADATA_KEY]
+    assert meta["limit"] == "auto" and "perType" not in meta and "zz9.plural" in meta["reason"]
+    assert block_line(user_data_of(lt_res), "CAB_SOURCE") == "unknown"
+
+
+def test_fixed_backlog_limit_on_the_aspect_wins_over_per_type_sizing():
+    app, stack, vpc = new_stack()
+    mixed_group(stack, vpc, ["m5.large", "r5.4xlarge"])
+    AuditBacklog.apply_to(app, backlog_limit=65536)
+    meta = only(stack, "AWS::EC2::LaunchTemplate")["Metadata"][METADATA_KEY]
+    assert meta == {"limit": 65536, "reason": "backlog_limit set on the aspect"}
 
 
 def test_launch_template_without_any_known_type_runs_auto_at_boot():

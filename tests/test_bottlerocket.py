@@ -367,3 +367,31 @@ def test_aspect_with_bottlerocket_and_no_instance_type_skips_naming_backlog_limi
 def test_bottlerocket_option_is_validated():
     with pytest.raises(ValueError, match="bottlerocket"):
         AuditBacklog(bottlerocket="yes")
+
+
+def test_aspect_with_bottlerocket_gives_a_mixed_group_its_smallest_types_limit():
+    """Mixed groups otherwise size per machine at boot ("auto"), which Bottlerocket cannot: the TOML gets the
+    limit of the smallest-memory override, so the worst case fits every machine of the group."""
+    from aws_cdk import aws_autoscaling as autoscaling
+
+    app = cdk.App()
+    stack = cdk.Stack(app, "BrMixed", env=cdk.Environment(account="123456789012", region="us-east-1"))
+    network = ec2.Vpc(stack, "Vpc", max_azs=1, nat_gateways=0,
+                      subnet_configuration=[ec2.SubnetConfiguration(name="p", subnet_type=ec2.SubnetType.PUBLIC)])
+    lt = ec2.LaunchTemplate(stack, "Lt", user_data=ec2.UserData.custom('[settings.ecs]\ncluster = "c"\n'),
+                            machine_image=ec2.MachineImage.generic_linux({"us-east-1": "ami-0123456789abcdef0"}))
+    autoscaling.AutoScalingGroup(
+        stack, "Group", vpc=network,
+        mixed_instances_policy=autoscaling.MixedInstancesPolicy(
+            launch_template=lt,
+            launch_template_overrides=[
+                autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType("m5.xlarge")),
+                autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType("t3.medium")),
+            ],
+        ),
+    )
+    AuditBacklog.apply_to(app, bottlerocket=True)
+    app.synth()
+    (launch,) = [l for l in launches(Template.from_stack(stack)) if l.resource_type == "AWS::EC2::LaunchTemplate"]
+    assert tomllib.loads(launch.user_data)["settings"]["boot"]["kernel-parameters"] == {"audit_backlog_limit": ["4096"]}
+    assert launch.metadata["limit"] == 4096 and "perType" not in launch.metadata

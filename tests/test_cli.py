@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aws_cdk as cdk
 import aws_cdk.aws_ec2 as ec2
+import aws_cdk.aws_autoscaling as autoscaling
 import boto3
 import pytest
 from hypothesis import assume, given, settings
@@ -423,6 +424,16 @@ def test_report_reads_metadata_and_decoded_user_data_of_a_synthesized_app(tmp_pa
     image = ec2.MachineImage.generic_linux({"us-east-1": "ami-12345678"})
     ec2.Instance(stack, "Small", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=image)
     ec2.LaunchTemplate(stack, "NoType", machine_image=image, user_data=ec2.UserData.for_linux())
+    mixed = ec2.LaunchTemplate(stack, "Mixed", machine_image=image, user_data=ec2.UserData.for_linux())
+    autoscaling.AutoScalingGroup(
+        stack, "Group", vpc=vpc,
+        mixed_instances_policy=autoscaling.MixedInstancesPolicy(
+            launch_template=mixed,
+            launch_template_overrides=[
+                autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t)) for t in ("m5.large", "r5.4xlarge")
+            ],
+        ),
+    )
     AuditBacklog.apply_to(app)
     app.synth()
     rc, out, err = run(["report", str(tmp_path / "cdk.out"), "--format", "json", "--strict"], capsys)
@@ -431,8 +442,13 @@ def test_report_reads_metadata_and_decoded_user_data_of_a_synthesized_app(tmp_pa
     small = next(v for k, v in rows.items() if k.startswith("Small"))
     assert (small["limit"], small["instance_type"], small["memory_mib"], small["blocks"]) == (
         "1024", "t3.micro", 1024, 1)
+    assert small["per_type"] == {}
     notype = next(v for k, v in rows.items() if k.startswith("NoType"))
-    assert notype["limit"] == "auto" and notype["blocks"] == 1
+    assert notype["limit"] == "auto" and notype["blocks"] == 1 and notype["per_type"] == {}
+    group = next(v for k, v in rows.items() if k.startswith("Mixed"))
+    assert group["limit"] == "auto" and group["per_type"] == {"m5.large": 8192, "r5.4xlarge": 131072}
+    rc, out, err = run(["report", str(tmp_path / "cdk.out")], capsys)
+    assert rc == 0 and "auto: m5.large=8192 r5.4xlarge=131072" in next(l for l in out.splitlines() if "Mixed" in l)
 
 
 def test_report_flags_launches_without_the_block(tmp_path, capsys):
@@ -565,16 +581,32 @@ def test_auto_floor_allows_memtotal_below_nominal():
 
 
 @mock_aws
-def test_verify_mixed_group_sized_for_its_smallest_type_passes(capsys):
-    small_block = shell("8192")  # CAB_SOURCE=m5.large/8192MiB, what the aspect writes for a mixed group
+def test_verify_holds_a_mixed_group_machine_to_its_own_type(capsys):
+    # A fixed limit chosen for the group's smallest type (what the aspect wrote before per-machine sizing)
+    # leaves a larger machine below the policy for its own memory: reported, with the reason and the fix.
+    small_block = shell("8192")  # CAB_SOURCE=m5.large/8192MiB
+    mixed_auto = shell("auto").replace("CAB_SOURCE=m5.large/8192MiB", "CAB_SOURCE=mixed")
     stack = _deploy({"Big": ("m5.2xlarge", small_block), "Wrong": ("m5.2xlarge", shell("8192").replace(
-        "CAB_SOURCE=m5.large/8192MiB", "CAB_SOURCE=m5.2xlarge/32768MiB"))}, with_asg=False)
+        "CAB_SOURCE=m5.large/8192MiB", "CAB_SOURCE=m5.2xlarge/32768MiB")), "Auto": ("m5.2xlarge", mixed_auto)},
+        with_asg=False)
     rc, out, _ = run(["verify", "--stack", stack, "--region", "us-east-1", "--format", "json"], capsys)
     rows = {r["resource"].split()[1]: r for r in json.loads(out)}
-    assert rows["(Big)"]["status"] == "tuned"
-    assert rows["(Big)"]["note"] == "chosen for m5.large (8192 MiB), the smallest type of its group"
+    assert rows["(Big)"]["status"] == "below-policy"
+    assert "chosen for m5.large (8192 MiB), a smaller type of its group" in rows["(Big)"]["problem"]
+    assert "auto" in rows["(Big)"]["problem"]
     assert rows["(Wrong)"]["status"] == "below-policy"  # chosen for its own type, yet below that policy
+    assert rows["(Auto)"]["status"] == "auto" and rows["(Auto)"]["note"] == "a mixed group: sized at boot from MemTotal"
     assert rc == 1
+
+
+def test_no_limit_applied_is_never_below_policy():
+    # The console shows 0: an image's -b 0 (no limit at all) kept by the block.
+    c = cli.LaunchCheck("r", "instance", "r5.4xlarge", 131072, 131072, True, "131072", applied=0)
+    verify._classify(c)
+    assert c.status == "tuned" and not c.failed and "no limit" in c.note
+    c = cli.LaunchCheck("r", "instance", "t3.micro", 1024, 1024, True, "auto", applied=0, floor=512)
+    verify._classify(c)
+    assert c.status == "tuned" and not c.failed
 
 
 @mock_aws

@@ -29,6 +29,18 @@ def _rows(stdout: str):
     return rows
 
 
+def _impact_rows(stdout: str):
+    lines = stdout.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("stack ") and "interrupts" in l)
+    header = ["stack", "resource", "type", "change", "interrupts"]
+    rows = []
+    for line in lines[start + 2:]:
+        if line.startswith("demo:"):
+            break
+        rows.append(dict(zip(header, line.split()[:5])))
+    return rows
+
+
 def test_demo_deploys_the_example_to_moto_and_every_launch_is_tuned():
     t = time.monotonic()
     proc = subprocess.run(
@@ -39,6 +51,12 @@ def test_demo_deploys_the_example_to_moto_and_every_launch_is_tuned():
     out = proc.stdout
     assert "bootstrap: done" in out and "deploy: done" in out
     assert "verify: exit 0: verify: 3 checked, 0 untuned or below policy" in out
+    # A second deploy of the same assembly: every launch resource unchanged, no machine interrupted.
+    assert re.search(r"impact: exit 0: impact: \d+ resource\(s\), 0 interrupting running machines", out), out
+    impact_rows = _impact_rows(out)
+    assert {"Instance", "LaunchTemplate", "AutoScalingGroup"} <= {r["type"] for r in impact_rows}
+    assert all(r["interrupts"] == "no" for r in impact_rows)
+    assert all(r["change"] == "unchanged" for r in impact_rows if r["type"] != "Association")
     assert "!!" not in out + proc.stderr  # no Node end-of-life banner in the demo's output
 
     rows = _rows(out)

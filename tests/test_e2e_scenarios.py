@@ -75,6 +75,11 @@ def cmdline(suite):
     return _record(scenarios.kernel_cmdline_and_strict_user_script(suite=suite))
 
 
+@pytest.fixture(scope="module")
+def mixed():
+    return _record(scenarios.mixed_group_per_machine())
+
+
 def _assert_rules_files_safe(report):
     files = vm.files(report)
     assert files, "the reporter listed no files"
@@ -201,3 +206,29 @@ def test_strict_user_script_still_runs_entirely(cmdline):
     assert rep["user_script_marker"] == "present"
     first_user = next(i for i, line in enumerate(out) if line.startswith("E2E-USER"))
     assert any(scenarios.RESULT_LINE.match(line) for line in out[:first_user])  # the block ran first
+
+
+# -- 7. Mixed group: one launch template, machines of different memory, each sized at boot ----------------------
+
+def test_mixed_group_template_is_auto_and_its_metadata_lists_both_limits():
+    meta = scenarios.fixture_metadata("MixedTemplate")
+    assert meta["limit"] == "auto"
+    assert meta["perType"] == {"m5.large": 8192, "r5.4xlarge": 131072}
+    assert scenarios.userdata.block_target(scenarios.userdata.find(scenarios.fixture_user_data(), "MixedTemplate")) == "auto"
+
+
+def test_mixed_group_each_machine_sizes_itself_from_its_memtotal(mixed):
+    assert mixed.target == "auto"
+    got = {}
+    for run in mixed.runs:
+        rep = run.boot(1)
+        line = result_line(rep)
+        assert line is not None, vm.outputs(rep)
+        assert line[0] == str(AL2_SHIPPED_LIMIT), line  # the AL2-like 320: below both, masks nothing
+        assert "mixed, MemTotal" in line[2], line
+        assert vm.audit_status(rep)["backlog_limit"] == line[1]
+        assert rules_d_b(vm.files(rep)) == int(line[1])  # persisted for the next boot too
+        assert "E2E-USER mixed group member booted" in vm.outputs(rep)
+        got[run.name] = int(line[1])
+    # 1 GiB guest: MemTotal ~ 0.95 GiB -> 1024; 8 GiB guest (m5.large's memory) -> 8192, as perType says.
+    assert got == {"mixed-1024": 1024, "mixed-8192": 8192}

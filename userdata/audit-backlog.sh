@@ -41,7 +41,7 @@ has() {
 
 # q SECONDS COMMAND...: run COMMAND bounded and quietly (its exit status is what counts).
 q() {
-  timeout "$@" >/dev/null 2>&1
+  timeout "$@" &>/dev/null
 }
 
 # @@CAB_IF auto@@
@@ -113,8 +113,8 @@ cab_main() {
   umask 027
   # t target, s source, w wait time, m method, a augenrules layout, c rules need our -b, f file we
   # persist in, ok persisted, ch changed a file; d limit the rules load, n limit the kernel gets,
-  # o kernel limit before.
-  t=$CAB_TARGET s=$CAB_SOURCE w=$CAB_WAIT m=none a=0 c=0 f=$E/audit.rules ok=yes ch=0
+  # o kernel limit before; v exit status (see the end).
+  t=$CAB_TARGET s=$CAB_SOURCE w=$CAB_WAIT m=none a=0 c=0 f=$E/audit.rules ok=yes ch=0 v=0
   # @@CAB_IF auto@@
   if [ "$t" = auto ]; then
     # No MemTotal (no /proc/meminfo): 0 kB, for which the formula gives the minimum.
@@ -143,7 +143,7 @@ cab_main() {
   o=${bl:-?} d=$t
   if ! has auditctl; then
     say "no auditd: nothing applied"
-    ok=-
+    ok=- v=3
   else
     # @@CAB_IF wait@@
     # `auditctl -h` exits 255 after its usage text (audit 3.0.9): only grep's status may count.
@@ -165,7 +165,9 @@ cab_main() {
     fi
     if [ "$t" = "$p" ]; then
       say "persist: -b $t already"
-    elif ((t>${p:-0})) || [ "$CAB_ALLOW_LOWER" = 1 ]; then
+    # -b 0 is no limit at all (the kernel skips the backlog check): the largest, never raised to a number.
+    # (CAB_ALLOW_LOWER is 0 or 1, so arithmetic reads it as it is.)
+    elif ((CAB_ALLOW_LOWER||t>${p:-0}&&${p:-1})); then
       c=1
     else
       d=$p
@@ -201,7 +203,8 @@ cab_main() {
       fi
     fi
     n=$d
-    if [ "$CAB_ALLOW_LOWER" != 1 ] && ((${bl:-0}>d)); then
+    # A larger running limit is kept: one above d, or 0 (no limit) where d is a number.
+    if ((!CAB_ALLOW_LOWER&&d&&(${bl:--1}==0||${bl:-0}>d))); then
       n=$bl
       say "apply: kept $bl"
     fi
@@ -217,7 +220,7 @@ cab_main() {
       fi
       # @@CAB_ENDIF@@
       st
-      [ "$bl" = "$n" ] || say "verify failed"
+      [ "$bl" = "$n" ] || { say "verify failed"; v=4; }
     fi
   fi
   # @@CAB_IF cmdline@@
@@ -232,6 +235,11 @@ cab_main() {
     mkdir -p "${f%/*}"
     printf '%s\n' "target=$t" "limit=${bl:-?}" "old=$o" "persisted=$ok" "method=$m" "lost=${x:-?}" "source=$s" >"$f"
   fi
+  # The exit status, for a caller that reads it (an SSM association: non-zero makes the instance
+  # NON_COMPLIANT; user data ignores it): 0 done, nothing to do, or immutable (next boot); 3 no
+  # auditctl; 4 the kernel's limit is not the one applied; 5 not persisted (the next boot reverts).
+  [ $ok$v != no0 ] || v=5
+  exit $v
 }
 
 cab_main </dev/null

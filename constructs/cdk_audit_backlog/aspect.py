@@ -41,6 +41,7 @@ from aws_cdk import aws_ec2 as ec2
 from constructs import Construct, IConstruct, IValidation
 
 from . import bottlerocket, instance_memory
+from . import running_instances as running_instances_module
 from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
 from .splice import Unsupported, literal_bytes, splice_user_data
 from .user_data import BlockInputs, render_block
@@ -91,6 +92,11 @@ class AuditBacklog:
         no boot hook to size from MemTotal). Default: False (skipped with a warning).
     :param exclude: predicate on each launch L1 resource; True leaves it untouched (Metadata says so).
         Default: None (no exclusions). See also :meth:`skip`.
+    :param running_instances: what to do with an ``AWS::EC2::Instance`` recorded as already running (in
+        ``cdk.context.json`` by ``cdk-audit-backlog impact --record``): ``"keep"`` leaves its user data byte
+        for byte (changing it would stop and start the instance; the SSM association tunes it instead),
+        ``"restart"`` tunes its user data anyway (the next deploy stops and starts it). Instances not
+        recorded boot tuned either way. Default: ``"keep"``. See :mod:`.running_instances`.
     """
 
     def __init__(
@@ -104,13 +110,14 @@ class AuditBacklog:
         allow_lower: bool = False,
         bottlerocket: bool = False,
         exclude: Optional[Callable[[CfnResource], bool]] = None,
+        running_instances: str = "keep",
     ) -> None:
         if backlog_limit is not None:
-            validate_backlog_limit(backlog_limit)
+            backlog_limit = validate_backlog_limit(backlog_limit)
         if policy is not None and not isinstance(policy, BacklogPolicy):
             raise ValueError(f"policy must be a BacklogPolicy, got {policy!r}")
         if backlog_wait_time is not None:
-            validate_backlog_wait_time(backlog_wait_time)
+            backlog_wait_time = validate_backlog_wait_time(backlog_wait_time)
         for name, value in (
             ("kernel_cmdline", kernel_cmdline),
             ("install_auditd", install_auditd),
@@ -121,6 +128,9 @@ class AuditBacklog:
                 raise ValueError(f"{name} must be True or False, got {value!r}")
         if exclude is not None and not callable(exclude):
             raise ValueError(f"exclude must be a callable taking a CfnResource, got {exclude!r}")
+        if running_instances not in running_instances_module.RUNNING_INSTANCES:
+            allowed = ", ".join(map(repr, running_instances_module.RUNNING_INSTANCES))
+            raise ValueError(f"running_instances must be one of {allowed}, got {running_instances!r}")
         self.backlog_limit = backlog_limit
         self.policy = policy or BacklogPolicy()
         self.backlog_wait_time = backlog_wait_time
@@ -129,6 +139,7 @@ class AuditBacklog:
         self.allow_lower = allow_lower
         self.bottlerocket = bottlerocket
         self.exclude = exclude
+        self.running_instances = running_instances
         # Per-stack index of which groups use which launch template, built once at synthesis (when the
         # tree is final) by the first launch template that needs it.
         self._group_index: Dict[int, Dict[str, List[CfnResource]]] = {}
@@ -142,14 +153,23 @@ class AuditBacklog:
     # -- entry points ------------------------------------------------------------------------------
 
     @classmethod
-    def apply_to(cls, scope: IConstruct, **options: Any) -> "AuditBacklog":
+    def apply_to(cls, scope: IConstruct, *, association: Any = False, **options: Any) -> "AuditBacklog":
         """Adds one ``AuditBacklog(**options)`` to ``scope`` and to every Stage beneath it, however deep.
 
         CDK does not carry an app's aspects into Stages (each Stage is its own cloud assembly), so CDK
         Pipelines apps need this. Call it after the app's stacks and stages exist, just before ``app.synth()``.
         Calling it again adds nothing twice.
+
+        :param association: also tune the machines that already run: ``True`` or an
+            ``association.AssociationOptions`` adds an ``AuditBacklogAssociation`` (SSM document and State
+            Manager association, same policy inputs as the aspect) to every stack with an EC2 launch, Stages
+            and nested stacks included. Default: False.
         """
         aspect = cls(**options)
+        if association is not False:
+            from .association import add_to_stacks
+
+            add_to_stacks(scope, aspect, association)
         targets = [scope] + [c for c in scope.node.find_all() if c is not scope and isinstance(c, Stage)]
         for target in targets:
             if not any(isinstance(a, AuditBacklog) for a in Aspects.of(target).all):
@@ -381,14 +401,32 @@ def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
     consumers = _consumers(resource, aspect) if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate" else []
     if aspect.backlog_limit is not None:
         target: Optional[int] = aspect.backlog_limit
-        types, memory, reason = [], None, "backlog_limit set on the aspect"
+        types, memory, reason, per_type = [], None, "backlog_limit set on the aspect", {}
     else:
-        target, types, memory, reason = _limit_from_types(resource, lt_data, consumers, aspect.policy)
-    source = f"{types[0]}/{memory}MiB" if types and memory else "unknown"
+        target, types, memory, reason, per_type = _limit_from_types(resource, lt_data, consumers, aspect.policy)
+    if per_type:  # known types with different limits: auto, each machine sizes itself at boot
+        source = "mixed"
+    else:
+        source = f"{types[0]}/{memory}MiB" if types and memory else "unknown"
+    # CloudFormation drops nulls: unknown type and memory are simply absent.
+    metadata: Dict[str, Any] = {"limit": "auto" if target is None else target, "reason": reason}
+    if per_type:
+        metadata["perType"] = per_type
+    elif types and memory:
+        metadata.update(instanceType=types[0], memoryMiB=memory)
+    running = running_instances_module.decide(resource, aspect.running_instances)
+    if running.note:
+        metadata["deployed"] = running.note
+    if running.keep:  # already running: a user data change would stop and start it
+        return _Outcome(metadata, resolved, running.warning)
     require_mime = any(c.cfn_resource_type == "AWS::EKS::Nodegroup" for c in consumers)
     try:
         if bottlerocket.is_bottlerocket_user_data(resolved):
-            new_user_data, target, reason = _merge_bottlerocket(resolved, aspect, target, reason)
+            # No boot-time sizing there: a mixed group's TOML gets its smallest type's limit.
+            fixed = min(per_type.values()) if target is None and per_type else target
+            new_user_data, limit, metadata["reason"] = _merge_bottlerocket(resolved, aspect, fixed, reason)
+            metadata["limit"] = limit
+            metadata.pop("perType", None)
         else:
             new_user_data = splice_user_data(
                 resolved, render_block(aspect.block_inputs(target, source)), require_mime=require_mime
@@ -396,11 +434,7 @@ def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
     except Unsupported as e:
         message = f"cdk-audit-backlog: {resource.node.path} is not tuned: {e}."
         return _Outcome({"skipped": str(e)}, resolved, ("cdk-audit-backlog:skipped", message))
-    # CloudFormation drops nulls: unknown type and memory are simply absent.
-    metadata: Dict[str, Any] = {"limit": "auto" if target is None else target, "reason": reason}
-    if types and memory:
-        metadata.update(instanceType=types[0], memoryMiB=memory)
-    return _Outcome(metadata, new_user_data)
+    return _Outcome(metadata, new_user_data, running.warning)
 
 
 def _merge_bottlerocket(
@@ -445,8 +479,13 @@ def _is_windows(resource: CfnResource) -> bool:
 
 def _limit_from_types(
     resource: CfnResource, lt_data: Any, consumers: Sequence[CfnResource], policy: BacklogPolicy
-) -> Tuple[Optional[int], List[str], Optional[int], str]:
-    """(limit or None for auto, types ordered smallest memory first, that memory, reason)."""
+) -> Tuple[Optional[int], List[str], Optional[int], str, Dict[str, int]]:
+    """(limit or None for auto, types ordered smallest memory first, that memory, reason, limit per type).
+
+    The limit per type is given only when the types are all known and map to more than one limit: then
+    the limit is None (auto) and each machine computes its own from MemTotal with the same policy, where
+    the smallest type's limit would leave the larger machines below the policy.
+    """
     stack = Stack.of(resource)
     if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate":
         own = _get(lt_data, "InstanceType")
@@ -463,23 +502,33 @@ def _limit_from_types(
         candidates = [stack.resolve(resource.instance_type)]  # type: ignore[attr-defined]
         where = "the resource"
     if not candidates:
-        return None, [], None, f"no instance type on {where}: computed at boot from MemTotal"
+        return None, [], None, f"no instance type on {where}: computed at boot from MemTotal", {}
     known: List[Tuple[int, str]] = []
     for t in candidates:
         memory = instance_memory.memory_mib(t) if isinstance(t, str) else None
         if memory is None:
             shown = t if isinstance(t, str) else "a token or instance requirements"
-            return None, [], None, f"instance type {shown} of {where} has no known memory: computed at boot from MemTotal"
+            return (
+                None, [], None, f"instance type {shown} of {where} has no known memory: computed at boot from MemTotal", {}
+            )
         known.append((memory, t))
     known.sort()
     memory, smallest = known[0]
     types = [smallest] + sorted({t for _, t in known} - {smallest})
     limit = policy.limit_for_memory(memory)
     if len(types) > 1:
+        per_type = {t: policy.limit_for_memory(m) for m, t in known}
+        low, high = min(per_type.values()), max(per_type.values())
+        if low != high:
+            reason = (
+                f"instance types {', '.join(types)} ({where}) map to different limits ({low}..{high}): "
+                f"each machine computes its own from MemTotal at boot"
+            )
+            return None, types, None, reason, {t: per_type[t] for t in types}
         reason = f"smallest memory among {', '.join(types)} ({where}), {memory} MiB"
     else:
         reason = f"instance type {smallest} ({memory} MiB) of {where}"
-    return limit, types, memory, reason
+    return limit, types, memory, reason, {}
 
 
 def _consumers(launch_template: CfnResource, aspect: AuditBacklog) -> List[CfnResource]:

@@ -15,7 +15,7 @@ from typing import Optional
 
 from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
 
-__all__ = ["BlockInputs", "render_block", "BLOCK_BEGIN", "BLOCK_END", "SCRIPT_NAME"]
+__all__ = ["BlockInputs", "render_block", "render_run_command", "BLOCK_BEGIN", "BLOCK_END", "SCRIPT_NAME"]
 
 BLOCK_BEGIN = "# >>> cdk-audit-backlog >>>"
 BLOCK_END = "# <<< cdk-audit-backlog <<<"
@@ -48,10 +48,11 @@ class BlockInputs:
     source: str = "unknown"
 
     def __post_init__(self) -> None:
+        # Stored as plain ints (numpy's integers are accepted too): they are written into a root shell.
         if self.target is not None:
-            validate_backlog_limit(self.target, "target")
+            object.__setattr__(self, "target", validate_backlog_limit(self.target, "target"))
         if self.backlog_wait_time is not None:
-            validate_backlog_wait_time(self.backlog_wait_time)
+            object.__setattr__(self, "backlog_wait_time", validate_backlog_wait_time(self.backlog_wait_time))
         if not isinstance(self.policy, BacklogPolicy):
             raise ValueError(f"policy must be a BacklogPolicy, got {self.policy!r}")
         for name in ("kernel_cmdline", "install_auditd", "allow_lower"):
@@ -156,3 +157,17 @@ def render_block(inputs: BlockInputs) -> str:
             BLOCK_END + "\n",
         ]
     )
+
+
+def render_run_command(inputs: BlockInputs) -> list[str]:
+    """The same script for a fleet carrier that reads its exit status (an SSM ``aws:runShellScript`` step):
+    the lines of a POSIX shell script whose status is the script's own (0 done or nothing to do, non-zero
+    when the limit could not be applied, verified or persisted; see docs/design.md). Unlike the user data
+    block there is no ``|| true`` and no begin/end marker: nothing runs after it, and SSM must see failure.
+    """
+    return [
+        f"/bin/bash -s <<'{_HEREDOC}'",
+        *inputs.assignments(),
+        *_compact_body(inputs.features()).splitlines(),
+        _HEREDOC,
+    ]

@@ -86,6 +86,15 @@ def block_source(user_data: Optional[str]) -> Optional[Tuple[str, int]]:
     return (m.group(1), int(m.group(2))) if m else None
 
 
+def block_is_mixed(user_data: Optional[str]) -> bool:
+    """Whether the block says ``CAB_SOURCE=mixed``: ``auto`` for a group whose types map to different limits."""
+    if not user_data:
+        return False
+    begin = user_data.find(BLOCK_BEGIN)
+    end = user_data.find(BLOCK_END, begin + 1) if begin >= 0 else -1
+    return begin >= 0 and end >= 0 and re.search(r"^CAB_SOURCE=['\"]?mixed['\"]?\s*$", user_data[begin:end], re.M) is not None
+
+
 @dataclass(frozen=True)
 class ConsoleResult:
     """The block's result line found in a console log. ``old``/``new`` are None where the line says ``?``
@@ -167,12 +176,17 @@ def _classify(check: LaunchCheck) -> None:
         return
     if check.target.isdigit() and exp is not None and int(check.target) < exp:
         check.status = "below-policy"
-        check.problem = f"block target {check.target} < policy {exp} for {check.memory_mib} MiB"
+        check.problem = f"block target {check.target} < policy {exp} for {check.memory_mib} MiB" + (
+            f"; {check.note}" if check.note else ""
+        )
         return
-    if check.applied is not None and exp is not None and check.applied < exp:
+    # 0 is no limit at all (the kernel skips the backlog check; the block keeps an image's 0): never below.
+    if check.applied and exp is not None and check.applied < exp:
         check.status = "below-policy"
         check.problem = f"console shows {check.applied} applied < policy {exp}"
         return
+    if check.applied == 0 and not check.note:
+        check.note = "0 applied: no limit at all (kept from the image)"
     if check.target == "auto" and check.applied is None:
         check.status = "auto"
         return
@@ -294,12 +308,14 @@ def check_stack(
         c = LaunchCheck(label, "instance", itype, mib, exp, block, target)
         source = block_source(text)
         if source and mib is not None and source[0] != itype and source[1] < mib:
-            # A mixed-instances group: the aspect sizes for the smallest type, so the worst case fits it.
-            c.floor = policy.limit_for_memory(source[1])
-            c.note = f"chosen for {source[0]} ({source[1]} MiB), the smallest type of its group"
-        elif target == "auto" and mib is not None:
+            # A fixed limit chosen for a smaller type of a mixed group (what the aspect wrote before it
+            # sized such groups per machine): held to this machine's own policy like any other, and said.
+            c.note = f"chosen for {source[0]} ({source[1]} MiB), a smaller type of its group; synthesize again: its types now get auto"
+        if target == "auto" and mib is not None:
             # Computed at boot from MemTotal, which is below the nominal memory by the kernel's reservations.
             c.floor = policy.limit_for_memory(mib * 9 // 10)
+            if block_is_mixed(text):
+                c.note = "a mixed group: sized at boot from MemTotal"
         if console and state == "running":
             try:
                 out = aws_errors(f"instance {iid}", lambda: ec2.get_console_output(InstanceId=iid))
