@@ -319,3 +319,26 @@ def test_policy_option_changes_the_choice():
     ec2.Instance(stack, "I", vpc=vpc, instance_type=ec2.InstanceType("m5.large"), machine_image=IMAGE)
     AuditBacklog.apply_to(app, policy=BacklogPolicy(memory_fraction=0.04))
     assert cab_target(user_data_of(only(stack, "AWS::EC2::Instance"))) == "32768"
+
+
+def test_eks_node_group_with_types_of_different_limits_runs_auto_in_its_mime_part():
+    from aws_cdk import aws_eks as eks
+
+    app, stack, _ = new_stack()
+    lt = ec2.CfnLaunchTemplate(stack, "NodeLt", launch_template_data=ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(
+        user_data=cdk.Fn.base64(
+            'Content-Type: multipart/mixed; boundary="//"\nMIME-Version: 1.0\n\n--//\n'
+            'Content-Type: text/x-shellscript; charset="us-ascii"\n\n#!/bin/bash\necho node\n--//--\n')))
+    eks.CfnNodegroup(
+        stack, "Nodes", cluster_name="c", node_role="arn:aws:iam::123456789012:role/n", subnets=["subnet-1"],
+        instance_types=["m5.large", "r5.4xlarge"],
+        launch_template=eks.CfnNodegroup.LaunchTemplateSpecificationProperty(id=lt.ref, version=lt.attr_latest_version_number),
+    )
+    AuditBacklog.apply_to(app)
+    lt_res = only(stack, "AWS::EC2::LaunchTemplate")
+    meta = lt_res["Metadata"][METADATA_KEY]
+    assert meta["limit"] == "auto" and meta["perType"] == {"m5.large": 8192, "r5.4xlarge": 131072}
+    from cdk_audit_backlog.testing import launches
+
+    (launch,) = launches(assertions.Template.from_stack(stack))
+    assert launch.tuning.is_mixed and launch.user_data.startswith("Content-Type: multipart/mixed")

@@ -349,6 +349,35 @@ def test_allow_lower_lowers_no_limit_in_rules_and_kernel(tmp_path, sandbox, name
     assert fakes.boot(root)["backlog_limit"] == 8192
 
 
+def _larger(a, b) -> bool:
+    """Limit a is larger than limit b, 0 being no limit at all (the model the script must follow)."""
+    return a != b and (a == 0 or (b != 0 and a > b))
+
+
+_limits = st.sampled_from([0, 64, 320, 8192, 65536, 2147483647])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rules=st.one_of(st.none(), _limits), kernel=_limits, target=st.sampled_from([320, 8192, 131072]),
+       allow_lower=st.booleans())
+def test_hypothesis_never_lower_with_0_as_the_largest_limit(tmp_path_factory, sandbox, rules, kernel, target,
+                                                            allow_lower):
+    # The script against a model: the rules keep a larger -b (0 included) unless allow_lower; the running
+    # kernel keeps a larger limit (0 included) unless allow_lower; the next boot loads what was persisted.
+    root = tmp_path_factory.mktemp("never-lower") / "al2"
+    fx.build(root, "al2")
+    (root / "etc/audit/rules.d/audit.rules").write_text("-D\n" + ("" if rules is None else f"-b {rules}\n") + "-f 1\n")
+    fakes.boot(root)
+    fx.set_kernel(root, backlog_limit=kernel)
+    r = run(root, sandbox, target=target, allow_lower=int(allow_lower))
+    persisted = target if rules is None or allow_lower or _larger(target, rules) else rules
+    applied = kernel if not allow_lower and _larger(kernel, persisted) else persisted
+    assert fx.kernel(root)["backlog_limit"] == applied, r.stdout
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit {kernel} -> {applied} ("), r.stdout
+    assert fakes.boot(root)["backlog_limit"] == persisted
+    assert (f"{PREFIX}persist: kept -b {rules}" in r.stdout) == (persisted != target)
+
+
 def test_larger_running_kernel_limit_is_kept_while_rules_are_raised(tmp_path, sandbox):
     root = tmp_path / "al2"
     fx.build(root, "al2")

@@ -652,3 +652,18 @@ def test_check_on_the_realistic_apps_is_loud_before_and_silent_after_the_aspect(
     after = _synth_checked(name, tuned=True, outdir=tmp_path / "after")
     assert after.last_checked == before.last_checked
     assert after.last_findings == [], [f.message for f in after.last_findings]
+
+
+def test_a_running_instance_whose_user_data_was_kept_is_fine_only_with_an_association():
+    from aws_cdk import aws_ssm as ssm
+
+    kept = {"limit": 8192, "deployed": "user data kept; tuned by the association"}
+    for association in (False, True):
+        stack = instance_stack("m5.large", script())
+        stack.node.find_child("Web").add_metadata("cdk-audit-backlog", kept)
+        if association:
+            ssm.CfnAssociation(stack, "Tune", name="Doc")
+            assert rules(stack) == []
+        else:
+            found = findings(stack)
+            assert [f.rule for f in found] == ["Untuned"] and "no AWS::SSM::Association" in found[0].message

@@ -469,10 +469,27 @@ def test_report_flags_launches_without_the_block(tmp_path, capsys):
     assert rc == 0
     lines = out.splitlines()[2:]
     assert len(lines) == 2  # the bucket is not a launch
+    assert "running instance(s) keep" not in err
     assert "NO" in next(l for l in lines if "Bare" in l)
     assert "skipped" in next(l for l in lines if "Skipped" in l)
     assert "without the block" in err
     assert run(["report", str(out_dir), "--strict"], capsys)[0] == 1
+
+
+def test_report_does_not_count_a_running_instance_whose_user_data_was_kept(tmp_path, capsys):
+    out_dir = tmp_path / "cdk.out"
+    out_dir.mkdir()
+    kept = {"limit": 1024, "reason": "instance type t3.micro (1024 MiB) of the resource",
+            "deployed": "user data kept; tuned by the association"}
+    template = {"Resources": {"Web": {"Type": "AWS::EC2::Instance", "Metadata": {"cdk-audit-backlog": kept},
+                                      "Properties": {"UserData": {"Fn::Base64": "#!/bin/bash\necho hi\n"}}}}}
+    (out_dir / "S.template.json").write_text(json.dumps(template))
+    rc, out, err = run(["report", str(out_dir), "--strict", "--format", "json"], capsys)
+    assert rc == 0, err
+    (row,) = json.loads(out)
+    assert row["blocks"] == 0 and row["kept"] is True
+    assert row["reason"].endswith("; user data kept; tuned by the association")
+    assert "1 running instance(s) keep their user data" in err and "without the block" not in err
 
 
 def test_report_on_a_missing_directory(tmp_path, capsys):

@@ -33,7 +33,9 @@ which CDK applies to the resource it is called on and to everything beneath it):
 
 Not violations: Windows (``<powershell>`` / ``<script>`` / EC2Launch v2 YAML) and Bottlerocket (TOML
 ``[settings…]``) user data, which have no auditd to tune, and resources whose Metadata says ``skipped``
-(``AuditBacklog.skip()`` or an ``exclude`` predicate; the aspect warned about those at synth).
+(``AuditBacklog.skip()`` or an ``exclude`` predicate; the aspect warned about those at synth), and
+Instances whose Metadata says their user data was kept because they already run (``deployed``, see
+:mod:`.running_instances`) when an ``AWS::SSM::Association`` in the same template tunes them.
 
 Which instance types a resource launches, from the template alone:
 
@@ -66,6 +68,7 @@ from aws_cdk import (
     PolicyViolation,
 )
 
+from .deployed_context import ASSOCIATION_TYPE, user_data_kept
 from .policy import BacklogPolicy
 from .testing import (
     LAUNCH_TYPES,
@@ -248,6 +251,12 @@ class AuditBacklogCheck:
         metadata = (resource.get("Metadata") or {}).get(METADATA_KEY)
         if isinstance(metadata, Mapping) and "skipped" in metadata:
             return None
+        if user_data_kept(dict(metadata) if isinstance(metadata, Mapping) else None):
+            # Already running: the aspect kept its user data (a change would stop and start it).
+            if any(isinstance(r, Mapping) and r.get("Type") == ASSOCIATION_TYPE for r in resources.values()):
+                return None
+            return finding("Untuned", "It already runs, so its user data was kept, and no "
+                           "AWS::SSM::Association in its template tunes it.")
         value = user_data_value(resource)
         if value is None and _launch_template_of(resource, resources) is not None:
             return None  # an instance without user data of its own runs its launch template's, checked there

@@ -146,7 +146,22 @@ def _policy_from_args(args: argparse.Namespace) -> BacklogPolicy:
     try:
         return BacklogPolicy(memory_fraction=args.memory_fraction, minimum=args.minimum, maximum=args.maximum)
     except ValueError as e:
-        raise CliError(str(e)) from None
+        # The policy names its option (memory_fraction, minimum, maximum); say which argument that is.
+        option = str(e).split(" ", 1)[0]
+        flag = {"memory_fraction": "--memory-fraction", "minimum": "--minimum", "maximum": "--maximum"}.get(option)
+        raise CliError(f"{flag}: {e}" if flag else str(e)) from None
+
+
+#: Most threads ``--max-workers`` may ask for (AWS throttles long before this many calls in flight).
+MAX_WORKERS = 64
+
+
+def _workers(text: str) -> int:
+    """argparse type of ``--max-workers``: an integer from 1 to MAX_WORKERS."""
+    value = int(text) if re.fullmatch(r"[0-9]{1,6}", text.strip()) else 0
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_WORKERS}, got {text!r}")
+    return value
 
 
 
@@ -259,7 +274,11 @@ def _cmd_report(args: argparse.Namespace, out: TextIO) -> int:
             for r in rows
         ]
         out.write(format_table(headers, cells))
-    untuned = [r for r in rows if r.blocks == 0]
+    untuned = [r for r in rows if r.blocks == 0 and not r.kept]
+    kept = [r for r in rows if r.blocks == 0 and r.kept]
+    if kept:
+        print(f"report: {len(kept)} running instance(s) keep their user data (recorded as deployed)",
+              file=sys.stderr)
     doubled = [r for r in rows if r.blocks is not None and r.blocks > 1]
     if untuned:
         print(f"report: {len(untuned)} launch resource(s) without the block", file=sys.stderr)
@@ -343,13 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="file to write (default: the package's data file)")
     p.add_argument("--date", help="date to record in the header (default: today, UTC)")
     p.add_argument("--note", help="free text appended to the header's source line")
-    p.add_argument("--max-workers", type=int, default=4, help="regions queried at once (default 4)")
+    p.add_argument("--max-workers", type=_workers, default=4, help=f"regions queried at once, 1..{MAX_WORKERS} (default 4)")
     p.set_defaults(func=_cmd_refresh)
 
     p = sub.add_parser("verify", help="check the instances of a deployed stack booted tuned")
     p.add_argument("--stack", required=True, metavar="NAME", help="CloudFormation stack name or id")
     p.add_argument("--region", help="AWS region (default: the environment's)")
-    p.add_argument("--max-workers", type=int, default=8, help="instances checked at once (default 8)")
+    p.add_argument("--max-workers", type=_workers, default=8, help=f"instances checked at once, 1..{MAX_WORKERS} (default 8)")
     p.add_argument("--no-console", action="store_true", help="do not read console output")
     p.add_argument("--format", choices=("table", "json"), default="table")
     _add_policy_args(p)

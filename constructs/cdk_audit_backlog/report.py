@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from .deployed_context import user_data_kept
 from .errors import CliError
 
 METADATA_KEY = "cdk-audit-backlog"
@@ -31,6 +32,8 @@ class ReportRow:
     blocks: Optional[int]
     reason: str
     per_type: Dict[str, int] = field(default_factory=dict)
+    #: the Instance already runs and the aspect kept its user data (the association tunes it).
+    kept: bool = False
 
     @property
     def limit_shown(self) -> str:
@@ -78,6 +81,9 @@ def report_assembly(cdk_out: Path) -> List[ReportRow]:
                 row.instance_type = meta.get("instanceType")
                 row.memory_mib = meta.get("memoryMiB")
                 row.reason = str(meta.get("reason", ""))
+                if meta.get("deployed"):
+                    row.reason += f"; {meta['deployed']}"
+                row.kept = user_data_kept(meta)
                 if launch is not None:
                     row.per_type = launch.per_type
             rows.append(row)

@@ -22,13 +22,12 @@ from typing import Any, FrozenSet, Optional, Tuple
 
 from aws_cdk import CfnResource, Stack, Token
 
-from .deployed_context import CONTEXT_KEY_PREFIX, context_key
+from .deployed_context import ASSOCIATION_TYPE, CONTEXT_KEY_PREFIX, USER_DATA_KEPT, context_key
 
 __all__ = ["CONTEXT_KEY_PREFIX", "RUNNING_INSTANCES", "context_key", "RunningDecision", "decide"]
 
 #: Allowed values of ``AuditBacklog(running_instances=...)``.
 RUNNING_INSTANCES = ("keep", "restart")
-_ASSOCIATION_TYPE = "AWS::SSM::Association"
 
 
 @dataclass(frozen=True)
@@ -72,10 +71,10 @@ def decide(resource: CfnResource, running_instances: str) -> RunningDecision:
             note="user data changed: the next deploy stops and starts it (running_instances='restart')",
         )
     if _has_association(stack):
-        return RunningDecision(keep=True, note="user data kept; tuned by the association")
+        return RunningDecision(keep=True, note=f"{USER_DATA_KEPT}; tuned by the association")
     return RunningDecision(
         keep=True,
-        note="user data kept; not tuned until replaced (no association in the stack)",
+        note=f"{USER_DATA_KEPT}; not tuned until replaced (no association in the stack)",
         warning=(
             "cdk-audit-backlog:running-instance-not-tuned",
             f"cdk-audit-backlog: {path} already runs, so its user data is kept (no stop/start), but no "
@@ -119,6 +118,6 @@ def _ids(value: Any) -> Optional[FrozenSet[str]]:
 
 def _has_association(stack: Stack) -> bool:
     return any(
-        isinstance(c, CfnResource) and c.cfn_resource_type == _ASSOCIATION_TYPE and Stack.of(c) is stack
+        isinstance(c, CfnResource) and c.cfn_resource_type == ASSOCIATION_TYPE and Stack.of(c) is stack
         for c in stack.node.find_all()
     )
