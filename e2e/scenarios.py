@@ -187,6 +187,32 @@ def kernel_cmdline_and_strict_user_script(suite: str = images.DEFAULT_SUITE) -> 
     return Scenario("cmdline", runs, ud, time.monotonic() - started, suite)
 
 
+def resize_after(al2: Scenario) -> Scenario:
+    """The user-data route on a resize: the disk the AL2-like scenario booted with the m5.large user data at
+    8 GiB (the block installed the boot unit), started again with 1 GiB, then with 8 GiB, with the same
+    instance-id (cloud-init does not run the user data again: only the boot unit sizes the limit, from
+    MemTotal, before the rules load). Two boots; with ``al2``'s they make the 8 -> 1 -> 8 GiB sequence."""
+    started = time.monotonic()
+    overlay = al2.runs[0].log.parent / "al2.qcow2"
+    img = images.build_image(images.AL2, al2.suite)
+    wd = workdir(f"{al2.suite}/resize")
+    runs = []
+    for name, memory in (("resize-1gib", T3_MICRO_MIB), ("resize-8gib", M5_LARGE_MIB)):
+        runs.append(vm.boot(img, name=name, workdir=wd, user_data=al2.user_data, instance_id="i-e2e-al2-1",
+                            overlay=overlay, memory_mib=memory))
+    return Scenario("resize", runs, al2.user_data, time.monotonic() - started, al2.suite)
+
+
+def early_limit(report: Dict[str, str]) -> Optional[str]:
+    """The kernel's backlog_limit right after the boot's rule load (e2e-early.service), None if not read."""
+    return report.get("early.backlog_limit")
+
+
+def unit_outputs(report: Dict[str, str]) -> List[str]:
+    """What the boot unit (cdk-audit-backlog.service) printed during this boot."""
+    return [report[f"unit_output.{i}"] for i in range(1, int(report.get("unit_output_lines", "0")) + 1)]
+
+
 def mixed_group_per_machine(suite: str = images.DEFAULT_SUITE) -> Scenario:
     """Scenario 7: the launch template of a mixed group (m5.large and r5.4xlarge, different limits, so the
     block runs in auto) booted on the AL2-like layout (-b 320, below every limit the policy gives, so the
@@ -212,7 +238,8 @@ def summary(s: Scenario) -> Dict[str, object]:
         for n, rep in sorted(run.boots.items()):
             out["boots"].append({  # type: ignore[union-attr]
                 "run": run.name, "boot": n, "accel": run.accel, "run_seconds": round(run.elapsed_s, 1),
-                "limit": vm.audit_status(rep).get("backlog_limit"), "enabled": vm.audit_status(rep).get("enabled"),
+                "limit": vm.audit_status(rep).get("backlog_limit"), "early_limit": early_limit(rep),
+                "enabled": vm.audit_status(rep).get("enabled"),
                 "result": result_line(rep), "cmdline": rep.get("cmdline"), "kernel": rep.get("kernel"),
             })
     return out
@@ -223,6 +250,8 @@ ALL = {
     "al2": al2_layout,
     "immutable": immutable_then_reboot,
     "cmdline": kernel_cmdline_and_strict_user_script,
+    # on its own, the AL2-like boot first (without its storm), then the two resize boots
+    "resize": lambda suite=images.DEFAULT_SUITE: resize_after(al2_layout(suite=suite)),
     "mixed": mixed_group_per_machine,
 }
 

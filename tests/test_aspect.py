@@ -292,6 +292,7 @@ def test_windows_instance_is_skipped_with_a_warning():
         ({"kernel_cmdline": "yes"}, "kernel_cmdline must be True or False"),
         ({"policy": {"memory_fraction": 0.02}}, "policy must be a BacklogPolicy"),
         ({"exclude": "web"}, "exclude must be a callable"),
+        ({"boot_unit": "auto"}, "boot_unit must be True or False"),
     ],
 )
 def test_bad_options_fail_at_construction_naming_the_option(kwargs, message):
@@ -342,3 +343,35 @@ def test_eks_node_group_with_types_of_different_limits_runs_auto_in_its_mime_par
 
     (launch,) = launches(assertions.Template.from_stack(stack))
     assert launch.tuning.is_mixed and launch.user_data.startswith("Content-Type: multipart/mixed")
+
+def block_settings(text: str) -> dict:
+    block = text[text.index(BEGIN) : text.index(END)]
+    return dict(line.split("=", 1) for line in block.splitlines() if line.startswith("CAB_"))
+
+
+def test_boot_unit_is_on_by_default_following_memory_unless_the_user_fixed_the_limit():
+    app, stack, vpc = new_stack()
+    ec2.Instance(stack, "Typed", vpc=vpc, instance_type=ec2.InstanceType("m5.large"), machine_image=IMAGE)
+    ec2.LaunchTemplate(stack, "Untyped", machine_image=IMAGE, user_data=ec2.UserData.for_linux())
+    AuditBacklog.apply_to(app)
+    typed = user_data_of(only(stack, "AWS::EC2::Instance"))
+    # the limit chosen from the type is what this boot applies; every later boot recomputes it from MemTotal
+    assert block_settings(typed)["CAB_TARGET"] == "8192" and block_settings(typed)["CAB_UNIT"] == "auto"
+    assert "cab_limit_for_kib" in typed  # the formula rides along for the unit
+    untyped = user_data_of(only(stack, "AWS::EC2::LaunchTemplate"))
+    assert block_settings(untyped)["CAB_TARGET"] == "auto" and block_settings(untyped)["CAB_UNIT"] == "auto"
+
+    app, stack, vpc = new_stack()
+    ec2.Instance(stack, "I", vpc=vpc, instance_type=ec2.InstanceType("m5.large"), machine_image=IMAGE)
+    AuditBacklog.apply_to(app, backlog_limit=65536)
+    fixed = user_data_of(only(stack, "AWS::EC2::Instance"))
+    assert block_settings(fixed)["CAB_TARGET"] == "65536" and block_settings(fixed)["CAB_UNIT"] == "fixed"
+
+
+def test_boot_unit_false_renders_the_block_without_the_unit():
+    app, stack, vpc = new_stack()
+    ec2.Instance(stack, "I", vpc=vpc, instance_type=ec2.InstanceType("m5.large"), machine_image=IMAGE)
+    AuditBacklog.apply_to(app, boot_unit=False)
+    text = user_data_of(only(stack, "AWS::EC2::Instance"))
+    assert "CAB_UNIT" not in block_settings(text) and "cab_unit" not in text and "cab_limit_for_kib" not in text
+    assert "/bin/bash -s <<'CDK_AUDIT_BACKLOG' || true" in text

@@ -372,6 +372,25 @@ def test_verify_fails_on_untuned_and_below_policy(capsys):
 
 
 @mock_aws
+def test_verify_accepts_a_running_instance_whose_user_data_was_kept_but_not_a_plain_one(capsys):
+    _deploy({"Old": ("t3.micro", "#!/bin/bash\necho untouched\n")}, with_asg=False)
+    cfn = boto3.client("cloudformation", region_name="us-east-1")
+    template = json.loads(json.dumps(cfn.get_template(StackName="Fleet")["TemplateBody"]))
+    template["Resources"]["Old"]["Metadata"] = {
+        "cdk-audit-backlog": {"limit": 1024, "deployed": "user data kept; tuned by the association"}}
+    template["Resources"]["New"] = json.loads(json.dumps(template["Resources"]["Old"]))
+    del template["Resources"]["New"]["Metadata"]
+    cfn.create_stack(StackName="Adopted", TemplateBody=json.dumps(template))
+    rc, out, err = run(["verify", "--stack", "Adopted", "--region", "us-east-1", "--format", "json"], capsys)
+    assert rc == 1, out + err  # New has no block and no record: untuned
+    rows = {r["resource"].split()[1]: r for r in json.loads(out)}
+    assert rows["(Old)"]["status"] == "kept" and not rows["(Old)"]["failed"]
+    assert "the SSM association tunes it" in rows["(Old)"]["note"]
+    assert rows["(New)"]["status"] == "untuned"
+    assert "2 checked, 1 untuned" in err
+
+
+@mock_aws
 def test_verify_unknown_stack_is_a_clear_error(capsys):
     rc, _, err = run(["verify", "--stack", "NoSuchStack", "--region", "us-east-1"], capsys)
     assert rc == 2

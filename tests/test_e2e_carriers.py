@@ -40,11 +40,7 @@ def test_karpenter_al2023_part_sizes_the_limit_from_memtotal_at_boot(karpenter):
 
 # -- Image Builder: build on a running instance, then launches with no user data --------------------
 
-from cdk_audit_backlog.user_data import FEATURES  # noqa: E402
 
-needs_unit = pytest.mark.skipif(
-    "unit" not in FEATURES, reason="the boot unit (script mode `install`) is not in userdata/audit-backlog.sh yet"
-)
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +52,6 @@ def _early(report):
     return report.get("early.backlog_limit")
 
 
-@needs_unit
 def test_image_builder_build_and_validate_phases_pass_on_the_build_instance(image_builder):
     build = image_builder.runs[0].boot(1)
     outputs = vm.outputs(build)
@@ -65,7 +60,6 @@ def test_image_builder_build_and_validate_phases_pass_on_the_build_instance(imag
     assert "E2E-USER phases done" in outputs, outputs
 
 
-@needs_unit
 def test_image_builder_launches_follow_memory_from_the_first_rule_load(image_builder):
     """No user data: 1 GiB -> 1024, 8 GiB -> 8192, 1 GiB -> 1024, already when auditd has loaded the rules
     (the AL2-like image ships -b 320)."""
@@ -75,7 +69,6 @@ def test_image_builder_launches_follow_memory_from_the_first_rule_load(image_bui
     assert [result_line(r) for r in launches[:2]] == [None, None]  # no user data ran: only the unit sized it
 
 
-@needs_unit
 def test_image_builder_test_phase_passes_on_a_launched_instance(image_builder):
     outputs = vm.outputs(image_builder.runs[-1].boot(1))
     assert any(line.startswith("cdk-audit-backlog: test: backlog_limit 1024") for line in outputs), outputs

@@ -76,6 +76,22 @@ def cmdline(suite):
 
 
 @pytest.fixture(scope="module")
+def resize(al2):
+    # Two more boots of al2's disk (1 GiB, then 8 GiB), same instance-id: only the boot unit runs.
+    return _record(scenarios.resize_after(al2))
+
+
+def _assert_unit_ran_before_the_rules_loaded(report):
+    """cdk-audit-backlog.service ended before the unit that loads the rules started (auditd.service on
+    audit 3.x, audit-rules.service on audit 4; whichever exist), and succeeded."""
+    assert report["boot_unit_result"] == "success active", report["boot_unit_result"]
+    ended = int(report["boot_unit_exit_us"])
+    loaders = [int(report[k]) for k in ("auditd_start_us", "audit_rules_start_us") if int(report.get(k) or 0) > 0]
+    assert ended > 0 and loaders, report
+    assert ended <= min(loaders), (ended, loaders)
+
+
+@pytest.fixture(scope="module")
 def mixed():
     return _record(scenarios.mixed_group_per_machine())
 
@@ -104,6 +120,20 @@ def test_debian_block_reports_and_keeps_the_larger_shipped_limit(debian):
     assert vm.audit_status(rep)["backlog_limit"] == str(expected)
     # The console line also reached the serial console, as an instance's console output would show it.
     assert debian.runs[0].grep(r"cdk-audit-backlog: backlog_limit \d+ -> \d+")
+
+
+def test_boot_unit_keeps_debians_shipped_8192_on_a_1_gib_boot(debian):
+    """Boot 2 of the same disk (1 GiB): the boot unit the block installed in boot 1 runs before the rules
+    load, computes 1024 from MemTotal and keeps the distribution's larger 8192 (its own file stays empty)."""
+    first, second = debian.runs[0].boot(1), debian.runs[1].last()
+    assert scenarios.early_limit(first) == str(DEBIAN_SHIPPED_LIMIT)  # no unit yet: the shipped rules
+    assert "cdk-audit-backlog: unit: installed (boot target auto)" in vm.outputs(first)
+    _assert_unit_ran_before_the_rules_loaded(second)
+    out = scenarios.unit_outputs(second)
+    assert out[0].startswith("cdk-audit-backlog: target 1024 (boot, MemTotal "), out
+    assert f"cdk-audit-backlog: persist: kept -b {DEBIAN_SHIPPED_LIMIT}" in out
+    assert scenarios.early_limit(second) == str(DEBIAN_SHIPPED_LIMIT)
+    assert vm.audit_status(second)["backlog_limit"] == str(DEBIAN_SHIPPED_LIMIT)
 
 
 def test_debian_rules_files_are_as_designed(debian):
@@ -164,6 +194,32 @@ def test_small_storm_loses_records_at_320_and_none_at_the_tuned_limit(al2):
     assert int(runs["320"]["lost"]) > 500
     assert int(runs["8192"]["lost"]) == 0
     assert all(r["drained"] == "yes" for r in runs.values())
+
+
+# -- 7. Resize: the user-data route, 8 GiB -> 1 GiB -> 8 GiB on the same disk ----------------------------------
+
+def test_resize_follows_memory_from_the_first_rule_load(al2, resize):
+    first = al2.runs[0].boot(1)
+    # 8 GiB, user data: the image's 320 when the rules loaded (no unit yet), the block's 8192 after cloud-final.
+    assert scenarios.early_limit(first) == str(AL2_SHIPPED_LIMIT)
+    assert vm.audit_status(first)["backlog_limit"] == "8192"
+    assert "cdk-audit-backlog: unit: installed (boot target auto)" in vm.outputs(first)
+    for run, want in zip(resize.runs, ("1024", "8192")):
+        rep = run.last()
+        assert rep["instance_id"] == "i-e2e-al2-1"
+        assert vm.outputs(rep) == []  # same instance: cloud-init did not run the user data again
+        _assert_unit_ran_before_the_rules_loaded(rep)
+        out = scenarios.unit_outputs(rep)
+        assert "cdk-audit-backlog: persist: wrote /etc/audit/rules.d/zz-cdk-audit-backlog.rules" in out, out
+        assert any(line.startswith("cdk-audit-backlog: backlog_limit ") and f" -> {want} (boot, MemTotal " in line
+                   for line in out), out
+        # In force from the boot's first rule load, read before cloud-init's final stage began ...
+        assert scenarios.early_limit(rep) == want, run.name
+        assert float(rep["early.uptime_s"]) * 1e6 < int(rep["cloud_final_start_us"])
+        # ... and still after cloud-final; the next boot merges the same.
+        assert vm.audit_status(rep)["backlog_limit"] == want
+        assert rules_d_b(vm.files(rep)) == int(want)
+        _assert_rules_files_safe(rep)
 
 
 # -- 4. Immutable (-e 2) ---------------------------------------------------------------------------------------

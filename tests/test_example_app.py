@@ -136,4 +136,4 @@ def test_built_wheel_installed_outside_the_repo_ships_the_script(tmp_path):
     assert result.returncode == 0, result.stderr
     user_data = json.loads(result.stdout.strip().splitlines()[-1])
     assert user_data.startswith("#!/bin/bash\n# >>> cdk-audit-backlog >>>\n")
-    assert "CAB_TARGET=8192" in user_data and "cab_main </dev/null" in user_data
+    assert "CAB_TARGET=8192" in user_data and 'cab_main "$@" </dev/null' in user_data

@@ -276,13 +276,9 @@ def test_recipe_overrides_are_checked(overrides, message):
 
 # -- the build phase, run on fixture roots ------------------------------------------------------------
 
-from cdk_audit_backlog.user_data import FEATURES  # noqa: E402
 from tests.boot import fakes  # noqa: E402
 from tests.boot import fixtures as fx  # noqa: E402
 
-needs_unit = pytest.mark.skipif(
-    "unit" not in FEATURES, reason="the boot unit (script mode `install`) is not in userdata/audit-backlog.sh yet"
-)
 PATHS = ("/var/tmp/cdk-audit-backlog.inputs", "/var/tmp/cdk-audit-backlog.sh", "/usr/local/sbin/cdk-audit-backlog")
 
 
@@ -320,7 +316,6 @@ def unit_boot(root, sandbox):
     return fakes.boot(root)["backlog_limit"], r.stdout
 
 
-@needs_unit
 @pytest.mark.parametrize("layout, shipped", [("al2", 320), ("debian12", 8192), ("al2023-fedora-file", 64)])
 def test_build_phase_installs_a_unit_that_follows_memory_at_every_boot(tmp_path, layout, shipped):
     """No user data at all: the image's build phase installs the unit; later boots with 1 GiB, 8 GiB and
@@ -343,7 +338,6 @@ def test_build_phase_installs_a_unit_that_follows_memory_at_every_boot(tmp_path,
     assert seen == expected
 
 
-@needs_unit
 def test_build_phase_with_a_fixed_limit_keeps_it_across_memory_sizes(tmp_path):
     sandbox = fx.make_sandbox(tmp_path / "sandbox")
     root = tmp_path / "root"

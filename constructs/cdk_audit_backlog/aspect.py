@@ -86,6 +86,10 @@ class AuditBacklog:
         boot before auditd starts (takes effect at the next boot). Default: False.
     :param install_auditd: install auditd where the image lacks it. Default: False.
     :param allow_lower: lower a larger limit the image already has. Default: False (never lower).
+    :param boot_unit: also install a systemd unit that sizes the limit again on every later boot, before the
+        audit rules load (so a stopped, resized and started instance follows its new memory): from MemTotal
+        where the limit was chosen from the instance type, or the fixed ``backlog_limit``. Only on systemd
+        hosts that merge rules.d with augenrules. Default: True.
     :param bottlerocket: tune Bottlerocket launches (TOML user data) too: ``audit_backlog_limit`` goes
         into ``settings.boot.kernel-parameters`` with ``settings.boot.reboot-to-reconcile = true`` (one
         reboot during the first boot). Needs a known instance type or ``backlog_limit`` (Bottlerocket has
@@ -108,6 +112,7 @@ class AuditBacklog:
         kernel_cmdline: bool = False,
         install_auditd: bool = False,
         allow_lower: bool = False,
+        boot_unit: bool = True,
         bottlerocket: bool = False,
         exclude: Optional[Callable[[CfnResource], bool]] = None,
         running_instances: str = "keep",
@@ -122,6 +127,7 @@ class AuditBacklog:
             ("kernel_cmdline", kernel_cmdline),
             ("install_auditd", install_auditd),
             ("allow_lower", allow_lower),
+            ("boot_unit", boot_unit),
             ("bottlerocket", bottlerocket),
         ):
             if not isinstance(value, bool):
@@ -137,6 +143,7 @@ class AuditBacklog:
         self.kernel_cmdline = kernel_cmdline
         self.install_auditd = install_auditd
         self.allow_lower = allow_lower
+        self.boot_unit = boot_unit
         self.bottlerocket = bottlerocket
         self.exclude = exclude
         self.running_instances = running_instances
@@ -209,6 +216,8 @@ class AuditBacklog:
             install_auditd=self.install_auditd,
             allow_lower=self.allow_lower,
             source=source,
+            # a limit chosen from the instance type follows the memory at every boot; the user's stays fixed
+            boot_unit="off" if not self.boot_unit else "fixed" if self.backlog_limit is not None else "auto",
         )
 
 

@@ -24,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Set
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from .aws_api import aws_errors, boto3_module, client_config
 from .errors import CliError
@@ -126,7 +126,7 @@ def _read_manifest(directory: Path, out: List[SynthesizedStack], depth: int) -> 
             _read_manifest(directory / props["directoryName"], out, depth + 1)
 
 
-def _environment(env: str) -> "tuple[Optional[str], Optional[str]]":
+def _environment(env: str) -> Tuple[Optional[str], Optional[str]]:
     """``aws://ACCOUNT/REGION``; CDK writes ``unknown-account`` / ``unknown-region`` for agnostic stacks."""
     parts = env.replace("aws://", "", 1).split("/")
     account = parts[0] if parts and parts[0] and parts[0] != "unknown-account" else None

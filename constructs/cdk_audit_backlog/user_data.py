@@ -24,6 +24,9 @@ _HEREDOC = "CDK_AUDIT_BACKLOG"
 _INPUTS_BEGIN = "# @@CAB_INPUTS_BEGIN@@"
 _INPUTS_END = "# @@CAB_INPUTS_END@@"
 _SOURCE_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]*(/[0-9]+MiB)?$")
+#: ``boot_unit`` values: no unit; a unit that recomputes the limit from MemTotal on every boot; a unit that
+#: keeps the fixed ``target``.
+BOOT_UNIT_MODES = ("off", "auto", "fixed")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,10 @@ class BlockInputs:
     :param install_auditd: install auditd where it is missing. Default: False.
     :param allow_lower: allow lowering a larger existing limit. Default: False.
     :param source: what the limit was chosen from, e.g. ``m5.large/8192MiB``. Default: ``unknown``.
+    :param boot_unit: also install the boot unit (``cdk-audit-backlog.service``), which sizes the limit on
+        every later boot before the audit rules load: ``"auto"`` (from MemTotal, so it follows a resize),
+        ``"fixed"`` (keeps ``target``) or ``"off"``. Default: ``"off"`` (the aspect passes ``"auto"`` or
+        ``"fixed"`` unless its ``boot_unit=False``).
     """
 
     target: Optional[int] = None
@@ -46,6 +53,7 @@ class BlockInputs:
     install_auditd: bool = False
     allow_lower: bool = False
     source: str = "unknown"
+    boot_unit: str = "off"
 
     def __post_init__(self) -> None:
         # Stored as plain ints (numpy's integers are accepted too): they are written into a root shell.
@@ -58,6 +66,8 @@ class BlockInputs:
         for name in ("kernel_cmdline", "install_auditd", "allow_lower"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.boot_unit not in BOOT_UNIT_MODES:
+            raise ValueError(f"boot_unit must be one of {BOOT_UNIT_MODES}, got {self.boot_unit!r}")
         if not isinstance(self.source, str) or not _SOURCE_RE.match(self.source):
             raise ValueError(
                 f"source must match {_SOURCE_RE.pattern} (an instance type and its memory), got {self.source!r}"
@@ -66,10 +76,12 @@ class BlockInputs:
     def features(self) -> frozenset:
         """The optional parts of the script these inputs use (the others are left out of the block)."""
         used = {
-            "auto": self.target is None,
+            # the unit's "auto" sizes from MemTotal at boot, so it needs the formula even for a known type
+            "auto": self.target is None or self.boot_unit == "auto",
             "wait": self.backlog_wait_time is not None,
             "install": self.install_auditd,
             "cmdline": self.kernel_cmdline,
+            "unit": self.boot_unit != "off",
         }
         return frozenset(name for name, on in used.items() if on)
 
@@ -86,7 +98,7 @@ class BlockInputs:
             f"CAB_INSTALL_AUDITD={int(self.install_auditd)}",
             f"CAB_ALLOW_LOWER={int(self.allow_lower)}",
             f"CAB_SOURCE={self.source}",
-        ]
+        ] + ([] if self.boot_unit == "off" else [f"CAB_UNIT={self.boot_unit}"])
 
 
 def script_text() -> str:
@@ -95,7 +107,7 @@ def script_text() -> str:
 
 
 #: Optional parts of the script, each between ``# @@CAB_IF <name>@@`` and ``# @@CAB_ENDIF@@``.
-FEATURES = ("auto", "wait", "install", "cmdline")
+FEATURES = ("auto", "wait", "install", "cmdline", "unit")
 _IF_RE = re.compile(r"^# @@CAB_IF ([a-z]+)@@$")
 _ENDIF = "# @@CAB_ENDIF@@"
 
@@ -145,12 +157,20 @@ def _compact_body(features: frozenset = frozenset(FEATURES)) -> str:
     return body
 
 
+# How the block runs its here-document. Without the unit: ``bash -s`` reads it from stdin. With the unit:
+# the body goes to a temporary file first and bash runs that file, so the script has a file of its own
+# (``BASH_SOURCE``) to install as the unit's ``/usr/local/sbin/cdk-audit-backlog``; the file is removed
+# afterwards. Both run in their own /bin/bash: nothing reaches the user's shell.
+_RUN_STDIN = f"/bin/bash -s <<'{_HEREDOC}' || true\n"
+_RUN_FILE = f"/bin/bash -c 'f=$(mktemp)&&cat>\"$f\"&&/bin/bash \"$f\";rm -f \"$f\"' <<'{_HEREDOC}' || true\n"
+
+
 def render_block(inputs: BlockInputs) -> str:
     """The block, from its begin marker to its end marker, each line ending in a newline."""
     return "".join(
         [
             BLOCK_BEGIN + "\n",
-            f"/bin/bash -s <<'{_HEREDOC}' || true\n",
+            _RUN_STDIN if inputs.boot_unit == "off" else _RUN_FILE,
             "\n".join(inputs.assignments()) + "\n",
             _compact_body(inputs.features()),
             _HEREDOC + "\n",

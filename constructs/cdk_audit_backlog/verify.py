@@ -11,14 +11,16 @@ import base64
 import binascii
 import email
 import gzip
+import json
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from . import instance_memory
 from .aws_api import NotFound, aws_errors, boto3_module, client_config
+from .deployed_context import user_data_kept
 from .policy import BacklogPolicy
 
 BLOCK_BEGIN = "# >>> cdk-audit-backlog >>>"
@@ -143,7 +145,9 @@ class LaunchCheck:
 
     status: ``tuned``, ``untuned`` (no block), ``below-policy``, ``auto`` (the block computes the limit at
     boot and no console line proves it yet), ``unverified`` (the console line says ``-> ?``),
-    ``not-running``. Only ``untuned`` and ``below-policy`` fail ``verify``.
+    ``not-running``, ``kept`` (no block because it already ran when the library was adopted: the aspect
+    kept its user data and the SSM association tunes it; its result is the association's compliance, not
+    the console). Only ``untuned`` and ``below-policy`` fail ``verify``.
     """
 
     resource: str
@@ -205,6 +209,24 @@ def _stack_resources(cfn: Any, stack: str, depth: int = 0) -> List[Dict[str, Any
     return out
 
 
+def _kept_instances(cfn: Any, stack: str) -> Set[str]:
+    """Logical ids of the stack's Instances whose user data the aspect kept because they already ran
+    (their ``cdk-audit-backlog`` Metadata in the deployed template says so)."""
+    body = cfn.get_template(StackName=stack, TemplateStage="Original").get("TemplateBody")
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return set()
+    resources = body.get("Resources") if isinstance(body, dict) else None
+    return {
+        lid
+        for lid, r in (resources or {}).items()
+        if isinstance(r, dict) and r.get("Type") == "AWS::EC2::Instance"
+        and user_data_kept((r.get("Metadata") or {}).get("cdk-audit-backlog"))
+    }
+
+
 def _chunks(items: Sequence[str], n: int) -> Iterable[Sequence[str]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
@@ -239,6 +261,7 @@ def check_stack(
     )
 
     resources = aws_errors(what, lambda: _stack_resources(cfn, stack))
+    kept = aws_errors(what, lambda: _kept_instances(cfn, stack))
     instance_ids: Dict[str, str] = {}  # id -> label
     asg_names: Dict[str, str] = {}  # physical name -> logical id
     lt_ids: Dict[str, str] = {}
@@ -332,6 +355,9 @@ def check_stack(
             if res:
                 c.applied, c.console_line = res.new, res.line
         _classify(c)
+        if c.status == "untuned" and instance_ids[iid] in kept:
+            c.status, c.problem = "kept", ""
+            c.note = "user data kept (it ran before the library was adopted); the SSM association tunes it"
         if c.console_line and c.applied is None and not c.failed:
             c.status = "unverified"
             c.problem = "the block could not read the kernel's limit (auditctl missing?)"

@@ -312,8 +312,9 @@ def start_auditd() -> int:
     return try_load(kernel(), cfg, dest) if dest.exists() else 0
 
 
-def boot(root: Path, cmdline_limit: int | None = None) -> dict:
-    """Emulate a boot of the fixture: fresh kernel state, then auditd's start; returns the kernel state."""
+def boot(root: Path, cmdline_limit: int | None = None, before_auditd=None) -> dict:
+    """Emulate a boot of the fixture: fresh kernel state, then ``before_auditd()`` if given (units ordered
+    before auditd, e.g. the boot unit), then auditd's start; returns the kernel state."""
     global ROOT, FAKE
     saved = ROOT, FAKE
     ROOT, FAKE = root, root / ".fake"
@@ -322,6 +323,8 @@ def boot(root: Path, cmdline_limit: int | None = None) -> dict:
         if cmdline_limit is not None:
             k["backlog_limit"] = cmdline_limit
         save_kernel(k)
+        if before_auditd is not None:
+            before_auditd()
         if (root / "sbin/auditctl").exists() and config().get("auditd_enabled", True):
             start_auditd()
         return kernel()
