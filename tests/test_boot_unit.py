@@ -191,6 +191,20 @@ def test_install_mode_installs_the_unit_and_exits(tmp_path, sandbox):
     assert k["backlog_limit"] == 8192 and said(out)[-1].startswith("backlog_limit 64 -> 8192 (boot, MemTotal")
 
 
+def test_install_mode_keeps_a_fixed_target_and_reports_a_host_without_systemd(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    r = fx.run_script(root, sandbox, target=16384, args=("install",))
+    assert r.returncode == 0 and said(r.stdout) == ["unit: installed (boot target 16384)"]
+    k, _ = reboot(root, sandbox, GIB_1)
+    assert k["backlog_limit"] == 16384
+    root = tmp_path / "al1"
+    fx.build(root, "al1")
+    r = fx.run_script(root, sandbox, target="auto", args=("install",))
+    # exit status 6: an image build step fails loudly rather than shipping an image without the unit
+    assert r.returncode == 6 and said(r.stdout) == ["unit: not installed (needs systemd, augenrules, a script file)"]
+
+
 def test_unknown_mode_is_refused(tmp_path, sandbox):
     root = tmp_path / "al2"
     fx.build(root, "al2")

@@ -74,9 +74,10 @@ cab_limit_for_kib() {
 
 # Kernel status from `auditctl -s` (audit 2.4+ "key value" lines, or the older single
 # "AUDIT_STATUS: key=value ..." line): en enabled, lo lost, bw backlog_wait_time, bl backlog_limit
-# (empty when auditctl cannot report it).
+# (empty when auditctl cannot report it). The inner `|| :` keeps the ERR trap (inherited under set -E)
+# from firing in the substitution when auditctl is missing, after `read` closed the pipe.
 st() {
-  read -r en lo bw bl < <(timeout 20 auditctl -s 2>/dev/null | awk -F'[ =]' '{for(i=1;i<NF;i++)v[$i]=$(i+1)}END{print v["enabled"]+0,v["lost"]+0,v["backlog_wait_time"]+0,v["backlog_limit"]}') || :
+  read -r en lo bw bl < <(timeout 20 auditctl -s 2>/dev/null | awk -F'[ =]' '{for(i=1;i<NF;i++)v[$i]=$(i+1)}END{print v["enabled"]+0,v["lost"]+0,v["backlog_wait_time"]+0,v["backlog_limit"]}' || :) || :
 }
 
 # lb FILE...: the value of the last -b line (what augenrules and auditctl -R keep); empty if none.
@@ -119,16 +120,17 @@ kv() {
 # cab_unit: install the boot unit on systemd + augenrules systems: this script (S), its inputs (V) and a
 # oneshot ordered before the units that load the rules: auditd.service (audit 3.x: ExecStartPost
 # augenrules --load) and audit-rules.service (audit 4). It runs before sysinit.target like them, hence
-# DefaultDependencies=no and audit-rules.service's own After=. Its target is auto (follows MemTotal on
-# every boot, so a resize) unless the user fixed the limit (CAB_UNIT=fixed). A rerun writes nothing.
+# DefaultDependencies=no and audit-rules.service's own After=. Its target: auto (follows MemTotal on
+# every boot, so a resize) with CAB_UNIT=auto (the aspect chose the limit from the instance type), else
+# CAB_TARGET (the user's fixed limit, or auto; install mode). A rerun writes nothing.
 cab_unit() {
-  local y=auto s=$R/usr/local/sbin/cdk-audit-backlog u=$R/etc/systemd/system/cdk-audit-backlog.service x='' l
+  local y=$CAB_TARGET s=$R/usr/local/sbin/cdk-audit-backlog u=$R/etc/systemd/system/cdk-audit-backlog.service x='' l
   lay
   if [ $a = 0 ] || [ ! -d "$R/run/systemd/system" ] || [ ! -f "$S" ]; then
     say "unit: not installed (needs systemd, augenrules, a script file)"
     return 6
   fi
-  [ "$CAB_UNIT" != fixed ] || y=$CAB_TARGET
+  [ "$CAB_UNIT" != auto ] || y=auto
   wr "$V" "CAB_TARGET=$y" "CAB_FRACTION_PPM=$CAB_FRACTION_PPM" "CAB_MIN=$CAB_MIN" "CAB_MAX=$CAB_MAX" "CAB_WAIT=$CAB_WAIT" "CAB_KERNEL_CMDLINE=0" "CAB_INSTALL_AUDITD=0" "CAB_ALLOW_LOWER=$CAB_ALLOW_LOWER" "CAB_SOURCE=boot"
   mkdir -p "${s%/*}" "${u%/*}" || :
   wr "$s" "$(cat "$S")"

@@ -18,7 +18,8 @@ Exit status: 0 fine, 1 a check failed (untuned or below policy, unknown type in 
 machine the deploy would interrupt in ``impact``), 2 usage or
 AWS errors (no credentials, unknown stack, throttled after retries).
 
-boto3 is needed only by ``refresh-types``, ``verify`` and ``impact`` (``pip install 'cdk-audit-backlog[cli]'``);
+boto3 is needed only by ``refresh-types``, ``verify`` and ``impact``
+(``pip install 'cdk-audit-backlog[cli]'``);
 it is imported lazily so ``plan`` and ``report`` work without it.
 
 The logic of each command lives in its own module (``plan``, ``refresh``, ``verify``, ``report``,
@@ -301,22 +302,25 @@ def _cmd_impact(args: argparse.Namespace, out: TextIO) -> int:
     else:
         headers = ("stack", "resource", "type", "change", "interrupts", "effect on machines")
         cells = [
-            [i.stack, i.logical_id, i.resource_type.split("::")[-1], i.change, "YES" if i.interrupts else "no",
-             i.effect]
+            [i.stack, i.logical_id, i.resource_type.split("::")[-1], i.change,
+             "YES" if i.interrupts else "no", i.effect]
             for i in rows
         ]
         out.write(format_table(headers, cells))
     for r in results:
         if r.deployed is None:
-            print(f"impact: stack {r.stack.stack_name} is not deployed in {r.account}/{r.region}", file=sys.stderr)
+            where = f"{r.account}/{r.region}"
+            print(f"impact: stack {r.stack.stack_name} is not deployed in {where}", file=sys.stderr)
     interrupting = [i for i in rows if i.interrupts]
-    print(f"impact: {len(rows)} resource(s), {len(interrupting)} interrupting running machines", file=sys.stderr)
+    summary = f"impact: {len(rows)} resource(s), {len(interrupting)} interrupting running machines"
+    print(summary, file=sys.stderr)
     if args.record:
         written = impact.record_deployed_instances(Path(args.context_file), results)
         for key, ids in written.items():
             print(f"impact: recorded {len(ids)} running instance(s) under {key} in {args.context_file}",
                   file=sys.stderr)
-        print("impact: synthesize again (cdk synth): recorded instances keep their user data", file=sys.stderr)
+        print("impact: synthesize again (cdk synth): recorded instances keep their user data",
+              file=sys.stderr)
         return 0
     return 1 if interrupting else 0
 
@@ -385,17 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "impact",
         help="what the next cdk deploy does to each deployed launch resource and its machines",
-        description="Compares each stack of a synthesized cloud assembly with the template CloudFormation holds "
-        "for it (GetTemplate) and says, per Instance, launch template, launch configuration, group and SSM "
-        "association, what the deploy does to the running machines. Exit 1 if any would be interrupted.",
+        description="Compares each stack of a synthesized cloud assembly with the template CloudFormation "
+        "holds for it (GetTemplate) and says, per Instance, launch template, launch configuration, group and "
+        "SSM association, what the deploy does to the running machines. Exit 1 if any would be interrupted.",
     )
     p.add_argument("cdk_out", nargs="?", default="cdk.out", metavar="CDK_OUT_DIR",
                    help="the synthesized cloud assembly (default cdk.out)")
     p.add_argument("--stack", action="append", metavar="NAME", help="only this stack (repeatable)")
     p.add_argument("--region", help="AWS region for stacks without one (default: the environment's)")
     p.add_argument("--record", action="store_true",
-                   help="record each stack's deployed Instances in the context file, so the aspect keeps their "
-                   "user data (no stop/start); exit 0 once recorded")
+                   help="record each stack's deployed Instances in the context file, so the aspect keeps "
+                   "their user data (no stop/start); exit 0 once recorded")
     p.add_argument("--context-file", default="cdk.context.json", metavar="FILE",
                    help="the CDK context file to record into (default cdk.context.json)")
     p.add_argument("--format", choices=("table", "json"), default="table")
