@@ -45,8 +45,10 @@ boot-tools: .cache/boot-tools/.stamp
 .cache/boot-tools/.stamp: tests/boot/fetch-tools.sh
 	bash tests/boot/fetch-tools.sh .cache/boot-tools
 
+# make storm SUITE=trixie: the same storm on Debian 13's kernel 6.12 (default bookworm, Debian 12's 6.1).
+SUITE ?= bookworm
 storm: setup debian-packages
-	$(PY) -m e2e.storm
+	$(PY) -m e2e.storm --suite $(SUITE)
 
 bench: setup
 	$(PY) benchmarks/synth_overhead.py

@@ -1,31 +1,32 @@
 """``make storm``: the audit storm our block prevents, measured on a real kernel.
 
-One boot of the AL2-like image (rules.d ``-b 320``) with the example app's m5.large launch template user
+One boot of the AL2-like image (rules.d ``-b 320``) of one suite (``--suite``: bookworm = Debian 12, kernel
+6.1; trixie = Debian 13, kernel 6.12) with the example app's m5.large launch template user
 data in a 2 vCPU / 8 GiB guest (an m5.large's shape). The block tunes 320 -> 8192 at boot; then the guest's
 storm runner (``guest/e2e-storm.sh``) replays the same burst (openat calls while auditd is SIGSTOPped for a
 fixed pause) at each limit:
 
 * the table: limit 320 (AL2's) vs the tuned limit, each with wait 0 and with the boot's wait time;
-* the headroom curve: records lost against burst size for 320, tuned and 4x tuned (wait 0), drawn into
-  ``docs/storm-headroom.svg``;
+* the headroom curve: records lost against burst size for 320, tuned and 4x tuned (wait 0), drawn with
+  matplotlib into ``docs/storm-headroom.png`` together with the other suite's last run (both kernels);
 * kernel memory while the tuned (and the 4x) queue is full, beside the formula's worst case limit x 8970;
 * the apply step's share of boot time, from the guest's journal and cloud-init's event log.
 
 Prints the table and ``storm: lost default=X tuned=Y; stall default=Ams tuned=Bms``; writes the raw
-results to ``.cache/e2e/storm.json``.
+results to ``.cache/e2e/storm-<suite>.json`` (the plot reads every suite's from there).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Mapping, Sequence
 
+from . import image as images
 from . import scenarios, vm
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,6 +34,7 @@ OPENS, PAUSE = 1000, 5
 BURSTS = (500, 1000, 2000, 4000, 8000, 16000)
 CURVE_LIMITS = ("320", "boot", "boot4")
 WORST_CASE_BYTES = 8970  # MAX_AUDIT_MESSAGE_LENGTH per queued record
+PLOT = REPO / "docs" / "storm-headroom.png"
 SERIAL_BLOCK = re.compile(r"\[\s*(\d+\.\d+)\] cloud-init\[\d+\]: cdk-audit-backlog: ")
 
 
@@ -94,11 +96,11 @@ def analyse(run: vm.Run, opens: int = OPENS) -> Dict[str, object]:
 
 
 def table(res: Dict[str, object]) -> str:
-    rows = ["| limit | wait (ticks) | opens | lost (kernel counter) | burst ms | backlog_wait_time_actual |",
-            "|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| kernel | limit | wait (ticks) | opens | lost (kernel counter) | burst ms | backlog_wait_time_actual |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
     for r in res["table"]:  # type: ignore[union-attr]
-        rows.append(f"| {r['limit']} | {r['wait']} | {r['opens']} | {int(r['lost']):,} | {int(r['burst_ms']):,} "
-                    f"| {r.get('wait_actual', '?')} |")
+        rows.append(f"| {res['kernel']} | {r['limit']} | {r['wait']} | {r['opens']} | {int(r['lost']):,} "
+                    f"| {int(r['burst_ms']):,} | {r.get('wait_actual', '?')} |")
     return "\n".join(rows)
 
 
@@ -141,50 +143,64 @@ def memory_lines(res: Dict[str, object]) -> List[str]:
     return out
 
 
-def svg(res: Dict[str, object], path: Path) -> None:
-    """Lost records against burst size, one line per limit, written by hand (no plotting dependency)."""
-    curve = res["curve"]
-    limits = sorted({int(r["limit"]) for r in curve})  # type: ignore[union-attr]
-    bursts = sorted({int(r["opens"]) for r in curve})  # type: ignore[union-attr]
-    # y: the kernel's lost counter as a share of the burst's openat calls (one refused event counts once).
-    pts = {(int(r["limit"]), int(r["opens"])): 100.0 * int(r["lost"]) / int(r["opens"])  # type: ignore[union-attr]
-           for r in curve}  # type: ignore[union-attr]
-    W, H, L, R, T, B = 720, 420, 80, 170, 50, 60
-    pw, ph = W - L - R, H - T - B
-    ytop, step = 100.0, 20.0
-    x = lambda b: L + pw * (math.log2(b) - math.log2(bursts[0])) / max(math.log2(bursts[-1] / bursts[0]), 1)
-    y = lambda v: T + ph * (1 - v / ytop)
-    colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd"]
-    tuned = res["tuned"]
-    o = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
-         f'<rect width="{W}" height="{H}" fill="white"/>',
-         f'<text x="{L}" y="22" font-size="15" font-weight="bold">Audit events lost vs burst size '
-         f'(auditd stopped {PAUSE} s, backlog_wait_time 0)</text>',
-         f'<text x="{L}" y="38" fill="#555">{res["kernel"]}, {res["vm"]}; 5 records per openat</text>']
-    for i in range(int(round(ytop / step)) + 1):
-        v = i * step
-        o.append(f'<line x1="{L}" x2="{L + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>')
-        o.append(f'<text x="{L - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.0f} %</text>')
-    for b in bursts:
-        o.append(f'<line x1="{x(b):.1f}" x2="{x(b):.1f}" y1="{T}" y2="{T + ph}" stroke="#eee"/>')
-        o.append(f'<text x="{x(b):.1f}" y="{T + ph + 18}" text-anchor="middle">{b:,}</text>')
-    o.append(f'<text x="{L + pw / 2}" y="{H - 15}" text-anchor="middle">openat calls in the burst (log scale)</text>')
-    o.append(f'<text x="18" y="{T + ph / 2}" transform="rotate(-90 18 {T + ph / 2})" text-anchor="middle">'
-             f'events lost (kernel audit_lost / openat calls)</text>')
-    o.append(f'<rect x="{L}" y="{T}" width="{pw}" height="{ph}" fill="none" stroke="#333"/>')
-    for i, limit in enumerate(limits):
-        c = colors[i % len(colors)]
-        xs = [(x(b), y(pts[(limit, b)])) for b in bursts if (limit, b) in pts]
-        o.append(f'<polyline fill="none" stroke="{c}" stroke-width="2.5" points="'
-                 + " ".join(f"{a:.1f},{v:.1f}" for a, v in xs) + '"/>')
-        for a, v in xs:
-            o.append(f'<circle cx="{a:.1f}" cy="{v:.1f}" r="3.5" fill="{c}"/>')
-        label = {320: "-b 320 (AL2 default)", tuned: f"-b {limit} (tuned)"}.get(limit, f"-b {limit} (4x tuned)")
-        ly = T + 20 + 22 * i
-        o.append(f'<line x1="{L + pw + 12}" x2="{L + pw + 32}" y1="{ly}" y2="{ly}" stroke="{c}" stroke-width="3"/>')
-        o.append(f'<text x="{L + pw + 38}" y="{ly + 4}">{label}</text>')
-    o.append("</svg>")
-    path.write_text("\n".join(o) + "\n")
+LIMIT_ROLES = {"320": ("-b 320 (AL2 default)", "#d62728"), "tuned": ("-b {limit} (tuned)", "#1f77b4"),
+               "4x": ("-b {limit} (4x tuned)", "#2ca02c")}
+SUITE_STYLES = {"bookworm": ("-", "o"), "trixie": ("--", "s")}
+
+
+def _role(limit: int, tuned: int) -> str:
+    return "320" if limit == 320 else "tuned" if limit == tuned else "4x"
+
+
+def plot(results: Mapping[str, Dict[str, object]], path: Path):
+    """Lost events against burst size, one line per limit and kernel (matplotlib, no pyplot state): colour
+    says the limit (AL2's 320, tuned, 4x tuned), line style the kernel (suite). Returns the Figure."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, PercentFormatter
+
+    fig = Figure(figsize=(9, 5.2), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    bursts: set = set()
+    for suite, res in results.items():
+        style, marker = SUITE_STYLES.get(suite, ("-.", "^"))
+        curve, tuned = res["curve"], int(res["tuned"])  # type: ignore[arg-type]
+        for limit in sorted({int(r["limit"]) for r in curve}):  # type: ignore[union-attr]
+            runs = sorted((int(r["opens"]), int(r["lost"])) for r in curve if int(r["limit"]) == limit)  # type: ignore[union-attr]
+            bursts.update(b for b, _ in runs)
+            label, colour = LIMIT_ROLES[_role(limit, tuned)]
+            # y: the kernel's lost counter as a share of the burst's openat calls (one refused event counts once)
+            ax.plot([b for b, _ in runs], [100.0 * lost / b for b, lost in runs], color=colour, linestyle=style,
+                    marker=marker, linewidth=2, label=f"{label.format(limit=limit)}, kernel {res['kernel']}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(bursts))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{int(v):,}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_ylim(0, 100)
+    ax.yaxis.set_major_formatter(PercentFormatter())
+    ax.grid(True, color="#dddddd")
+    ax.set_xlabel("openat calls in the burst (log scale)")
+    ax.set_ylabel("events lost (kernel audit_lost / openat calls)")
+    ax.set_title(f"Audit events lost vs burst size (auditd stopped {PAUSE} s, backlog_wait_time 0)", loc="left")
+    vms = sorted({str(res["vm"]) for res in results.values()})
+    fig.text(0.01, 0.005, f"{'; '.join(vms)}; {RECORDS_PER_OPEN} records per openat; `make storm --suite`",
+             fontsize=8, color="#555555")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.savefig(path, metadata={"Software": None})
+    return fig
+
+
+def suite_results() -> Dict[str, Dict[str, object]]:
+    """The last ``make storm`` result of every suite that has one (``.cache/e2e/storm-<suite>.json``)."""
+    out = {}
+    for suite in images.SUITES:
+        f = result_path(suite)
+        if f.exists():
+            out[suite] = json.loads(f.read_text())
+    return out
+
+
+def result_path(suite: str) -> Path:
+    return REPO / ".cache" / "e2e" / f"storm-{suite}.json"
 
 
 def summary_line(res: Dict[str, object]) -> str:
@@ -196,17 +212,32 @@ def summary_line(res: Dict[str, object]) -> str:
 def main(argv: Sequence[str] = ()) -> int:
     ap = argparse.ArgumentParser(prog="python -m e2e.storm", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bursts", default=",".join(map(str, BURSTS)), help="burst sizes for the headroom curve")
-    ap.add_argument("--no-plot", action="store_true", help="do not rewrite docs/storm-headroom.svg")
+    ap.add_argument("--suite", choices=images.SUITES, default=images.DEFAULT_SUITE,
+                    help="which Debian (and kernel) to boot; default %(default)s")
+    ap.add_argument("--no-plot", action="store_true", help=f"do not rewrite {PLOT.relative_to(REPO)}")
+    ap.add_argument("--plot-only", action="store_true",
+                    help="boot nothing: redraw the plot from every suite's last results")
     args = ap.parse_args(list(argv))
+    if args.plot_only:
+        results = suite_results()
+        if not results:
+            ap.error("no storm results yet: run make storm first")
+        plot(results, PLOT)
+        kernels = ", ".join(f"{suite}: {res['kernel']}" for suite, res in results.items())
+        print(f"plot: {PLOT.relative_to(REPO)} ({kernels})")
+        return 0
     bursts = [int(b) for b in args.bursts.split(",") if b]
     started = time.monotonic()
-    s = scenarios.al2_layout(storm_spec=spec(bursts=bursts))
+    s = scenarios.al2_layout(storm_spec=spec(bursts=bursts), suite=args.suite)
     run = s.runs[0]
     res = analyse(run)
+    res["suite"] = args.suite
     res["total_seconds"] = time.monotonic() - started
-    out = REPO / ".cache" / "e2e" / "storm.json"
+    out = result_path(args.suite)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
-    print(f"VM: {res['vm']}, accel {res['accel']}, kernel {res['kernel']} (HZ={res['hz']}); block said: "
+    print(f"VM: {res['vm']}, accel {res['accel']}, {images.SUITE_NAMES[args.suite]} ({args.suite}), kernel "
+          f"{res['kernel']} (HZ={res['hz']}); block said: "
           f"{res['result_line']}")
     print(f"burst: {OPENS} openat calls while auditd is SIGSTOPped for {PAUSE} s; wait {res['boot_wait']} ticks is "
           f"the boot's backlog_wait_time\n")
@@ -226,8 +257,9 @@ def main(argv: Sequence[str] = ()) -> int:
         print(f"serial log: block lines at {first:.2f} s .. {last:.2f} s after kernel start: "
               f"{last - first:.2f} s = {100 * (last - first) / last:.1f} % of the time to the result line")
     if not args.no_plot:
-        svg(res, REPO / "docs" / "storm-headroom.svg")
-        print("plot: docs/storm-headroom.svg")
+        results = suite_results()
+        plot(results, PLOT)
+        print(f"plot: {PLOT.relative_to(REPO)} (kernels: {', '.join(str(r['kernel']) for r in results.values())})")
     print(f"run: {run.elapsed_s:.0f} s in the VM, {res['total_seconds']:.0f} s in all; raw results {out.relative_to(REPO)}")
     print(summary_line(res))
     return 0

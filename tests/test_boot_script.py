@@ -90,6 +90,8 @@ LAYOUT_CASES = [
     ("ubuntu2204", 16384, 8192, 16384, "auditctl", OUR_FILE, 16384),
     ("ubuntu2404", 32768, 8192, 32768, "auditctl", OUR_FILE, 32768),
     ("debian12", 1024, 8192, 8192, "none", None, 8192),
+    ("debian13", 1024, 8192, 8192, "none", None, 8192),
+    ("debian13", 65536, 8192, 65536, "auditctl", OUR_FILE, 65536),
     ("al1", 8192, 320, 8192, "auditctl", "etc/audit/audit.rules", 8192),
     ("sles15", 8192, 64, 8192, "auditctl", OUR_FILE, 8192),
 ]
@@ -720,8 +722,11 @@ AUGENRULES_LAYOUTS = [n for n, lay in fx.LAYOUTS.items() if lay.auditd and lay.l
 @needs_real_tools
 @pytest.mark.parametrize("name", AUGENRULES_LAYOUTS)
 def test_layouts_with_debians_real_augenrules(tmp_path, sandbox, name):
+    """Each augenrules layout with the real augenrules of its generation (3.0.9; Debian 13: 4.0.2)."""
     root = tmp_path / name
     fx.build(root, name)
+    if fx.layout_generation(root) == "4" and not fx.audit4_tools_available():
+        pytest.skip("needs Debian 13's auditd 4.0.2 unpacked by `make boot-tools`")
     fx.use_real_augenrules(root)
     r = run(root, sandbox, target=65536, wait=6000)
     assert result_line(r.stdout).endswith("; method auditctl; lost 0)")
@@ -845,13 +850,14 @@ RULE_FILES = st.dictionaries(
 )  # fmt: skip
 
 
-def _real_merge_b(root, files: dict, sandbox) -> str:
-    """The -b value in what Debian's real augenrules generates from these rules.d files ('' if none)."""
+def _real_merge_b(root, files: dict, sandbox, generation: str = "3") -> str:
+    """The -b value in what Debian's real augenrules (3.0.9, or 4.0.2 for generation "4") generates from
+    these rules.d files ('' if none)."""
     d = root / "etc/audit/rules.d"
     d.mkdir(parents=True)
     for name, lines in files.items():
         (d / name).write_text("".join(line + "\n" for line in lines))
-    fx.use_real_augenrules(root)
+    fx.use_real_augenrules(root, generation)
     fakes.write_wrapper(root / "sbin/auditctl", "auditctl")
     p = subprocess.run([str(root / "sbin/augenrules")], env=fx.script_env(root, sandbox),
                        capture_output=True, text=True)  # fmt: skip

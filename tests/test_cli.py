@@ -380,14 +380,22 @@ def test_verify_accepts_a_running_instance_whose_user_data_was_kept_but_not_a_pl
         "cdk-audit-backlog": {"limit": 1024, "deployed": "user data kept; tuned by the association"}}
     template["Resources"]["New"] = json.loads(json.dumps(template["Resources"]["Old"]))
     del template["Resources"]["New"]["Metadata"]
+    # The launch template a running Instance launches from (require_imdsv2): kept as well.
+    template["Resources"]["OldLt"] = {
+        "Type": "AWS::EC2::LaunchTemplate",
+        "Metadata": {"cdk-audit-backlog": {"limit": "auto", "deployed": "user data kept: the running "
+                                           "instance(s) Old launch from it; a new version would replace them"}},
+        "Properties": {"LaunchTemplateData": {"MetadataOptions": {"HttpTokens": "required"}}},
+    }
     cfn.create_stack(StackName="Adopted", TemplateBody=json.dumps(template))
     rc, out, err = run(["verify", "--stack", "Adopted", "--region", "us-east-1", "--format", "json"], capsys)
     assert rc == 1, out + err  # New has no block and no record: untuned
     rows = {r["resource"].split()[1]: r for r in json.loads(out)}
     assert rows["(Old)"]["status"] == "kept" and not rows["(Old)"]["failed"]
     assert "the SSM association tunes it" in rows["(Old)"]["note"]
+    assert rows["(OldLt)"]["status"] == "kept" and "a running instance launches from it" in rows["(OldLt)"]["note"]
     assert rows["(New)"]["status"] == "untuned"
-    assert "2 checked, 1 untuned" in err
+    assert "3 checked, 1 untuned" in err
 
 
 @mock_aws

@@ -18,6 +18,13 @@ pytestmark = pytest.mark.e2e
 DEBIAN_SHIPPED_LIMIT = 8192  # Debian 12 and 13 rules.d/audit.rules: -b 8192 (FACTS)
 AL2_SHIPPED_LIMIT = 320
 
+# What each suite is (FACTS "Distributions, more"), checked on the booted guest: the generation the
+# scenarios ran on, and which unit loaded the rules at boot.
+GENERATIONS = {
+    "bookworm": {"kernel": "6.1.", "audit": "3.0.9", "cloud_init": "22.4", "rules_loader": "auditd.service"},
+    "trixie": {"kernel": "6.12.", "audit": "4.0.2", "cloud_init": "25.1", "rules_loader": "audit-rules.service"},
+}
+
 
 _TIMINGS: list = []
 
@@ -152,6 +159,27 @@ def test_debian_user_lines_ran_after_the_block(debian):
     rep = debian.runs[0].boot(1)
     # app.py's Instance user data installs nginx with dnf: on Debian that fails, which proves the line ran.
     assert "dnf: command not found" in rep["user_data_errors"]
+
+
+def test_each_suite_is_the_generation_it_claims_and_loads_rules_its_way(debian, suite):
+    """The same scenarios mean something on both generations only if the guest really is that generation:
+    kernel, audit userspace, cloud-init, and the unit that ran `augenrules --load` at boot."""
+    want = GENERATIONS[suite]
+    rep = debian.runs[0].boot(1)
+    assert rep["kernel"].startswith(want["kernel"]), rep["kernel"]
+    assert rep["audit_version"] == want["audit"]
+    assert rep["cloud_init_version"].startswith(want["cloud_init"]), rep["cloud_init_version"]
+    if want["rules_loader"] == "auditd.service":  # audit 3.x: ExecStartPost=-/sbin/augenrules --load
+        assert "augenrules" in rep["auditd_exec_start_post"]
+    else:  # audit 4.0: its own oneshot, required by auditd.service; auditd.service loads nothing itself
+        assert rep["auditd_exec_start_post"] == ""
+        assert "audit-rules.service" in rep["auditd_requires"].split()
+        assert rep["audit_rules_service"].split()[0] == "success"
+    # Either way the shipped rules were loaded before the user data ran (the block saw 8192, not 64).
+    assert result_line(rep)[0] == str(DEBIAN_SHIPPED_LIMIT)
+    # `auditctl -h` exits 255 after its usage text on both (the block's wait-time probe must not read the
+    # exit status; tests/test_boot_script.py checks the probe against both real auditctl builds).
+    assert rep["auditctl_h_rc"] == "255"
 
 
 # -- 3. Rerun with a new instance-id on the same disk -------------------------------------------------------

@@ -3,7 +3,7 @@ The storm itself runs on a real kernel in tests/test_e2e_scenarios.py (small) an
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
+import json
 
 from e2e import storm, vm
 
@@ -73,16 +73,50 @@ def test_memory_line_compares_with_the_formula_worst_case():
     assert "worst case 70.1 MiB" in m and "= 24 % of it" in m  # 8192 x 8970 B
 
 
-def test_plot_is_valid_svg_with_one_line_per_limit(tmp_path):
-    path = tmp_path / "curve.svg"
-    storm.svg(storm.analyse(_run()), path)
-    root = ET.parse(path).getroot()
-    lines = root.findall("{http://www.w3.org/2000/svg}polyline")
-    assert len(lines) == 3
-    assert all(len(pl.get("points").split()) == 2 for pl in lines)
-    # 320 lost 100 of 500 and 900 of 1000 -> 20 % and 90 % of the 100 % axis (y grows downwards)
-    red = [tuple(map(float, p.split(","))) for p in lines[0].get("points").split()]
-    top, bottom = 50, 420 - 60
-    assert [round((bottom - yy) / (bottom - top) * 100) for _, yy in red] == [20, 90]
-    texts = " ".join(t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text"))
-    assert "-b 320 (AL2 default)" in texts and "-b 8192 (tuned)" in texts and "-b 32768 (4x tuned)" in texts
+def _trixie(res):
+    """The same storm as seen on Debian 13's kernel (a second suite for the plot), with other losses."""
+    other = json.loads(json.dumps(res))
+    other["kernel"] = "6.12.118+deb13-cloud-amd64"
+    for r in other["curve"]:
+        r["lost"] = str(int(r["lost"]) // 2)
+    return other
+
+
+def test_plot_draws_one_line_per_limit_and_kernel(tmp_path):
+    path = tmp_path / "curve.png"
+    bookworm = storm.analyse(_run())
+    fig = storm.plot({"bookworm": bookworm, "trixie": _trixie(bookworm)}, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    (ax,) = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert len(lines) == 6  # 3 limits x 2 kernels
+    red = lines["-b 320 (AL2 default), kernel 6.1.0-56-cloud-amd64"]
+    # 320 lost 100 of 500 and 900 of 1000 -> 20 % and 90 % of the burst's calls
+    assert list(red.get_xdata()) == [500, 1000] and list(red.get_ydata()) == [20.0, 90.0]
+    assert list(lines["-b 320 (AL2 default), kernel 6.12.118+deb13-cloud-amd64"].get_ydata()) == [10.0, 45.0]
+    assert {"-b 8192 (tuned), kernel 6.1.0-56-cloud-amd64", "-b 32768 (4x tuned), kernel 6.1.0-56-cloud-amd64"} < set(lines)
+    # the limit is the colour, the kernel the line style
+    styles = {label.rsplit("kernel ", 1)[1]: line.get_linestyle() for label, line in lines.items()}
+    assert styles == {"6.1.0-56-cloud-amd64": "-", "6.12.118+deb13-cloud-amd64": "--"}
+    assert red.get_color() == lines["-b 320 (AL2 default), kernel 6.12.118+deb13-cloud-amd64"].get_color()
+    assert red.get_color() != lines["-b 8192 (tuned), kernel 6.1.0-56-cloud-amd64"].get_color()
+    assert ax.get_xscale() == "log" and ax.get_ylim() == (0.0, 100.0)
+
+
+def test_table_rows_name_their_kernel():
+    rows = storm.table(storm.analyse(_run())).splitlines()
+    assert rows[0].startswith("| kernel | limit |")
+    assert all(row.startswith("| 6.1.0-56-cloud-amd64 | ") for row in rows[2:]) and len(rows) == 6
+
+
+def test_plot_only_redraws_from_every_suites_last_results(tmp_path, monkeypatch):
+    monkeypatch.setattr(storm, "PLOT", tmp_path / "docs" / "p.png")
+    monkeypatch.setattr(storm, "REPO", tmp_path)
+    (tmp_path / "docs").mkdir()
+    assert storm.suite_results() == {}
+    res = storm.analyse(_run())
+    storm.result_path("trixie").parent.mkdir(parents=True)
+    storm.result_path("trixie").write_text(json.dumps(_trixie(res)))
+    assert list(storm.suite_results()) == ["trixie"]
+    assert storm.main(["--plot-only"]) == 0
+    assert (tmp_path / "docs" / "p.png").exists()

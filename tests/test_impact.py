@@ -327,3 +327,13 @@ def test_stacks_inside_a_stage_are_read_from_the_nested_assembly(tmp_path):
     assert set(found) == {"ProdInner", "Top"}
     assert (found["ProdInner"].account, found["ProdInner"].region) == ("123456789012", "us-east-1")
     assert "Lt" in found["ProdInner"].template["Resources"]
+
+
+def test_instance_on_a_launch_template_that_gets_a_new_version_is_replaced():
+    # ec2.Instance(require_imdsv2=True): the Instance names its template and LatestVersionNumber.
+    spec = {"LaunchTemplateName": "WebLt", "Version": {"Fn::GetAtt": ["Lt", "LatestVersionNumber"]}}
+    before = tpl(Lt=lt(), Web=instance(LaunchTemplate=spec))
+    after = tpl(Lt=lt(UD_NEW), Web=instance(LaunchTemplate=spec))
+    i = one(before, after, "Web")
+    assert i.interrupts and i.effect.startswith("replaced") and "LaunchTemplate" in i.effect
+    assert one(before, before, "Web").change == "unchanged"

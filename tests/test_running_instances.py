@@ -137,3 +137,30 @@ def test_bad_option_and_bad_record_are_clear_errors():
     _, stack, _ = build(context={key(): "Web"})
     with pytest.raises(Exception, match="must be a list of logical ids"):
         assertions.Template.from_stack(stack)
+
+
+def imdsv2_stack(context=None, **options):
+    """An Instance with require_imdsv2: CDK gives it a launch template, referenced by LatestVersionNumber."""
+    app = cdk.App(context=context or {})
+    stack = cdk.Stack(app, "S", env=ENV)
+    vpc = ec2.Vpc(stack, "Vpc", nat_gateways=0, max_azs=1,
+                  subnet_configuration=[ec2.SubnetConfiguration(name="p", subnet_type=ec2.SubnetType.PUBLIC)])
+    web = ec2.Instance(stack, "Web", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"),
+                       machine_image=ec2.MachineImage.generic_linux({"us-east-1": "ami-12345678"}),
+                       require_imdsv2=True)
+    AuditBacklog.apply_to(app, **options)
+    return stack, stack.get_logical_id(web.node.default_child)
+
+
+def test_the_launch_template_of_a_running_instance_is_kept_too_a_new_version_would_replace_it():
+    stack, web_id = imdsv2_stack()
+    assert BEGIN in str(lt_of(stack)["Properties"]["LaunchTemplateData"].get("UserData"))  # no record: tuned
+    stack, _ = imdsv2_stack(context={key(): [web_id]})
+    lt = lt_of(stack)
+    assert "UserData" not in lt["Properties"]["LaunchTemplateData"]  # as CDK made it: metadata options only
+    assert lt["Metadata"][METADATA_KEY]["deployed"] == (
+        f"user data kept: the running instance(s) {web_id} launch from it; a new version would replace them")
+    assert BEGIN not in str(web_of(stack)["Properties"]["UserData"])
+    stack, _ = imdsv2_stack(context={key(): [web_id]}, running_instances="restart")
+    assert BEGIN in str(lt_of(stack)["Properties"]["LaunchTemplateData"].get("UserData"))
+    assert "replaces the running instance(s)" in lt_of(stack)["Metadata"][METADATA_KEY]["deployed"]

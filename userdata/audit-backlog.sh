@@ -74,9 +74,10 @@ cab_limit_for_kib() {
 
 # Kernel status from `auditctl -s` (audit 2.4+ "key value" lines, or the older single
 # "AUDIT_STATUS: key=value ..." line): en enabled, lo lost, bw backlog_wait_time, bl backlog_limit
-# (empty when auditctl cannot report it).
+# (empty when auditctl cannot report it). The inner `|| :` keeps the ERR trap (inherited under set -E)
+# from firing in the substitution when auditctl is missing, after `read` closed the pipe.
 st() {
-  read -r en lo bw bl < <(timeout 20 auditctl -s 2>/dev/null | awk -F'[ =]' '{for(i=1;i<NF;i++)v[$i]=$(i+1)}END{print v["enabled"]+0,v["lost"]+0,v["backlog_wait_time"]+0,v["backlog_limit"]}') || :
+  read -r en lo bw bl < <(timeout 20 auditctl -s 2>/dev/null | awk -F'[ =]' '{for(i=1;i<NF;i++)v[$i]=$(i+1)}END{print v["enabled"]+0,v["lost"]+0,v["backlog_wait_time"]+0,v["backlog_limit"]}' || :) || :
 }
 
 # lb FILE...: the value of the last -b line (what augenrules and auditctl -R keep); empty if none.

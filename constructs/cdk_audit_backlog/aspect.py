@@ -40,7 +40,7 @@ from aws_cdk import (
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct, IConstruct, IValidation
 
-from . import instance_memory
+from . import bottlerocket, instance_memory
 from . import running_instances as running_instances_module
 from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
 from .splice import Unsupported, literal_bytes, splice_user_data
@@ -90,6 +90,10 @@ class AuditBacklog:
         audit rules load (so a stopped, resized and started instance follows its new memory): from MemTotal
         where the limit was chosen from the instance type, or the fixed ``backlog_limit``. Only on systemd
         hosts that merge rules.d with augenrules. Default: True.
+    :param bottlerocket: tune Bottlerocket launches (TOML user data) too: ``audit_backlog_limit`` goes
+        into ``settings.boot.kernel-parameters`` with ``settings.boot.reboot-to-reconcile = true`` (one
+        reboot during the first boot). Needs a known instance type or ``backlog_limit`` (Bottlerocket has
+        no boot hook to size from MemTotal). Default: False (skipped with a warning).
     :param exclude: predicate on each launch L1 resource; True leaves it untouched (Metadata says so).
         Default: None (no exclusions). See also :meth:`skip`.
     :param running_instances: what to do with an ``AWS::EC2::Instance`` recorded as already running (in
@@ -109,6 +113,7 @@ class AuditBacklog:
         install_auditd: bool = False,
         allow_lower: bool = False,
         boot_unit: bool = True,
+        bottlerocket: bool = False,
         exclude: Optional[Callable[[CfnResource], bool]] = None,
         running_instances: str = "keep",
     ) -> None:
@@ -123,6 +128,7 @@ class AuditBacklog:
             ("install_auditd", install_auditd),
             ("allow_lower", allow_lower),
             ("boot_unit", boot_unit),
+            ("bottlerocket", bottlerocket),
         ):
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {value!r}")
@@ -138,6 +144,7 @@ class AuditBacklog:
         self.install_auditd = install_auditd
         self.allow_lower = allow_lower
         self.boot_unit = boot_unit
+        self.bottlerocket = bottlerocket
         self.exclude = exclude
         self.running_instances = running_instances
         # Per-stack index of which groups use which launch template, built once at synthesis (when the
@@ -423,13 +430,42 @@ def _decide(resource: CfnResource, aspect: AuditBacklog) -> _Outcome:
         return _Outcome(metadata, resolved, running.warning)
     require_mime = any(c.cfn_resource_type == "AWS::EKS::Nodegroup" for c in consumers)
     try:
-        new_user_data = splice_user_data(
-            resolved, render_block(aspect.block_inputs(target, source)), require_mime=require_mime
-        )
+        if bottlerocket.is_bottlerocket_user_data(resolved):
+            # No boot-time sizing there: a mixed group's TOML gets its smallest type's limit.
+            fixed = min(per_type.values()) if target is None and per_type else target
+            new_user_data, limit, metadata["reason"] = _merge_bottlerocket(resolved, aspect, fixed, reason)
+            metadata["limit"] = limit
+            metadata.pop("perType", None)
+        else:
+            new_user_data = splice_user_data(
+                resolved, render_block(aspect.block_inputs(target, source)), require_mime=require_mime
+            )
     except Unsupported as e:
         message = f"cdk-audit-backlog: {resource.node.path} is not tuned: {e}."
         return _Outcome({"skipped": str(e)}, resolved, ("cdk-audit-backlog:skipped", message))
     return _Outcome(metadata, new_user_data, running.warning)
+
+
+def _merge_bottlerocket(
+    resolved: Any, aspect: AuditBacklog, target: Optional[int], reason: str
+) -> Tuple[Any, int, str]:
+    """(user data, limit, reason) for Bottlerocket TOML, or Unsupported saying which option is missing."""
+    if not aspect.bottlerocket:
+        raise Unsupported(
+            "user data is Bottlerocket TOML settings (no auditd); AuditBacklog(bottlerocket=True) sets "
+            "audit_backlog_limit in settings.boot.kernel-parameters instead"
+        )
+    if target is None:
+        raise Unsupported(
+            f"Bottlerocket cannot size the limit at boot ({reason}); give the launch an instance type "
+            f"or the aspect a backlog_limit"
+        )
+    try:
+        user_data, merge = bottlerocket.merge_user_data(resolved, target, allow_lower=aspect.allow_lower)
+    except bottlerocket.NotToml as e:
+        raise Unsupported(f"Bottlerocket TOML settings the merge cannot keep intact: {e}") from None
+    notes = "".join(f"; {note}" for note in merge.notes)
+    return user_data, merge.limit, f"{reason}; Bottlerocket settings.boot.kernel-parameters{notes}"
 
 
 def _skip_reason(resource: CfnResource, aspect: AuditBacklog) -> Optional[str]:

@@ -18,7 +18,7 @@ each gets a warning naming the command, so an existing app is never stopped with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, FrozenSet, Optional, Tuple
+from typing import Any, FrozenSet, List, Optional, Set, Tuple
 
 from aws_cdk import CfnResource, Stack, Token
 
@@ -44,7 +44,10 @@ _NEW = RunningDecision(keep=False)
 
 
 def decide(resource: CfnResource, running_instances: str) -> RunningDecision:
-    """The decision for one launch L1 (a user data change interrupts only an ``AWS::EC2::Instance``)."""
+    """The decision for one launch L1: an ``AWS::EC2::Instance``, or a launch template a running Instance
+    launches from (``require_imdsv2`` makes one): a new version of it would replace that Instance."""
+    if resource.cfn_resource_type == "AWS::EC2::LaunchTemplate":
+        return _launch_template_decision(resource, running_instances)
     if resource.cfn_resource_type != "AWS::EC2::Instance":
         return _NEW
     stack = Stack.of(resource)
@@ -56,9 +59,9 @@ def decide(resource: CfnResource, running_instances: str) -> RunningDecision:
             warning=(
                 "cdk-audit-backlog:running-instance-unknown",
                 f"cdk-audit-backlog: {path} gets the block in its user data. If this instance already runs, "
-                "the next deploy stops and starts it (CloudFormation UserData update) and does not re-run "
-                "user data. For an app that is already deployed, run `cdk-audit-backlog impact cdk.out --record` "
-                "first: running instances then keep their user data, and AuditBacklog.apply_to(app, "
+                "the next deploy stops and starts it (CloudFormation UserData update; a replacement if it "
+                "launches from a launch template) and does not re-run user data. For an app that is already "
+                "deployed, run `cdk-audit-backlog impact cdk.out --record` first: running instances then keep their user data, and AuditBacklog.apply_to(app, "
                 "association=True) tunes them without a restart. A stack that was never deployed can ignore "
                 "this (the same command records it as such).",
             ),
@@ -83,6 +86,73 @@ def decide(resource: CfnResource, running_instances: str) -> RunningDecision:
             "running_instances='restart' to tune it through its user data at the cost of a stop/start.",
         ),
     )
+
+
+def _launch_template_decision(template: CfnResource, running_instances: str) -> RunningDecision:
+    """An Instance's ``LaunchTemplate`` property changes with the template's version
+    (``LatestVersionNumber``), and that property "requires replacement": so the launch template of a running
+    Instance keeps its user data too (EC2 runs the Instance's own user data for it anyway)."""
+    stack = Stack.of(template)
+    deployed = recorded_instances(stack)
+    if not deployed:
+        return _NEW
+    logical_id = stack.resolve(template.logical_id)
+    name = stack.resolve(template.launch_template_name)  # type: ignore[attr-defined]
+    users = sorted(lid for lid, spec in _instance_launch_templates(stack, deployed) if _refers_to(spec, logical_id, name))
+    if not users:
+        return _NEW
+    names = ", ".join(users)
+    if running_instances == "restart":
+        return RunningDecision(
+            keep=False,
+            note=f"user data changed: the next deploy replaces the running instance(s) {names} that launch "
+            "from it (running_instances='restart')",
+        )
+    return RunningDecision(
+        keep=True,
+        note=f"{USER_DATA_KEPT}: the running instance(s) {names} launch from it; a new version would "
+        "replace them",
+    )
+
+
+def _instance_launch_templates(stack: Stack, deployed: FrozenSet[str]) -> List[Tuple[str, Any]]:
+    """``(logical id, resolved LaunchTemplate property)`` of the recorded Instances of ``stack``."""
+    out = []
+    for c in stack.node.find_all():
+        if not isinstance(c, CfnResource) or c.cfn_resource_type != "AWS::EC2::Instance":
+            continue
+        if Stack.of(c) is stack:
+            lid = stack.resolve(c.logical_id)
+            spec = stack.resolve(c.launch_template) if lid in deployed else None  # type: ignore[attr-defined]
+            if spec:
+                out.append((lid, spec))
+    return out
+
+
+def _refers_to(spec: Any, logical_id: str, name: Any) -> bool:
+    if logical_id in _references(spec):
+        return True
+    spec_name = None
+    if isinstance(spec, dict):
+        spec_name = spec.get("launchTemplateName", spec.get("LaunchTemplateName"))
+    return isinstance(name, str) and spec_name == name
+
+
+def _references(value: Any) -> Set[str]:
+    """Logical ids referred to by ``Ref`` / ``Fn::GetAtt`` in a resolved value."""
+    found: Set[str] = set()
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == "Ref" and isinstance(v, str):
+                found.add(v)
+            elif k == "Fn::GetAtt" and isinstance(v, list) and v and isinstance(v[0], str):
+                found.add(v[0])
+            else:
+                found |= _references(v)
+    elif isinstance(value, list):
+        for v in value:
+            found |= _references(v)
+    return found
 
 
 def recorded_instances(stack: Stack) -> Optional[FrozenSet[str]]:

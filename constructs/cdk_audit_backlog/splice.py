@@ -115,7 +115,10 @@ def user_data_kind(head: str) -> str:
     if lowered.lstrip().startswith(("<powershell>", "<script>", "<persist>", "version: 1.", "<runasLocalSystem>".lower())):
         raise Unsupported("user data is for Windows (PowerShell / EC2Launch), which has no Linux audit subsystem")
     if re.match(r"\s*\[settings", stripped):
-        raise Unsupported("user data is Bottlerocket TOML settings; Bottlerocket ships no auditd")
+        raise Unsupported(
+            "user data is Bottlerocket TOML settings (no auditd); AuditBacklog(bottlerocket=True) sets "
+            "audit_backlog_limit in settings.boot.kernel-parameters instead"
+        )
     if first_line.startswith("#"):
         raise Unsupported(f"user data of kind {first_line.split()[0]!r} is not supported (only shell, MIME, cloud-config)")
     raise Unsupported("user data has no '#!' shebang, MIME header or '#cloud-config' header: not a script cloud-init runs")

@@ -209,9 +209,9 @@ def _stack_resources(cfn: Any, stack: str, depth: int = 0) -> List[Dict[str, Any
     return out
 
 
-def _kept_instances(cfn: Any, stack: str) -> Set[str]:
-    """Logical ids of the stack's Instances whose user data the aspect kept because they already ran
-    (their ``cdk-audit-backlog`` Metadata in the deployed template says so)."""
+def _kept_launches(cfn: Any, stack: str) -> Set[str]:
+    """Logical ids of the stack's Instances (and their launch templates) whose user data the aspect kept
+    because they already ran (their ``cdk-audit-backlog`` Metadata in the deployed template says so)."""
     body = cfn.get_template(StackName=stack, TemplateStage="Original").get("TemplateBody")
     if isinstance(body, str):
         try:
@@ -222,7 +222,7 @@ def _kept_instances(cfn: Any, stack: str) -> Set[str]:
     return {
         lid
         for lid, r in (resources or {}).items()
-        if isinstance(r, dict) and r.get("Type") == "AWS::EC2::Instance"
+        if isinstance(r, dict) and r.get("Type") in ("AWS::EC2::Instance", "AWS::EC2::LaunchTemplate")
         and user_data_kept((r.get("Metadata") or {}).get("cdk-audit-backlog"))
     }
 
@@ -261,7 +261,7 @@ def check_stack(
     )
 
     resources = aws_errors(what, lambda: _stack_resources(cfn, stack))
-    kept = aws_errors(what, lambda: _kept_instances(cfn, stack))
+    kept = aws_errors(what, lambda: _kept_launches(cfn, stack))
     instance_ids: Dict[str, str] = {}  # id -> label
     asg_names: Dict[str, str] = {}  # physical name -> logical id
     lt_ids: Dict[str, str] = {}
@@ -377,6 +377,9 @@ def check_stack(
         block, target = block_target(decode_stored_user_data(data.get("UserData")))
         c = LaunchCheck(f"{lt_id} ({lt_ids[lt_id]})", "launch-template", itype, mib, exp, block, target)
         _classify(c)
+        if c.status == "untuned" and lt_ids[lt_id] in kept:
+            c.status, c.problem = "kept", ""
+            c.note = "user data kept: a running instance launches from it (a new version would replace it)"
         if c.status == "tuned" and target == "auto":
             c.status = "auto"
         return c

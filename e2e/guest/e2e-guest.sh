@@ -58,6 +58,16 @@ r unit_output_lines "$n"
 r audit_rules_loaded "$(auditctl -l 2>/dev/null | grep -vc '^No rules')"
 r auditd_active "$(systemctl is-active auditd.service)"
 r auditd_refuse_manual_stop "$(systemctl show -p RefuseManualStop --value auditd.service)"
+# Who loads the rules at boot: audit 3.x auditd.service's ExecStartPost, audit 4.0 audit-rules.service.
+r audit_version "$(auditctl -v 2>&1 | sed -n 's/^auditctl version //p')"
+r auditd_exec_start_post "$(systemctl show -p ExecStartPost --value auditd.service | grep -o 'path=[^ ;]*' | tr '\n' ' ')"
+r audit_rules_service "$(systemctl show -p ActiveState,Result --value audit-rules.service | tr '\n' ' ')"
+r auditd_requires "$(systemctl show -p Requires --value auditd.service)"
+r auditctl_h_rc "$(auditctl -h >/dev/null 2>&1; echo $?)"
+r cloud_init_version "$(dpkg-query -W -f '${Version}' cloud-init 2>/dev/null)"  # `cloud-init --version`: 18 s under TCG
+# Where the boot's time went, for the timing notes (systemd-analyze refuses while this unit still holds up
+# the boot): seconds since kernel start at which the initrd and the real root's systemd began.
+r boot_phases_s "$(systemctl show -p InitRDTimestampMonotonic -p UserspaceTimestampMonotonic --value | awk '{printf "%s%.1f", NR > 1 ? " " : "", $1 / 1e6}')"
 
 # Files: hash, mode, owner, and the content as one base64 line.
 for f in /etc/audit/rules.d/* /etc/audit/audit.rules /etc/audit/audit.rules.prev \
@@ -71,13 +81,18 @@ r user_script_marker "$(test -e /var/tmp/e2e-user-script-ran && echo present || 
 r grub_linux_line "$(grep -m1 -E '^[[:space:]]+linux[[:space:]]' /boot/grub/grub.cfg 2>/dev/null | sed 's/^[[:space:]]*//')"
 
 # What the user data printed during this boot, from the journal (the serial copy may be interleaved with
-# kernel lines; cloud-init-output.log accumulates over boots).
+# kernel lines; cloud-init-output.log accumulates over boots). The unit whose output it is: cloud-final.service
+# up to cloud-init 24.2; from 24.3 (Debian 13's 25.1) every stage runs in cloud-init-main.service and
+# cloud-final.service only signals it over a socket.
+user_output() {
+  journalctl -b -u cloud-final.service -u cloud-init-main.service -o cat --no-pager 2>/dev/null
+}
 n=0
 while IFS= read -r line; do
   n=$((n + 1)); r "output.$n" "$line"
-done < <(journalctl -b -u cloud-final.service -o cat --no-pager 2>/dev/null | grep -E '^(cdk-audit-backlog: |E2E-USER )')
+done < <(user_output | grep -E '^(cdk-audit-backlog: |E2E-USER )')
 r output_lines "$n"
-r user_data_errors "$(journalctl -b -u cloud-final.service -o cat --no-pager 2>/dev/null | grep -E 'command not found|Failed to enable' | head -n3 | tr '\n' '|')"
+r user_data_errors "$(user_output | grep -E 'command not found|Failed to enable' | head -n3 | tr '\n' '|')"
 
 # Timings (seconds since kernel start): block console lines from the journal, cloud-final's end, and the
 # scripts_user module (the whole user data: block and user's lines) from cloud-init's event log.

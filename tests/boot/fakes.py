@@ -23,6 +23,9 @@ The behaviour copies facts from the upstream tools (linux-audit/audit-userspace 
   ``-e``/``-D`` are refused in immutable mode; ``-R`` refuses a file not owned by root or readable by
   others; ``--backlog_wait_time`` must be >= 0 and < 10 x 60 x HZ; older builds do not know the option.
 - systemctl: ``restart``/``stop`` of a unit with ``RefuseManualStop=yes`` is refused.
+- boot: audit 2.x/3.x load the rules from ``auditd.service`` (``ExecStartPost=augenrules --load``); audit
+  4.0 from ``audit-rules.service`` (``ExecStart=augenrules --load``), which ``auditd.service`` requires and
+  starts after, so restarting auditd alone no longer reloads them (``config.json`` ``rules_service``).
 """
 
 from __future__ import annotations
@@ -299,17 +302,33 @@ def try_load(k: dict, cfg: dict, dest: Path) -> int:
 # ------------------------------------------------------------------------------- auditd start and boots
 
 
-def start_auditd() -> int:
-    """What auditd's start does to the rules: augenrules --load (systemd units, SysV with
-    USE_AUGENRULES=yes) or auditctl -R /etc/audit/audit.rules (older SysV)."""
+def load_rules() -> int:
+    """The boot's rule load: augenrules --load (systemd units, SysV with USE_AUGENRULES=yes) or
+    auditctl -R /etc/audit/audit.rules (older SysV)."""
     cfg = config()
-    k = kernel()
-    k["pid"] = 4242
-    save_kernel(k)
     if cfg.get("loader", "augenrules") == "augenrules":
         return augenrules(["--load"])
     dest = ROOT / "etc/audit/audit.rules"
     return try_load(kernel(), cfg, dest) if dest.exists() else 0
+
+
+def start_auditd() -> int:
+    """What auditd's start does to the rules: loads them itself (audit 2.x/3.x), or nothing (audit 4.0:
+    audit-rules.service loaded them before auditd started)."""
+    k = kernel()
+    k["pid"] = 4242
+    save_kernel(k)
+    if config().get("rules_service", "auditd") == "audit-rules":
+        return 0
+    return load_rules()
+
+
+def start_audit_units() -> int:
+    """auditd.service's start from cold (boot, package install): on audit 4.0 it pulls in
+    audit-rules.service (Requires=, After=), which loads the rules first."""
+    if config().get("rules_service", "auditd") == "audit-rules":
+        load_rules()
+    return start_auditd()
 
 
 def boot(root: Path, cmdline_limit: int | None = None, before_auditd=None) -> dict:
@@ -326,7 +345,7 @@ def boot(root: Path, cmdline_limit: int | None = None, before_auditd=None) -> di
         if before_auditd is not None:
             before_auditd()
         if (root / "sbin/auditctl").exists() and config().get("auditd_enabled", True):
-            start_auditd()
+            start_audit_units()
         return kernel()
     finally:
         ROOT, FAKE = saved
@@ -346,6 +365,9 @@ def systemctl(args: list[str]) -> int:
             return 1
         if verb in ("start", "restart"):
             return start_auditd()
+    if unit.startswith("audit-rules") and config().get("rules_service") == "audit-rules":
+        if verb in ("start", "restart"):
+            return load_rules()
     return 0
 
 
@@ -435,7 +457,7 @@ def install_auditd() -> None:
     for name in ("auditctl", "augenrules"):
         write_wrapper(ROOT / "sbin" / name, name)
     if cfg.get("start_on_install"):
-        start_auditd()
+        start_audit_units()
 
 
 def package_manager(name: str, args: list[str]) -> int:

@@ -52,6 +52,9 @@ class Layout:
     systemd: bool = True
     refuse_manual_stop: bool = True
     loader: str = "augenrules"  # how auditd's start loads rules: augenrules --load | auditctl -R audit.rules
+    # which unit runs the loader at boot: auditd.service's ExecStartPost (audit 2.x/3.x) or a unit of its
+    # own, audit-rules.service, that auditd.service requires (audit 4.0)
+    rules_service: str = "auditd"
     version: str = "3.0"
     bwt_supported: bool = True
     status_format: str = "lines"
@@ -97,6 +100,8 @@ LAYOUTS: dict[str, Layout] = {
     ),
     "sles15": Layout(rules={"rules.d/audit.rules": SUSE_RULES}, boot="grub2", package_manager="zypper"),
 }
+# Debian 13: the same packaging and four-line rules.d/audit.rules, on audit 4.0.2 (audit-rules.service).
+LAYOUTS["debian13"] = replace(_DEBIAN_FAMILY, version="4.0", rules_service="audit-rules")
 LAYOUTS["ubuntu2204-no-auditd"] = replace(LAYOUTS["ubuntu2204"], auditd=False)
 LAYOUTS["ubuntu2404-no-auditd"] = replace(LAYOUTS["ubuntu2404"], auditd=False)
 
@@ -117,6 +122,7 @@ def build(root: Path, name: str, **overrides) -> Layout:
         "status_format": layout.status_format,
         "hz": layout.hz,
         "loader": layout.loader,
+        "rules_service": layout.rules_service,
         "refuse_manual_stop": layout.refuse_manual_stop,
         "package_manager": layout.package_manager,
         "package_name": layout.package_name,
@@ -293,25 +299,48 @@ BUSYBOX = BOOT_TOOLS / "bin" / "busybox"
 REAL_AUDITCTL = BOOT_TOOLS / "sbin" / "auditctl"
 REAL_LIBS = f"{BOOT_TOOLS}/lib/x86_64-linux-gnu:{BOOT_TOOLS}/usr/lib/x86_64-linux-gnu"
 
+# The audit 4 generation, also from `make boot-tools`: Debian 13's auditd 4.0.2 package (merged /usr) and
+# the libc it needs; its auditctl runs through that libc's own loader (Debian 12's glibc is too old).
+AUDIT4_TOOLS = BOOT_TOOLS.parent / "audit4" / "root"
+AUDIT4_VERSION_FILE = BOOT_TOOLS.parent / "audit4" / "auditd-version"
+REAL_AUGENRULES_4 = AUDIT4_TOOLS / "usr" / "sbin" / "augenrules"
+REAL_AUDITCTL_4 = AUDIT4_TOOLS / "usr" / "sbin" / "auditctl"
+AUDIT4_LOADER = AUDIT4_TOOLS / "usr" / "lib64" / "ld-linux-x86-64.so.2"
+AUDIT4_LIBS = f"{AUDIT4_TOOLS}/usr/lib/x86_64-linux-gnu"
 
-def real_auditctl_help() -> subprocess.CompletedProcess:
-    """Debian's real ``auditctl -h`` (usage text only: the tests never run it with anything else)."""
+
+def real_auditctl_command(generation: str = "3") -> list[str]:
+    """The argv prefix that runs Debian's real auditctl of that generation ("3": 3.0.9, "4": 4.0.2)."""
+    if generation == "4":
+        return [str(AUDIT4_LOADER), "--library-path", AUDIT4_LIBS, str(REAL_AUDITCTL_4)]
+    return ["env", f"LD_LIBRARY_PATH={REAL_LIBS}", str(REAL_AUDITCTL)]
+
+
+def real_auditctl(*args: str, generation: str = "3") -> subprocess.CompletedProcess:
+    """Debian's real auditctl with ARGS (the tests only ever pass -h or -s: usage text, read-only status)."""
     return subprocess.run(
-        [str(REAL_AUDITCTL), "-h"],
-        env={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": REAL_LIBS},
+        real_auditctl_command(generation) + list(args),
+        env={"PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         timeout=20,
     )
 
 
-def use_real_auditctl_help(root: Path) -> None:
+def real_auditctl_help(generation: str = "3") -> subprocess.CompletedProcess:
+    """Debian's real ``auditctl -h`` (usage text only: the tests never run it with anything else)."""
+    return real_auditctl("-h", generation=generation)
+
+
+def use_real_auditctl_help(root: Path, generation: str = "3") -> None:
     """The fixture's auditctl answers -h with Debian's real auditctl, everything else with the fake."""
+    import shlex
+
     path = root / "sbin" / "auditctl"
     fake = path.read_text().splitlines()[1]
     path.write_text(
         "#!/bin/sh\n"
-        f'if [ "$1" = -h ]; then LD_LIBRARY_PATH="{REAL_LIBS}" exec "{REAL_AUDITCTL}" -h; fi\n'
+        f'if [ "$1" = -h ]; then exec {shlex.join(real_auditctl_command(generation))} -h; fi\n'
         f"{fake}\n"
     )
 
@@ -320,22 +349,46 @@ def real_tools_available() -> bool:
     return REAL_AUGENRULES.is_file() and GAWK.is_file() and BUSYBOX.is_file()
 
 
-def use_real_augenrules(root: Path) -> None:
+def audit4_tools_available() -> bool:
+    return REAL_AUGENRULES_4.is_file() and REAL_AUDITCTL_4.is_file() and AUDIT4_LOADER.is_file()
+
+
+def layout_generation(root: Path) -> str:
+    """The audit generation a built fixture emulates: "4" for audit 4.x, else "3" (2.x and 3.x share the
+    3.0.9 tools in these tests)."""
+    version = json.loads((root / ".fake/config.json").read_text()).get("version", "3.0")
+    return "4" if version.startswith("4") else "3"
+
+
+# The path constants of each generation's augenrules (each must be found exactly once, or Debian's script
+# changed and the fixture would silently run something else).
+_AUGENRULES_PATHS = {
+    "3": ("[ -x /sbin/restorecon ]",),
+    "4": ("[ -x /usr/sbin/restorecon ]",),
+}
+
+
+def use_real_augenrules(root: Path, generation: str | None = None) -> None:
     """Make the fixture's augenrules Debian's real script, its fixed paths pointed into the fixture.
 
-    Only the path constants are changed (each must be found exactly where Debian 3.0.9 has it, or this
-    fails): the merge, the "No change" check and the file handling are the real ones. ``--load`` runs the
-    fixture's (fake) auditctl -R.
+    ``generation``: "3" (Debian 12's 3.0.9) or "4" (Debian 13's 4.0.2); default: the fixture's layout's
+    (``"3"`` for a root without a layout). Only the path constants are changed: the merge, the "No change"
+    check, 4.0's immutable check (``auditctl -s`` from PATH: the fixture's) and the file handling are the
+    real ones. ``--load`` runs the fixture's (fake) auditctl -R.
     """
-    text = REAL_AUGENRULES.read_text()
+    if generation is None:
+        generation = layout_generation(root) if (root / ".fake/config.json").exists() else "3"
+    source = REAL_AUGENRULES_4 if generation == "4" else REAL_AUGENRULES
+    text = source.read_text()
+    (restorecon,) = _AUGENRULES_PATHS[generation]
     for old, new in (
         ("DestinationFile=/etc/audit/audit.rules\n", f"DestinationFile={root}/etc/audit/audit.rules\n"),
         ("SourceRulesDir=/etc/audit/rules.d\n", f"SourceRulesDir={root}/etc/audit/rules.d\n"),
         ("\t\t/sbin/auditctl -R ", f"\t\t{root}/sbin/auditctl -R "),
-        ("[ -x /sbin/restorecon ]", f"[ -x {root}/sbin/restorecon ]"),
+        (restorecon, f"[ -x {root}/sbin/restorecon ]"),
     ):
         if text.count(old) != 1:
-            raise AssertionError(f"Debian's augenrules changed: {old!r} not found once")
+            raise AssertionError(f"Debian's augenrules {generation}.x changed: {old!r} not found once")
         text = text.replace(old, new)
     path = root / "sbin" / "augenrules"
     path.parent.mkdir(parents=True, exist_ok=True)
