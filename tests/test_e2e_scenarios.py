@@ -134,13 +134,14 @@ def test_boot_unit_keeps_debians_shipped_8192_on_a_1_gib_boot(debian):
     load, computes 1024 from MemTotal and keeps the distribution's larger 8192 (its own file stays empty)."""
     first, second = debian.runs[0].boot(1), debian.runs[1].last()
     assert scenarios.early_limit(first) == str(DEBIAN_SHIPPED_LIMIT)  # no unit yet: the shipped rules
-    assert "cdk-audit-backlog: unit: installed (boot target auto)" in vm.outputs(first)
     _assert_unit_ran_before_the_rules_loaded(second)
     out = scenarios.unit_outputs(second)
     assert out[0].startswith("cdk-audit-backlog: target 1024 (boot, MemTotal "), out
     assert f"cdk-audit-backlog: persist: kept -b {DEBIAN_SHIPPED_LIMIT}" in out
     assert scenarios.early_limit(second) == str(DEBIAN_SHIPPED_LIMIT)
     assert vm.audit_status(second)["backlog_limit"] == str(DEBIAN_SHIPPED_LIMIT)
+    # last: what user data printed (read from cloud-final's journal by the reporter)
+    assert "cdk-audit-backlog: unit: installed (boot target auto)" in vm.outputs(first)
 
 
 def test_debian_rules_files_are_as_designed(debian):
@@ -231,7 +232,6 @@ def test_resize_follows_memory_from_the_first_rule_load(al2, resize):
     # 8 GiB, user data: the image's 320 when the rules loaded (no unit yet), the block's 8192 after cloud-final.
     assert scenarios.early_limit(first) == str(AL2_SHIPPED_LIMIT)
     assert vm.audit_status(first)["backlog_limit"] == "8192"
-    assert "cdk-audit-backlog: unit: installed (boot target auto)" in vm.outputs(first)
     for run, want in zip(resize.runs, ("1024", "8192")):
         rep = run.last()
         assert rep["instance_id"] == "i-e2e-al2-1"
@@ -248,6 +248,8 @@ def test_resize_follows_memory_from_the_first_rule_load(al2, resize):
         assert vm.audit_status(rep)["backlog_limit"] == want
         assert rules_d_b(vm.files(rep)) == int(want)
         _assert_rules_files_safe(rep)
+    # last: what user data printed in boot 1 (read from cloud-final's journal by the reporter)
+    assert "cdk-audit-backlog: unit: installed (boot target auto)" in vm.outputs(first)
 
 
 # -- 4. Immutable (-e 2) ---------------------------------------------------------------------------------------
