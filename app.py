@@ -59,6 +59,7 @@ class ExampleStack(cdk.Stack):
 
 app = cdk.App()
 ExampleStack(app, "AuditBacklogExample")
-# The one line: every EC2 launch in the app (and in any Stage) boots with a tuned audit backlog.
-AuditBacklog.apply_to(app)
+# The one line: every EC2 launch in the app (and in any Stage) boots with a tuned audit backlog, and
+# association=True tunes the machines that already run too (SSM State Manager, no restart).
+AuditBacklog.apply_to(app, association=True)
 app.synth()

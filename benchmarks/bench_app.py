@@ -1,10 +1,14 @@
 """A synthetic app with many EC2 launches, for benchmarks/synth_overhead.py.
 
-Usage: python bench_app.py KIND COUNT tuned|plain|noop OUTDIR
+Usage: python bench_app.py KIND COUNT MODE OUTDIR
 KIND "simple": Instances, LaunchTemplates and ASGs. KIND "mixed": also mixed-instance ASGs, ECS capacity,
 MIME and raw L1 launches. Launches are spread over stacks of at most 40 (CloudFormation's 500 resources).
+MODE: plain (no library), tuned (``AuditBacklog.apply_to(app)``), aspect (``Aspects.of(app).add(AuditBacklog())``),
+noop (a Python aspect that does nothing), nag (cdk-nag 3.x ``AwsSolutionsChecks`` as a validation plugin; its
+findings fail synth, which is caught: the time is that of the whole check).
 """
 
+import os
 import sys
 
 import aws_cdk as cdk
@@ -49,6 +53,29 @@ def add_launch(stack, vpc, i, kind, cluster):
             instance_type=t.to_string(), user_data=cdk.Fn.base64(mime.render())))
 
 
+def count_bridge_messages(path):
+    """Counts the requests this process sends to the jsii kernel (each one a round trip to Node) and writes the
+    count to ``path`` at exit: a figure of the work that machine load does not blur, unlike wall time."""
+    import atexit
+
+    from jsii._kernel.providers import process
+
+    sent = [0]
+    send = process._NodeProcess.send
+
+    def counting_send(self, *args, **kwargs):
+        sent[0] += 1
+        return send(self, *args, **kwargs)
+
+    process._NodeProcess.send = counting_send
+
+    def write():
+        with open(path, "w") as f:
+            f.write(str(sent[0]))
+
+    atexit.register(write)
+
+
 def main(kind, count, mode, outdir):
     app = cdk.App(outdir=outdir, context={"@aws-cdk/aws-autoscaling:generateLaunchTemplateInsteadOfLaunchConfig": True})
     env = cdk.Environment(account="123456789012", region="us-east-1")
@@ -61,9 +88,22 @@ def main(kind, count, mode, outdir):
             add_launch(stack, vpc, i, kind, cluster)
     if mode == "tuned":
         AuditBacklog.apply_to(app)
+    elif mode == "aspect":
+        cdk.Aspects.of(app).add(AuditBacklog())
     elif mode == "noop":
         cdk.Aspects.of(app).add(_Noop())
-    app.synth()
+    elif mode == "nag":
+        from cdk_nag import AwsSolutionsChecks
+
+        cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+    elif mode != "plain":
+        raise SystemExit(f"unknown mode {mode!r}")
+    try:
+        app.synth()
+    except Exception as e:  # noqa: BLE001 - only nag's findings may fail synth here
+        if mode != "nag":
+            raise
+        print(f"cdk-nag findings failed synth, as expected: {str(e).splitlines()[0][:120]}", file=sys.stderr)
 
 
 @jsii.implements(cdk.IAspect)
@@ -75,4 +115,6 @@ class _Noop:
 
 
 if __name__ == "__main__":
+    if os.environ.get("BENCH_MESSAGES_FILE"):
+        count_bridge_messages(os.environ["BENCH_MESSAGES_FILE"])
     main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4])

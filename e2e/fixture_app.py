@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """A second small app for the e2e scenarios the example app does not exercise, built like a user would:
 an Instance whose own user script runs with ``set -e`` and ends in ``exit 0``, tuned with
-``kernel_cmdline=True``. Synthesized by the harness exactly like ``app.py`` (``CDK_OUTDIR``), never imported.
+``kernel_cmdline=True``; and a mixed-instances group of m5.large (8 GiB) and r5.4xlarge (128 GiB), whose
+types map to different limits, so its launch template's block runs in ``auto`` (tuned by an aspect of its
+own, without the kernel command line). Synthesized by the harness exactly like ``app.py``
+(``CDK_OUTDIR``), never imported.
 """
 
 import aws_cdk as cdk
+from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 
 from cdk_audit_backlog import AuditBacklog
@@ -35,5 +39,25 @@ ec2.Instance(
     machine_image=ec2.MachineImage.latest_amazon_linux2023(),
     user_data=user_data,
 )
+mixed_template = ec2.LaunchTemplate(
+    stack,
+    "MixedTemplate",
+    machine_image=ec2.MachineImage.latest_amazon_linux2023(),
+    user_data=ec2.UserData.for_linux(),
+)
+mixed_template.user_data.add_commands("echo 'E2E-USER mixed group member booted'")
+autoscaling.AutoScalingGroup(
+    stack,
+    "Mixed",
+    vpc=vpc,
+    mixed_instances_policy=autoscaling.MixedInstancesPolicy(
+        launch_template=mixed_template,
+        launch_template_overrides=[
+            autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType("m5.large")),
+            autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType("r5.4xlarge")),
+        ],
+    ),
+)
+cdk.Aspects.of(mixed_template).add(AuditBacklog())  # nearest aspect wins: no kernel_cmdline here
 AuditBacklog.apply_to(app, kernel_cmdline=True)
 app.synth()

@@ -218,6 +218,7 @@ def _guest_files() -> Tuple[Tuple[str, int, bytes], ...]:
         ("usr/local/sbin/e2e-guest", 0o755, (GUEST / "e2e-guest.sh").read_bytes()),
         ("usr/local/sbin/e2e-storm", 0o755, (GUEST / "e2e-storm.sh").read_bytes()),
         ("etc/systemd/system/e2e-guest.service", 0o644, (GUEST / "e2e-guest.service").read_bytes()),
+        ("etc/systemd/system/e2e-early.service", 0o644, (GUEST / "e2e-early.service").read_bytes()),
     )
 
 
@@ -236,10 +237,11 @@ def build_image(variant: Variant = DEBIAN, suite: str = DEFAULT_SUITE) -> Image:
             subprocess.run(["cp", "-a", "--reflink=auto", str(base / "tree"), str(tree)], check=True)
             for rel, mode, content in guest:
                 _write(tree / rel, mode, content)
-            link = tree / "etc/systemd/system/cloud-init.target.wants/e2e-guest.service"
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if not link.is_symlink():
-                link.symlink_to("/etc/systemd/system/e2e-guest.service")
+            for wants, unit in (("cloud-init.target", "e2e-guest.service"), ("sysinit.target", "e2e-early.service")):
+                link = tree / f"etc/systemd/system/{wants}.wants/{unit}"
+                link.parent.mkdir(parents=True, exist_ok=True)
+                if not link.is_symlink():
+                    link.symlink_to(f"/etc/systemd/system/{unit}")
             for rel, mode, text in variant.files:
                 _write(tree / rel, mode, text.encode())
             for rel in variant.remove:

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +39,34 @@ def example_user_data() -> Dict[str, bytes]:
 
 
 @functools.lru_cache(maxsize=None)
+def fixture_templates() -> Dict[str, dict]:
+    """``e2e/fixture_app.py`` synthesized: stack name -> template (synthesized once per process)."""
+    with tempfile.TemporaryDirectory(prefix="e2e-synth-") as tmp:
+        return userdata.synthesize(REPO / "e2e" / "fixture_app.py", Path(tmp))
+
+
+@functools.lru_cache(maxsize=None)
 def fixture_user_data() -> Dict[str, bytes]:
-    """``e2e/fixture_app.py``: Strict (t3.micro, kernel_cmdline=True, user script with set -e / exit 0)."""
-    return userdata.synthesized_user_data(REPO / "e2e" / "fixture_app.py")
+    """``e2e/fixture_app.py``: Strict (t3.micro, kernel_cmdline=True, user script with set -e / exit 0) and
+    MixedTemplate (a group of m5.large and r5.4xlarge: auto)."""
+    return {
+        f"{stack}/{logical_id}": data
+        for stack, template in fixture_templates().items()
+        for logical_id, data in userdata.user_data_by_resource(template).items()
+    }
+
+
+def fixture_metadata(prefix: str) -> dict:
+    """The ``cdk-audit-backlog`` Metadata of the one fixture app resource whose logical id starts with ``prefix``."""
+    hits = [
+        (r.get("Metadata") or {}).get("cdk-audit-backlog")
+        for template in fixture_templates().values()
+        for logical_id, r in template.get("Resources", {}).items()
+        if logical_id.startswith(prefix)
+    ]
+    if len(hits) != 1 or not isinstance(hits[0], dict):
+        raise KeyError(f"{len(hits)} fixture resources with Metadata match {prefix!r}")
+    return hits[0]
 
 
 def workdir(name: str) -> Path:
@@ -161,6 +187,50 @@ def kernel_cmdline_and_strict_user_script(suite: str = images.DEFAULT_SUITE) -> 
     return Scenario("cmdline", runs, ud, time.monotonic() - started, suite)
 
 
+def resize_after(al2: Scenario) -> Scenario:
+    """The user-data route on a resize: the disk the AL2-like scenario booted with the m5.large user data at
+    8 GiB (the block installed the boot unit), started again with 1 GiB, then with 8 GiB, with the same
+    instance-id (cloud-init does not run the user data again: only the boot unit sizes the limit, from
+    MemTotal, before the rules load). Two boots; with ``al2``'s they make the 8 -> 1 -> 8 GiB sequence."""
+    started = time.monotonic()
+    overlay = al2.runs[0].log.parent / "al2.qcow2"
+    img = images.build_image(images.AL2, al2.suite)
+    wd = workdir(f"{al2.suite}/resize")
+    runs = []
+    for name, memory in (("resize-1gib", T3_MICRO_MIB), ("resize-8gib", M5_LARGE_MIB)):
+        runs.append(vm.boot(img, name=name, workdir=wd, user_data=al2.user_data, instance_id="i-e2e-al2-1",
+                            overlay=overlay, memory_mib=memory))
+    return Scenario("resize", runs, al2.user_data, time.monotonic() - started, al2.suite)
+
+
+def early_limit(report: Dict[str, str]) -> Optional[str]:
+    """The kernel's backlog_limit right after the boot's rule load (e2e-early.service), None if not read."""
+    return report.get("early.backlog_limit")
+
+
+def unit_outputs(report: Dict[str, str]) -> List[str]:
+    """What the boot unit (cdk-audit-backlog.service) printed during this boot."""
+    return [report[f"unit_output.{i}"] for i in range(1, int(report.get("unit_output_lines", "0")) + 1)]
+
+
+def mixed_group_per_machine(suite: str = images.DEFAULT_SUITE) -> Scenario:
+    """Scenario 7: the launch template of a mixed group (m5.large and r5.4xlarge, different limits, so the
+    block runs in auto) booted on the AL2-like layout (-b 320, below every limit the policy gives, so the
+    distribution's limit cannot mask the result) in a 1 GiB and in an 8 GiB guest: each machine sizes
+    itself from its own MemTotal. ``make test`` runs it on the default suite only (two boots: the
+    formula and the script are the same on both suites, the other scenarios cover the suites)."""
+    started = time.monotonic()
+    ud = userdata.find(fixture_user_data(), "MixedTemplate")
+    img = images.build_image(images.AL2, suite)
+    wd = workdir(f"{suite}/mixed")
+    runs = [
+        vm.boot(img, name=f"mixed-{mib}", workdir=wd, user_data=ud, instance_id=f"i-e2e-mixed-{mib}",
+                memory_mib=mib)
+        for mib in (T3_MICRO_MIB, M5_LARGE_MIB)
+    ]
+    return Scenario("mixed", runs, ud, time.monotonic() - started, suite)
+
+
 def summary(s: Scenario) -> Dict[str, object]:
     out: Dict[str, object] = {"scenario": s.name, "suite": s.suite, "target": s.target,
                               "seconds": round(s.seconds, 1), "boots": []}
@@ -168,7 +238,8 @@ def summary(s: Scenario) -> Dict[str, object]:
         for n, rep in sorted(run.boots.items()):
             out["boots"].append({  # type: ignore[union-attr]
                 "run": run.name, "boot": n, "accel": run.accel, "run_seconds": round(run.elapsed_s, 1),
-                "limit": vm.audit_status(rep).get("backlog_limit"), "enabled": vm.audit_status(rep).get("enabled"),
+                "limit": vm.audit_status(rep).get("backlog_limit"), "early_limit": early_limit(rep),
+                "enabled": vm.audit_status(rep).get("enabled"),
                 "result": result_line(rep), "cmdline": rep.get("cmdline"), "kernel": rep.get("kernel"),
             })
     return out
@@ -179,6 +250,9 @@ ALL = {
     "al2": al2_layout,
     "immutable": immutable_then_reboot,
     "cmdline": kernel_cmdline_and_strict_user_script,
+    # on its own, the AL2-like boot first (without its storm), then the two resize boots
+    "resize": lambda suite=images.DEFAULT_SUITE: resize_after(al2_layout(suite=suite)),
+    "mixed": mixed_group_per_machine,
 }
 
 if __name__ == "__main__":  # python -m e2e.scenarios [--suite SUITE] [scenario ...]

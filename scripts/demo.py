@@ -8,10 +8,15 @@
    us-east-1);
 3. reads back with boto3 every instance (the ASG's included) and launch template of the stack and prints
    resource, instance type, memory, the limit in the stored user data, and whether the block is there;
+   then the SSM document and association the stack deployed for machines that already run (moto creates
+   the document and skips the association: its CloudFormation does not model ``AWS::SSM::Association``);
 4. runs the operator's check, ``cdk-audit-backlog verify --stack AuditBacklogExample``, against it;
-5. stops the emulator.
+5. runs ``cdk-audit-backlog impact`` on the same cloud assembly against the deployed stack: what a second
+   ``cdk deploy`` would do to each launch resource and its machines (nothing: it interrupts no machine);
+6. stops the emulator.
 
-Exit status 0 when every launch carries the block, 1 when one does not, 2 when a step fails.
+Exit status 0 when every launch carries the block and a second deploy interrupts nothing, 1 when not, 2 when
+a step fails.
 Against a real account the same deploy is ``npx cdk deploy`` with your credentials, and the same check is
 ``cdk-audit-backlog verify --stack AuditBacklogExample``.
 """
@@ -19,6 +24,7 @@ Against a real account the same deploy is ``npx cdk deploy`` with your credentia
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -143,6 +149,61 @@ def read_back(endpoint: str) -> int:
     return sum(1 for c in checks if not c.block)
 
 
+def _target_value(value: object) -> str:
+    if value == {"Ref": "AWS::StackName"}:
+        return STACK
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def show_association(endpoint: str) -> bool:
+    """The SSM document and association the stack deployed (``association=True``), as moto holds them.
+
+    moto's CloudFormation creates the ``AWS::SSM::Document`` (its SSM API models documents) but warns and
+    skips ``AWS::SSM::Association``: the association is in the deployed template, nothing runs it here.
+    Returns whether the stack has an association.
+    """
+    import boto3
+
+    session = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+    )
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    cfn, ssm = session.client("cloudformation"), session.client("ssm")
+    template = cfn.get_template(StackName=STACK, TemplateStage="Original")["TemplateBody"]
+    if isinstance(template, str):
+        template = json.loads(template)
+    physical = {
+        r["LogicalResourceId"]: r.get("PhysicalResourceId")
+        for r in cfn.list_stack_resources(StackName=STACK)["StackResourceSummaries"]
+    }
+    found = False
+    for logical_id, res in sorted(template.get("Resources", {}).items()):
+        if res.get("Type") == "AWS::SSM::Document":
+            name = physical.get(logical_id)
+            doc = ssm.get_document(Name=name)  # moto's SSM holds it (describe_document fails on it: a 500)
+            # The content as deployed (moto returns a CloudFormation-created document's content as a Python
+            # repr, not JSON).
+            content = res.get("Properties", {}).get("Content", {})
+            steps = content.get("mainSteps", [])
+            commands = "\n".join(c for s in steps for c in s.get("inputs", {}).get("runCommand", []))
+            actions = ", ".join(s.get("action", "?") for s in steps)
+            log(f"ssm: document {name} ({logical_id}): {doc['DocumentType']}, schema "
+                f"{content.get('schemaVersion')}, {doc['Status']}, steps {actions}, "
+                f"{len(commands.encode())} bytes of commands")
+        elif res.get("Type") == "AWS::SSM::Association":
+            found = True
+            props = res.get("Properties", {})
+            targets = "; ".join(
+                f"{t.get('Key')}=" + ",".join(_target_value(v) for v in t.get("Values", []))
+                for t in props.get("Targets", [])
+            )
+            log(f"ssm: association {logical_id} in the deployed template: targets {targets}, schedule "
+                f"{props.get('ScheduleExpression')}; moto's CloudFormation skips AWS::SSM::Association (a "
+                "warning, nothing created), so nothing runs it here; on AWS it runs when created, then on "
+                "its schedule")
+    return found
+
+
 def run_verify(env: Dict[str, str]) -> int:
     """The operator's check, as a user runs it: the CLI in its own process, pointed at the emulator."""
     cmd = [sys.executable, "-m", "cdk_audit_backlog", "verify", "--stack", STACK, "--region", REGION]
@@ -152,6 +213,20 @@ def run_verify(env: Dict[str, str]) -> int:
     log(f"verify: exit {proc.returncode}: {summary}")
     if proc.returncode not in (0, 1):
         sys.stderr.write(proc.stdout + proc.stderr)
+    return proc.returncode
+
+
+def run_impact(env: Dict[str, str], cdk_out: Path) -> int:
+    """What the next deploy of the same assembly would do to the deployed stack (the CLI, as users run it)."""
+    cmd = [sys.executable, "-m", "cdk_audit_backlog", "impact", str(cdk_out), "--stack", STACK,
+           "--region", REGION]
+    log(f"impact: cdk-audit-backlog impact cdk.out --stack {STACK} --region {REGION}")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    print(proc.stdout, end="", flush=True)
+    summary = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    log(f"impact: exit {proc.returncode}: {summary}")
+    if proc.returncode not in (0, 1):
+        sys.stderr.write(proc.stderr)
     return proc.returncode
 
 
@@ -175,7 +250,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             "deploy",
         )
         untuned = read_back(server.url)
+        show_association(server.url)
         verify_rc = run_verify(env)
+        impact_rc = run_impact(env, out_dir)
     except RuntimeError as e:
         log(f"error: {e}")
         return 2
@@ -186,9 +263,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     log(f"{'every launch carries the block' if not untuned else f'{untuned} launch(es) WITHOUT the block'}; "
         f"total {time.monotonic() - started:.1f} s")
-    if verify_rc == 2:
+    if 2 in (verify_rc, impact_rc):
         return 2
-    return 1 if untuned or verify_rc else 0
+    return 1 if untuned or verify_rc or impact_rc else 0
 
 
 if __name__ == "__main__":

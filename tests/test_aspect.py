@@ -108,25 +108,77 @@ def test_launch_template_without_user_data_gets_one_created():
     assert cab_target(text) == "8192"
 
 
-def test_launch_template_without_type_takes_the_groups_smallest_override():
-    app, stack, vpc = new_stack()
-    lt = ec2.LaunchTemplate(stack, "LT", machine_image=IMAGE, user_data=ec2.UserData.for_linux())
+def mixed_group(stack, vpc, types, name="G"):
+    lt = ec2.LaunchTemplate(stack, name + "Lt", machine_image=IMAGE, user_data=ec2.UserData.for_linux())
     autoscaling.AutoScalingGroup(
-        stack, "G", vpc=vpc,
+        stack, name, vpc=vpc,
         mixed_instances_policy=autoscaling.MixedInstancesPolicy(
             launch_template=lt,
             launch_template_overrides=[
-                autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType("r5.2xlarge")),
-                autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType("t3.medium")),
+                autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t)) for t in types
             ],
         ),
     )
+    return lt
+
+
+def block_line(text: str, name: str) -> str:
+    return next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith(name + "="))
+
+
+def test_group_whose_types_map_to_different_limits_runs_auto_and_lists_them():
+    app, stack, vpc = new_stack()
+    mixed_group(stack, vpc, ["r5.2xlarge", "t3.medium"])
     AuditBacklog.apply_to(app)
     lt_res = only(stack, "AWS::EC2::LaunchTemplate")
-    assert cab_target(user_data_of(lt_res)) == "4096"  # t3.medium: 4 GiB
+    text = user_data_of(lt_res)
+    # t3.medium (4 GiB) gets 4096, r5.2xlarge (64 GiB) 65536: one number would leave one of them wrong.
+    assert cab_target(text) == "auto" and block_line(text, "CAB_SOURCE") == "mixed"
     meta = lt_res["Metadata"][METADATA_KEY]
-    assert meta["instanceType"] == "t3.medium" and meta["memoryMiB"] == 4096
-    assert "r5.2xlarge" in meta["reason"]
+    assert meta["limit"] == "auto"
+    assert meta["perType"] == {"t3.medium": 4096, "r5.2xlarge": 65536}
+    assert list(meta["perType"]) == ["t3.medium", "r5.2xlarge"]  # smallest memory first
+    assert "instanceType" not in meta and "memoryMiB" not in meta
+    assert "map to different limits (4096..65536)" in meta["reason"]
+
+
+def test_per_type_limits_follow_the_aspects_policy():
+    app, stack, vpc = new_stack()
+    mixed_group(stack, vpc, ["m5.large", "r5.4xlarge"])
+    AuditBacklog.apply_to(app, policy=BacklogPolicy(memory_fraction=0.02, maximum=65536))
+    lt_res = only(stack, "AWS::EC2::LaunchTemplate")
+    assert lt_res["Metadata"][METADATA_KEY]["perType"] == {"m5.large": 16384, "r5.4xlarge": 65536}
+    assert block_line(user_data_of(lt_res), "CAB_FRACTION_PPM") == "20000"  # auto computes with that policy
+
+
+def test_group_whose_types_all_map_to_one_limit_keeps_the_fixed_number():
+    app, stack, vpc = new_stack()
+    mixed_group(stack, vpc, ["m5.large", "t3.large"], name="Same")  # both 8 GiB
+    mixed_group(stack, vpc, ["r5.8xlarge", "x2iedn.8xlarge"], name="Capped")  # 256 GiB, 1 TiB: both the maximum
+    AuditBacklog.apply_to(app)
+    metas = {k: r["Metadata"][METADATA_KEY] for k, r in resources(stack, "AWS::EC2::LaunchTemplate").items()}
+    same = next(m for k, m in metas.items() if k.startswith("SameLt"))
+    capped = next(m for k, m in metas.items() if k.startswith("CappedLt"))
+    assert same["limit"] == 8192 and "perType" not in same
+    assert capped["limit"] == 262144 and "perType" not in capped and capped["instanceType"] == "r5.8xlarge"
+
+
+def test_group_with_an_unknown_type_stays_auto_without_per_type_limits():
+    app, stack, vpc = new_stack()
+    mixed_group(stack, vpc, ["m5.large", "zz9.plural"])
+    AuditBacklog.apply_to(app)
+    lt_res = only(stack, "AWS::EC2::LaunchTemplate")
+    meta = lt_res["Metadata"][METADATA_KEY]
+    assert meta["limit"] == "auto" and "perType" not in meta and "zz9.plural" in meta["reason"]
+    assert block_line(user_data_of(lt_res), "CAB_SOURCE") == "unknown"
+
+
+def test_fixed_backlog_limit_on_the_aspect_wins_over_per_type_sizing():
+    app, stack, vpc = new_stack()
+    mixed_group(stack, vpc, ["m5.large", "r5.4xlarge"])
+    AuditBacklog.apply_to(app, backlog_limit=65536)
+    meta = only(stack, "AWS::EC2::LaunchTemplate")["Metadata"][METADATA_KEY]
+    assert meta == {"limit": 65536, "reason": "backlog_limit set on the aspect"}
 
 
 def test_launch_template_without_any_known_type_runs_auto_at_boot():
@@ -240,6 +292,7 @@ def test_windows_instance_is_skipped_with_a_warning():
         ({"kernel_cmdline": "yes"}, "kernel_cmdline must be True or False"),
         ({"policy": {"memory_fraction": 0.02}}, "policy must be a BacklogPolicy"),
         ({"exclude": "web"}, "exclude must be a callable"),
+        ({"boot_unit": "auto"}, "boot_unit must be True or False"),
     ],
 )
 def test_bad_options_fail_at_construction_naming_the_option(kwargs, message):
@@ -267,3 +320,58 @@ def test_policy_option_changes_the_choice():
     ec2.Instance(stack, "I", vpc=vpc, instance_type=ec2.InstanceType("m5.large"), machine_image=IMAGE)
     AuditBacklog.apply_to(app, policy=BacklogPolicy(memory_fraction=0.04))
     assert cab_target(user_data_of(only(stack, "AWS::EC2::Instance"))) == "32768"
+
+
+def test_eks_node_group_with_types_of_different_limits_runs_auto_in_its_mime_part():
+    from aws_cdk import aws_eks as eks
+
+    app, stack, _ = new_stack()
+    lt = ec2.CfnLaunchTemplate(stack, "NodeLt", launch_template_data=ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(
+        user_data=cdk.Fn.base64(
+            'Content-Type: multipart/mixed; boundary="//"\nMIME-Version: 1.0\n\n--//\n'
+            'Content-Type: text/x-shellscript; charset="us-ascii"\n\n#!/bin/bash\necho node\n--//--\n')))
+    eks.CfnNodegroup(
+        stack, "Nodes", cluster_name="c", node_role="arn:aws:iam::123456789012:role/n", subnets=["subnet-1"],
+        instance_types=["m5.large", "r5.4xlarge"],
+        launch_template=eks.CfnNodegroup.LaunchTemplateSpecificationProperty(id=lt.ref, version=lt.attr_latest_version_number),
+    )
+    AuditBacklog.apply_to(app)
+    lt_res = only(stack, "AWS::EC2::LaunchTemplate")
+    meta = lt_res["Metadata"][METADATA_KEY]
+    assert meta["limit"] == "auto" and meta["perType"] == {"m5.large": 8192, "r5.4xlarge": 131072}
+    from cdk_audit_backlog.testing import launches
+
+    (launch,) = launches(assertions.Template.from_stack(stack))
+    assert launch.tuning.is_mixed and launch.user_data.startswith("Content-Type: multipart/mixed")
+
+def block_settings(text: str) -> dict:
+    block = text[text.index(BEGIN) : text.index(END)]
+    return dict(line.split("=", 1) for line in block.splitlines() if line.startswith("CAB_"))
+
+
+def test_boot_unit_is_on_by_default_following_memory_unless_the_user_fixed_the_limit():
+    app, stack, vpc = new_stack()
+    ec2.Instance(stack, "Typed", vpc=vpc, instance_type=ec2.InstanceType("m5.large"), machine_image=IMAGE)
+    ec2.LaunchTemplate(stack, "Untyped", machine_image=IMAGE, user_data=ec2.UserData.for_linux())
+    AuditBacklog.apply_to(app)
+    typed = user_data_of(only(stack, "AWS::EC2::Instance"))
+    # the limit chosen from the type is what this boot applies; every later boot recomputes it from MemTotal
+    assert block_settings(typed)["CAB_TARGET"] == "8192" and block_settings(typed)["CAB_UNIT"] == "auto"
+    assert "cab_limit_for_kib" in typed  # the formula rides along for the unit
+    untyped = user_data_of(only(stack, "AWS::EC2::LaunchTemplate"))
+    assert block_settings(untyped)["CAB_TARGET"] == "auto" and block_settings(untyped)["CAB_UNIT"] == "auto"
+
+    app, stack, vpc = new_stack()
+    ec2.Instance(stack, "I", vpc=vpc, instance_type=ec2.InstanceType("m5.large"), machine_image=IMAGE)
+    AuditBacklog.apply_to(app, backlog_limit=65536)
+    fixed = user_data_of(only(stack, "AWS::EC2::Instance"))
+    assert block_settings(fixed)["CAB_TARGET"] == "65536" and block_settings(fixed)["CAB_UNIT"] == "fixed"
+
+
+def test_boot_unit_false_renders_the_block_without_the_unit():
+    app, stack, vpc = new_stack()
+    ec2.Instance(stack, "I", vpc=vpc, instance_type=ec2.InstanceType("m5.large"), machine_image=IMAGE)
+    AuditBacklog.apply_to(app, boot_unit=False)
+    text = user_data_of(only(stack, "AWS::EC2::Instance"))
+    assert "CAB_UNIT" not in block_settings(text) and "cab_unit" not in text and "cab_limit_for_kib" not in text
+    assert "/bin/bash -s <<'CDK_AUDIT_BACKLOG' || true" in text

@@ -37,9 +37,13 @@ def sandbox(tmp_path_factory):
     return fx.make_sandbox(tmp_path_factory.mktemp("sandbox"))
 
 
-def run(root, sandbox, **inputs):
+# The script's exit status (what an SSM association reads; user data ignores it).
+OK, NO_AUDITCTL, NOT_APPLIED, NOT_PERSISTED = 0, 3, 4, 5
+
+
+def run(root, sandbox, status=OK, **inputs):
     r = fx.run_script(root, sandbox, **inputs)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == status, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert lines and all(line.startswith(PREFIX) for line in lines), r.stdout
     return r
@@ -184,7 +188,7 @@ def test_legacy_status_format_is_read(tmp_path, sandbox):
 def test_without_auditd_nothing_is_applied_and_the_boot_goes_on(tmp_path, sandbox, name):
     root = tmp_path / name
     fx.build(root, name)
-    r = run(root, sandbox, target=8192, source="m5.large/8192MiB")
+    r = run(root, sandbox, NO_AUDITCTL, target=8192, source="m5.large/8192MiB")
     assert f"{PREFIX}no auditd: nothing applied" in r.stdout.splitlines()
     assert result_line(r.stdout) == f"{PREFIX}backlog_limit ? -> ? (m5.large/8192MiB; method none; lost ?)"
     assert fx.calls(root) == []
@@ -226,7 +230,7 @@ def test_install_auditd_with_each_package_manager(tmp_path, sandbox, name, manag
 def test_install_failure_is_reported_and_the_boot_goes_on(tmp_path, sandbox):
     root = tmp_path / "al2023"
     fx.build(root, "al2023-fedora-file", auditd=False, package_name="audit-not-here")
-    r = run(root, sandbox, target=8192, install_auditd=1)
+    r = run(root, sandbox, NO_AUDITCTL, target=8192, install_auditd=1)
     assert f"{PREFIX}install: audit failed (dnf)" in r.stdout.splitlines()
     assert f"{PREFIX}no auditd: nothing applied" in r.stdout.splitlines()
 
@@ -285,6 +289,97 @@ def test_allow_lower_lowers_both_rules_and_kernel(tmp_path, sandbox):
     assert fakes.boot(root)["backlog_limit"] == 8192
 
 
+# -b 0 is no limit at all (the kernel skips the backlog check): the largest limit there is, so raising
+# it to a number would lower it. Kept, in the rules and in the kernel, unless allow_lower.
+ZERO_RULES = {"al2": "etc/audit/rules.d/audit.rules", "al1": "etc/audit/audit.rules"}
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_RULES))
+def test_rules_with_b_0_no_limit_are_kept(tmp_path, sandbox, name):
+    root = tmp_path / name
+    fx.build(root, name)
+    rules = root / ZERO_RULES[name]
+    rules.write_text(rules.read_text().replace("-b 320", "-b 0"))
+    assert fakes.boot(root)["backlog_limit"] == 0
+    fx.clear_calls(root)
+    before = fx.tree_digest(root)
+    r = run(root, sandbox, target=8192)
+    assert f"{PREFIX}persist: kept -b 0" in r.stdout.splitlines()
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 0 -> 0 (")
+    assert mutating(fx.calls(root)) == []
+    after = fx.tree_digest(root)
+    after.pop("var/lib/cdk-audit-backlog/state")
+    assert after == before  # no file written, audit.rules not edited
+    assert fakes.boot(root)["backlog_limit"] == 0
+
+
+def test_rules_with_b_0_are_applied_to_a_kernel_still_at_a_number(tmp_path, sandbox):
+    # The rules keep "no limit"; a kernel that has not loaded them yet gets it now, as the next boot would.
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    (root / "etc/audit/rules.d/audit.rules").write_text("-D\n-b 0\n-f 1\n")
+    r = run(root, sandbox, target=8192)
+    assert f"{PREFIX}persist: kept -b 0" in r.stdout.splitlines()
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 320 -> 0 (")
+    assert mutating(fx.calls(root)) == ["auditctl -b 0"]
+    assert fakes.boot(root)["backlog_limit"] == 0
+
+
+def test_running_kernel_with_no_limit_is_kept_while_rules_are_raised(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    fx.set_kernel(root, backlog_limit=0)  # set by hand or by another agent (auditbeat) since boot
+    r = run(root, sandbox, target=8192)
+    assert f"{PREFIX}apply: kept 0" in r.stdout.splitlines()
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 0 -> 0 (")
+    assert not any(c.startswith("auditctl -b") for c in fx.calls(root))
+    assert fx.kernel(root)["backlog_limit"] == 0
+    assert fakes.boot(root)["backlog_limit"] == 8192  # the rules' 320 is raised as usual
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_RULES))
+def test_allow_lower_lowers_no_limit_in_rules_and_kernel(tmp_path, sandbox, name):
+    root = tmp_path / name
+    fx.build(root, name)
+    rules = root / ZERO_RULES[name]
+    rules.write_text(rules.read_text().replace("-b 320", "-b 0"))
+    assert fakes.boot(root)["backlog_limit"] == 0
+    fx.clear_calls(root)
+    r = run(root, sandbox, target=8192, allow_lower=1)
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 0 -> 8192 (")
+    assert "auditctl -b 8192" in fx.calls(root)
+    assert fakes.boot(root)["backlog_limit"] == 8192
+
+
+def _larger(a, b) -> bool:
+    """Limit a is larger than limit b, 0 being no limit at all (the model the script must follow)."""
+    return a != b and (a == 0 or (b != 0 and a > b))
+
+
+_limits = st.sampled_from([0, 64, 320, 8192, 65536, 2147483647])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rules=st.one_of(st.none(), _limits), kernel=_limits, target=st.sampled_from([320, 8192, 131072]),
+       allow_lower=st.booleans())
+def test_hypothesis_never_lower_with_0_as_the_largest_limit(tmp_path_factory, sandbox, rules, kernel, target,
+                                                            allow_lower):
+    # The script against a model: the rules keep a larger -b (0 included) unless allow_lower; the running
+    # kernel keeps a larger limit (0 included) unless allow_lower; the next boot loads what was persisted.
+    root = tmp_path_factory.mktemp("never-lower") / "al2"
+    fx.build(root, "al2")
+    (root / "etc/audit/rules.d/audit.rules").write_text("-D\n" + ("" if rules is None else f"-b {rules}\n") + "-f 1\n")
+    fakes.boot(root)
+    fx.set_kernel(root, backlog_limit=kernel)
+    r = run(root, sandbox, target=target, allow_lower=int(allow_lower))
+    persisted = target if rules is None or allow_lower or _larger(target, rules) else rules
+    applied = kernel if not allow_lower and _larger(kernel, persisted) else persisted
+    assert fx.kernel(root)["backlog_limit"] == applied, r.stdout
+    assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit {kernel} -> {applied} ("), r.stdout
+    assert fakes.boot(root)["backlog_limit"] == persisted
+    assert (f"{PREFIX}persist: kept -b {rules}" in r.stdout) == (persisted != target)
+
+
 def test_larger_running_kernel_limit_is_kept_while_rules_are_raised(tmp_path, sandbox):
     root = tmp_path / "al2"
     fx.build(root, "al2")
@@ -300,7 +395,7 @@ def test_a_kernel_that_does_not_take_the_limit_is_reported(tmp_path, sandbox):
     fx.build(root, "al2")
     cfg = json.loads((root / ".fake/config.json").read_text())
     (root / ".fake/config.json").write_text(json.dumps(dict(cfg, kernel_ignores_b=True)))
-    r = run(root, sandbox, target=8192)
+    r = run(root, sandbox, NOT_APPLIED, target=8192)
     assert f"{PREFIX}verify failed" in r.stdout.splitlines()
     assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 320 -> 320 (")
     assert_no_reload(root, fx.calls(root))  # no reload or restart to "fix" it
@@ -314,7 +409,7 @@ def test_a_later_rules_file_that_wins_the_merge_is_reported(tmp_path, sandbox):
     late.chmod(0o640)
     fakes.boot(root)
     fx.clear_calls(root)
-    r = run(root, sandbox, target=8192)
+    r = run(root, sandbox, NOT_PERSISTED, target=8192)
     assert f"{PREFIX}persist: rules load -b 512" in r.stdout.splitlines()
     assert state(root)["persisted"] == "no"
     assert fx.kernel(root)["backlog_limit"] == 8192  # applied for this boot all the same
@@ -328,11 +423,12 @@ def test_rerun_changes_no_file_and_calls_nothing_that_changes_state(tmp_path, sa
     root = tmp_path / name
     fx.build(root, name)
     inputs = dict(target=16384, kernel_cmdline=1, wait=wait)
-    run(root, sandbox, **inputs)
+    status = NO_AUDITCTL if name.endswith("no-auditd") else OK
+    run(root, sandbox, status, **inputs)
     before = fx.tree_digest(root)
     kernel_before = fx.kernel(root)
     fx.clear_calls(root)
-    r = run(root, sandbox, **inputs)
+    r = run(root, sandbox, status, **inputs)
     assert fx.tree_digest(root) == before
     assert fx.kernel(root) == kernel_before
     calls = fx.calls(root)
@@ -373,12 +469,86 @@ def test_read_only_rules_dir_still_applies_for_this_boot(tmp_path, sandbox, name
          shutil.which("mount"), str(d), str(sandbox / "bash"), str(fx.SCRIPT)],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == NOT_PERSISTED, r.stdout + r.stderr
     written = OUR_FILE if name == "al2" else "etc/audit/audit.rules"
     assert f"{PREFIX}persist: cannot write /{written}" in r.stdout.splitlines()
     assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 320 -> 8192 (")
     assert state(root)["persisted"] == "no"
     assert fakes.boot(root)["backlog_limit"] == 320  # nothing persisted: the next boot reverts
+
+
+# -- exit status: what an SSM association reads (SyncCompliance AUTO: non-zero -> NON_COMPLIANT) ----------
+
+
+def test_exit_status_is_zero_when_applied_and_persisted_and_on_the_rerun_with_nothing_to_do(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    r = fx.run_script(root, sandbox, target=8192)
+    assert r.returncode == OK and result_line(r.stdout).endswith("method auditctl; lost 0)"), r.stdout
+    r = fx.run_script(root, sandbox, target=8192)
+    assert r.returncode == OK and result_line(r.stdout).endswith("method none; lost 0)"), r.stdout
+
+
+def test_exit_status_is_zero_when_immutable_and_persisted_for_the_next_boot(tmp_path, sandbox):
+    root = tmp_path / "rhel9"
+    fx.build(root, "rhel9")
+    fx.set_kernel(root, enabled=2)
+    r = fx.run_script(root, sandbox, target=16384)
+    assert r.returncode == OK, r.stdout
+    assert f"{PREFIX}immutable: takes effect at next boot" in r.stdout.splitlines()
+    assert fx.kernel(root)["backlog_limit"] == 8192 and fakes.boot(root)["backlog_limit"] == 16384
+
+
+def test_exit_status_is_zero_when_a_larger_limit_is_kept(tmp_path, sandbox):
+    root = tmp_path / "debian12"
+    fx.build(root, "debian12")
+    r = fx.run_script(root, sandbox, target=1024)
+    assert r.returncode == OK and f"{PREFIX}persist: kept -b 8192" in r.stdout.splitlines()
+
+
+def test_exit_status_says_auditctl_is_missing(tmp_path, sandbox):
+    root = tmp_path / "ubuntu"
+    fx.build(root, "ubuntu2404-no-auditd")
+    assert fx.run_script(root, sandbox, target=8192).returncode == NO_AUDITCTL
+
+
+def test_exit_status_says_the_kernel_did_not_take_the_limit(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    cfg = json.loads((root / ".fake/config.json").read_text())
+    (root / ".fake/config.json").write_text(json.dumps(dict(cfg, kernel_ignores_b=True)))
+    r = fx.run_script(root, sandbox, target=8192)
+    assert r.returncode == NOT_APPLIED, r.stdout
+    assert f"{PREFIX}verify failed" in r.stdout.splitlines()
+
+
+def test_exit_status_says_a_later_rules_file_keeps_the_limit_from_persisting(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    late = root / "etc/audit/rules.d/_site-override.rules"
+    late.write_text("-b 512\n")
+    late.chmod(0o640)
+    r = fx.run_script(root, sandbox, target=8192)
+    assert r.returncode == NOT_PERSISTED, r.stdout
+    assert fx.kernel(root)["backlog_limit"] == 8192  # applied now all the same
+
+
+def test_exit_status_of_an_unexpected_error_is_non_zero(tmp_path, sandbox):
+    root = tmp_path / "al2"
+    fx.build(root, "al2")
+    (root / "etc/audit/rules.d/broken.rules").mkdir()  # `cat` of a directory fails inside the script
+    r = fx.run_script(root, sandbox, target=8192)
+    assert r.returncode not in (OK, NO_AUDITCTL, NOT_APPLIED, NOT_PERSISTED), r.stdout
+    assert any(line.startswith(PREFIX + "error ") for line in r.stdout.splitlines())
+
+
+def test_user_data_ignores_the_exit_status(tmp_path, sandbox):
+    root = tmp_path / "ubuntu"
+    fx.build(root, "ubuntu2404-no-auditd")
+    block = render_block(BlockInputs(target=8192))
+    r = fx.run_user_data(root, sandbox, _user_data(block, "#!/bin/bash -e"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1] == "user-script-ran"
 
 
 def test_auto_computes_the_target_from_meminfo(tmp_path, sandbox):
@@ -465,7 +635,7 @@ def test_kernel_cmdline_replaces_an_older_value(tmp_path, sandbox):
 def test_kernel_cmdline_is_set_even_without_auditd(tmp_path, sandbox):
     root = tmp_path / "ubuntu"
     fx.build(root, "ubuntu2404-no-auditd")
-    r = run(root, sandbox, target=8192, kernel_cmdline=1)
+    r = run(root, sandbox, NO_AUDITCTL, target=8192, kernel_cmdline=1)
     assert f"{PREFIX}cmdline: audit_backlog_limit=8192 update-grub" in r.stdout.splitlines()
     assert "audit_backlog_limit=8192" in (root / "boot/grub/grub.cfg").read_text()
 

@@ -219,12 +219,44 @@ def mixed_stack(lt_type: Optional[str], overrides: List[Optional[str]], user_dat
     return stack
 
 
-def test_mixed_instances_need_the_limit_of_the_smallest_memory_override():
-    # t3.micro has 1 GiB, m5.xlarge 16 GiB: the template must be tuned for t3.micro at least.
-    assert rules(mixed_stack(None, ["m5.xlarge", "t3.micro"], script(block(1024)))) == []
-    found = findings(mixed_stack(None, ["m5.xlarge", "t3.micro"], script(block(512))))
-    assert [(f.rule, f.required) for f in found] == [("BelowPolicy", 1024)]
-    assert "t3.micro" in found[0].message
+def test_mixed_instances_need_auto_or_the_limit_of_the_largest_type():
+    # t3.micro has 1 GiB (1024), m5.xlarge 16 GiB (16384): each machine must meet the policy for its own
+    # type, so the smallest type's 1024 leaves the m5.xlarge machines below it.
+    found = findings(mixed_stack(None, ["m5.xlarge", "t3.micro"], script(block(1024))))
+    assert [(f.rule, f.required, f.found) for f in found] == [("BelowPolicy", 16384, 1024)]
+    assert "m5.xlarge" in found[0].message and "t3.micro" in found[0].message and "auto" in found[0].message
+    assert rules(mixed_stack(None, ["m5.xlarge", "t3.micro"], script(block(16384)))) == []
+    # auto (what the aspect writes for such a group) passes: each machine computes its own limit.
+    assert rules(mixed_stack(None, ["m5.xlarge", "t3.micro"], script(block(None, source="mixed")))) == []
+
+
+def test_auto_on_a_mixed_group_needs_a_policy_at_least_as_strong():
+    weak = BacklogPolicy(memory_fraction=0.005)
+    found = findings(mixed_stack(None, ["m5.large", "r5.4xlarge"], script(block(None, "mixed", policy=weak))))
+    assert [(f.rule, f.found) for f in found] == [("BelowPolicy", "auto")]
+    assert "CAB_FRACTION_PPM=5000 (policy 10000)" in found[0].message
+    strong = BacklogPolicy(memory_fraction=0.02, minimum=1024, maximum=1 << 20)
+    assert rules(mixed_stack(None, ["m5.large", "r5.4xlarge"], script(block(None, "mixed", policy=strong)))) == []
+
+
+def test_types_that_share_one_limit_keep_a_fixed_limit():
+    # t3.large and m5.large both have 8 GiB: one limit, 8192, fits both.
+    assert rules(mixed_stack(None, ["t3.large", "m5.large"], script(block(8192)))) == []
+    assert rules(mixed_stack(None, ["t3.large", "m5.large"], script(block(4096)))) == ["BelowPolicy"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 8192.0, True, "8192", 10**100, -1])
+def test_memory_of_returning_a_bad_number_names_memory_of(bad):
+    check = AuditBacklogCheck(memory_of=lambda t: bad)
+    with pytest.raises(ValueError, match=r"memory_of\('m5.large'\) must return None or a whole number of MiB"):
+        findings(instance_stack("m5.large", script(block(8192))), check)
+
+
+def test_memory_of_may_return_any_integer_type():
+    import numpy as np  # requirements-dev.txt (tests only)
+    check = AuditBacklogCheck(memory_of=lambda t: np.int64(8192))
+    assert rules(instance_stack("m5.large", script(block(8192))), check) == []
+    assert [f.required for f in findings(instance_stack("m5.large", script(block(4096))), check)] == [8192]
 
 
 def test_overrides_replace_the_launch_template_type():
@@ -307,7 +339,7 @@ def test_launch_configuration_of_an_asg_is_checked():
     overrides=st.lists(st.sampled_from([f"f{i}.large" for i in range(8)]), min_size=1, max_size=4),
     target=st.one_of(st.none(), st.integers(1, 2**20)),
 )
-def test_required_limit_is_the_policy_for_the_smallest_memory_override(memory, overrides, target):
+def test_required_limit_is_the_largest_policy_limit_among_the_overrides(memory, overrides, target):
     template = {
         "Resources": {
             "Lt": {
@@ -331,7 +363,7 @@ def test_required_limit_is_the_policy_for_the_smallest_memory_override(memory, o
     if target is None:
         assert found == []
     elif all(t in memory for t in overrides):
-        required = POLICY.limit_for_memory(min(memory[t] for t in overrides))
+        required = max(POLICY.limit_for_memory(memory[t]) for t in overrides)  # each machine meets its own
         assert [(f.rule, f.required) for f in found] == ([("BelowPolicy", required)] if target < required else [])
     else:  # a type without known memory: only auto or the policy maximum is sure to be enough
         assert [f.rule for f in found] == (["BelowPolicy"] if target < POLICY.maximum else [])
@@ -620,3 +652,18 @@ def test_check_on_the_realistic_apps_is_loud_before_and_silent_after_the_aspect(
     after = _synth_checked(name, tuned=True, outdir=tmp_path / "after")
     assert after.last_checked == before.last_checked
     assert after.last_findings == [], [f.message for f in after.last_findings]
+
+
+def test_a_running_instance_whose_user_data_was_kept_is_fine_only_with_an_association():
+    from aws_cdk import aws_ssm as ssm
+
+    kept = {"limit": 8192, "deployed": "user data kept; tuned by the association"}
+    for association in (False, True):
+        stack = instance_stack("m5.large", script())
+        stack.node.find_child("Web").add_metadata("cdk-audit-backlog", kept)
+        if association:
+            ssm.CfnAssociation(stack, "Tune", name="Doc")
+            assert rules(stack) == []
+        else:
+            found = findings(stack)
+            assert [f.rule for f in found] == ["Untuned"] and "no AWS::SSM::Association" in found[0].message

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aws_cdk as cdk
 import aws_cdk.aws_ec2 as ec2
+import aws_cdk.aws_autoscaling as autoscaling
 import boto3
 import pytest
 from hypothesis import assume, given, settings
@@ -371,6 +372,33 @@ def test_verify_fails_on_untuned_and_below_policy(capsys):
 
 
 @mock_aws
+def test_verify_accepts_a_running_instance_whose_user_data_was_kept_but_not_a_plain_one(capsys):
+    _deploy({"Old": ("t3.micro", "#!/bin/bash\necho untouched\n")}, with_asg=False)
+    cfn = boto3.client("cloudformation", region_name="us-east-1")
+    template = json.loads(json.dumps(cfn.get_template(StackName="Fleet")["TemplateBody"]))
+    template["Resources"]["Old"]["Metadata"] = {
+        "cdk-audit-backlog": {"limit": 1024, "deployed": "user data kept; tuned by the association"}}
+    template["Resources"]["New"] = json.loads(json.dumps(template["Resources"]["Old"]))
+    del template["Resources"]["New"]["Metadata"]
+    # The launch template a running Instance launches from (require_imdsv2): kept as well.
+    template["Resources"]["OldLt"] = {
+        "Type": "AWS::EC2::LaunchTemplate",
+        "Metadata": {"cdk-audit-backlog": {"limit": "auto", "deployed": "user data kept: the running "
+                                           "instance(s) Old launch from it; a new version would replace them"}},
+        "Properties": {"LaunchTemplateData": {"MetadataOptions": {"HttpTokens": "required"}}},
+    }
+    cfn.create_stack(StackName="Adopted", TemplateBody=json.dumps(template))
+    rc, out, err = run(["verify", "--stack", "Adopted", "--region", "us-east-1", "--format", "json"], capsys)
+    assert rc == 1, out + err  # New has no block and no record: untuned
+    rows = {r["resource"].split()[1]: r for r in json.loads(out)}
+    assert rows["(Old)"]["status"] == "kept" and not rows["(Old)"]["failed"]
+    assert "the SSM association tunes it" in rows["(Old)"]["note"]
+    assert rows["(OldLt)"]["status"] == "kept" and "a running instance launches from it" in rows["(OldLt)"]["note"]
+    assert rows["(New)"]["status"] == "untuned"
+    assert "3 checked, 1 untuned" in err
+
+
+@mock_aws
 def test_verify_unknown_stack_is_a_clear_error(capsys):
     rc, _, err = run(["verify", "--stack", "NoSuchStack", "--region", "us-east-1"], capsys)
     assert rc == 2
@@ -423,6 +451,16 @@ def test_report_reads_metadata_and_decoded_user_data_of_a_synthesized_app(tmp_pa
     image = ec2.MachineImage.generic_linux({"us-east-1": "ami-12345678"})
     ec2.Instance(stack, "Small", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=image)
     ec2.LaunchTemplate(stack, "NoType", machine_image=image, user_data=ec2.UserData.for_linux())
+    mixed = ec2.LaunchTemplate(stack, "Mixed", machine_image=image, user_data=ec2.UserData.for_linux())
+    autoscaling.AutoScalingGroup(
+        stack, "Group", vpc=vpc,
+        mixed_instances_policy=autoscaling.MixedInstancesPolicy(
+            launch_template=mixed,
+            launch_template_overrides=[
+                autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t)) for t in ("m5.large", "r5.4xlarge")
+            ],
+        ),
+    )
     AuditBacklog.apply_to(app)
     app.synth()
     rc, out, err = run(["report", str(tmp_path / "cdk.out"), "--format", "json", "--strict"], capsys)
@@ -431,8 +469,13 @@ def test_report_reads_metadata_and_decoded_user_data_of_a_synthesized_app(tmp_pa
     small = next(v for k, v in rows.items() if k.startswith("Small"))
     assert (small["limit"], small["instance_type"], small["memory_mib"], small["blocks"]) == (
         "1024", "t3.micro", 1024, 1)
+    assert small["per_type"] == {}
     notype = next(v for k, v in rows.items() if k.startswith("NoType"))
-    assert notype["limit"] == "auto" and notype["blocks"] == 1
+    assert notype["limit"] == "auto" and notype["blocks"] == 1 and notype["per_type"] == {}
+    group = next(v for k, v in rows.items() if k.startswith("Mixed"))
+    assert group["limit"] == "auto" and group["per_type"] == {"m5.large": 8192, "r5.4xlarge": 131072}
+    rc, out, err = run(["report", str(tmp_path / "cdk.out")], capsys)
+    assert rc == 0 and "auto: m5.large=8192 r5.4xlarge=131072" in next(l for l in out.splitlines() if "Mixed" in l)
 
 
 def test_report_flags_launches_without_the_block(tmp_path, capsys):
@@ -453,10 +496,27 @@ def test_report_flags_launches_without_the_block(tmp_path, capsys):
     assert rc == 0
     lines = out.splitlines()[2:]
     assert len(lines) == 2  # the bucket is not a launch
+    assert "running instance(s) keep" not in err
     assert "NO" in next(l for l in lines if "Bare" in l)
     assert "skipped" in next(l for l in lines if "Skipped" in l)
     assert "without the block" in err
     assert run(["report", str(out_dir), "--strict"], capsys)[0] == 1
+
+
+def test_report_does_not_count_a_running_instance_whose_user_data_was_kept(tmp_path, capsys):
+    out_dir = tmp_path / "cdk.out"
+    out_dir.mkdir()
+    kept = {"limit": 1024, "reason": "instance type t3.micro (1024 MiB) of the resource",
+            "deployed": "user data kept; tuned by the association"}
+    template = {"Resources": {"Web": {"Type": "AWS::EC2::Instance", "Metadata": {"cdk-audit-backlog": kept},
+                                      "Properties": {"UserData": {"Fn::Base64": "#!/bin/bash\necho hi\n"}}}}}
+    (out_dir / "S.template.json").write_text(json.dumps(template))
+    rc, out, err = run(["report", str(out_dir), "--strict", "--format", "json"], capsys)
+    assert rc == 0, err
+    (row,) = json.loads(out)
+    assert row["blocks"] == 0 and row["kept"] is True
+    assert row["reason"].endswith("; user data kept; tuned by the association")
+    assert "1 running instance(s) keep their user data" in err and "without the block" not in err
 
 
 def test_report_on_a_missing_directory(tmp_path, capsys):
@@ -565,16 +625,32 @@ def test_auto_floor_allows_memtotal_below_nominal():
 
 
 @mock_aws
-def test_verify_mixed_group_sized_for_its_smallest_type_passes(capsys):
-    small_block = shell("8192")  # CAB_SOURCE=m5.large/8192MiB, what the aspect writes for a mixed group
+def test_verify_holds_a_mixed_group_machine_to_its_own_type(capsys):
+    # A fixed limit chosen for the group's smallest type (what the aspect wrote before per-machine sizing)
+    # leaves a larger machine below the policy for its own memory: reported, with the reason and the fix.
+    small_block = shell("8192")  # CAB_SOURCE=m5.large/8192MiB
+    mixed_auto = shell("auto").replace("CAB_SOURCE=m5.large/8192MiB", "CAB_SOURCE=mixed")
     stack = _deploy({"Big": ("m5.2xlarge", small_block), "Wrong": ("m5.2xlarge", shell("8192").replace(
-        "CAB_SOURCE=m5.large/8192MiB", "CAB_SOURCE=m5.2xlarge/32768MiB"))}, with_asg=False)
+        "CAB_SOURCE=m5.large/8192MiB", "CAB_SOURCE=m5.2xlarge/32768MiB")), "Auto": ("m5.2xlarge", mixed_auto)},
+        with_asg=False)
     rc, out, _ = run(["verify", "--stack", stack, "--region", "us-east-1", "--format", "json"], capsys)
     rows = {r["resource"].split()[1]: r for r in json.loads(out)}
-    assert rows["(Big)"]["status"] == "tuned"
-    assert rows["(Big)"]["note"] == "chosen for m5.large (8192 MiB), the smallest type of its group"
+    assert rows["(Big)"]["status"] == "below-policy"
+    assert "chosen for m5.large (8192 MiB), a smaller type of its group" in rows["(Big)"]["problem"]
+    assert "auto" in rows["(Big)"]["problem"]
     assert rows["(Wrong)"]["status"] == "below-policy"  # chosen for its own type, yet below that policy
+    assert rows["(Auto)"]["status"] == "auto" and rows["(Auto)"]["note"] == "a mixed group: sized at boot from MemTotal"
     assert rc == 1
+
+
+def test_no_limit_applied_is_never_below_policy():
+    # The console shows 0: an image's -b 0 (no limit at all) kept by the block.
+    c = cli.LaunchCheck("r", "instance", "r5.4xlarge", 131072, 131072, True, "131072", applied=0)
+    verify._classify(c)
+    assert c.status == "tuned" and not c.failed and "no limit" in c.note
+    c = cli.LaunchCheck("r", "instance", "t3.micro", 1024, 1024, True, "auto", applied=0, floor=512)
+    verify._classify(c)
+    assert c.status == "tuned" and not c.failed
 
 
 @mock_aws

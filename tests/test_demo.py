@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -29,16 +28,39 @@ def _rows(stdout: str):
     return rows
 
 
+def _impact_rows(stdout: str):
+    lines = stdout.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("stack ") and "interrupts" in l)
+    header = ["stack", "resource", "type", "change", "interrupts"]
+    rows = []
+    for line in lines[start + 2:]:
+        if line.startswith("demo:"):
+            break
+        rows.append(dict(zip(header, line.split()[:5])))
+    return rows
+
+
 def test_demo_deploys_the_example_to_moto_and_every_launch_is_tuned():
-    t = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "scripts/demo.py"], cwd=REPO, capture_output=True, text=True, timeout=240
+        [sys.executable, "scripts/demo.py"], cwd=REPO, capture_output=True, text=True, timeout=600
     )
-    elapsed = time.monotonic() - t
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "bootstrap: done" in out and "deploy: done" in out
     assert "verify: exit 0: verify: 3 checked, 0 untuned or below policy" in out
+    # A second deploy of the same assembly: every launch resource unchanged, no machine interrupted.
+    assert re.search(r"impact: exit 0: impact: \d+ resource\(s\), 0 interrupting running machines", out), out
+    impact_rows = _impact_rows(out)
+    assert {"Instance", "LaunchTemplate", "AutoScalingGroup", "Document", "Association"} == {
+        r["type"] for r in impact_rows}
+    assert all(r["interrupts"] == "no" and r["change"] == "unchanged" for r in impact_rows)
+    # The example's association (apply_to(app, association=True)): moto created the document, skipped the
+    # association; the demo says both.
+    assert re.search(r"demo: ssm: document \S+ \(AuditBacklogAssociationDocument\w+\): Command, schema 2\.2, "
+                     r"Active, steps aws:runShellScript, \d+ bytes of commands", out), out
+    assert re.search(r"demo: ssm: association AuditBacklogAssociation\w+ in the deployed template: targets "
+                     r"tag:aws:cloudformation:stack-name=AuditBacklogExample, schedule rate\(1 day\); moto's "
+                     r"CloudFormation skips AWS::SSM::Association", out), out
     assert "!!" not in out + proc.stderr  # no Node end-of-life banner in the demo's output
 
     rows = _rows(out)
@@ -57,4 +79,3 @@ def test_demo_deploys_the_example_to_moto_and_every_launch_is_tuned():
     pid = int(re.search(r"\(pid (\d+)\)", out).group(1))
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-    assert elapsed < 120, f"demo took {elapsed:.0f} s"

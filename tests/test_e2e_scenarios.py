@@ -82,6 +82,27 @@ def cmdline(suite):
     return _record(scenarios.kernel_cmdline_and_strict_user_script(suite=suite))
 
 
+@pytest.fixture(scope="module")
+def resize(al2):
+    # Two more boots of al2's disk (1 GiB, then 8 GiB), same instance-id: only the boot unit runs.
+    return _record(scenarios.resize_after(al2))
+
+
+def _assert_unit_ran_before_the_rules_loaded(report):
+    """cdk-audit-backlog.service ended before the unit that loads the rules started (auditd.service on
+    audit 3.x, audit-rules.service on audit 4; whichever exist), and succeeded."""
+    assert report["boot_unit_result"] == "success active", report["boot_unit_result"]
+    ended = int(report["boot_unit_exit_us"])
+    loaders = [int(report[k]) for k in ("auditd_start_us", "audit_rules_start_us") if int(report.get(k) or 0) > 0]
+    assert ended > 0 and loaders, report
+    assert ended <= min(loaders), (ended, loaders)
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    return _record(scenarios.mixed_group_per_machine())
+
+
 def _assert_rules_files_safe(report):
     files = vm.files(report)
     assert files, "the reporter listed no files"
@@ -106,6 +127,21 @@ def test_debian_block_reports_and_keeps_the_larger_shipped_limit(debian):
     assert vm.audit_status(rep)["backlog_limit"] == str(expected)
     # The console line also reached the serial console, as an instance's console output would show it.
     assert debian.runs[0].grep(r"cdk-audit-backlog: backlog_limit \d+ -> \d+")
+
+
+def test_boot_unit_keeps_debians_shipped_8192_on_a_1_gib_boot(debian):
+    """Boot 2 of the same disk (1 GiB): the boot unit the block installed in boot 1 runs before the rules
+    load, computes 1024 from MemTotal and keeps the distribution's larger 8192 (its own file stays empty)."""
+    first, second = debian.runs[0].boot(1), debian.runs[1].last()
+    assert scenarios.early_limit(first) == str(DEBIAN_SHIPPED_LIMIT)  # no unit yet: the shipped rules
+    _assert_unit_ran_before_the_rules_loaded(second)
+    out = scenarios.unit_outputs(second)
+    assert out[0].startswith("cdk-audit-backlog: target 1024 (boot, MemTotal "), out
+    assert f"cdk-audit-backlog: persist: kept -b {DEBIAN_SHIPPED_LIMIT}" in out
+    assert scenarios.early_limit(second) == str(DEBIAN_SHIPPED_LIMIT)
+    assert vm.audit_status(second)["backlog_limit"] == str(DEBIAN_SHIPPED_LIMIT)
+    # last: what user data printed (read from cloud-final's journal by the reporter)
+    assert "cdk-audit-backlog: unit: installed (boot target auto)" in vm.outputs(first)
 
 
 def test_debian_rules_files_are_as_designed(debian):
@@ -189,6 +225,33 @@ def test_small_storm_loses_records_at_320_and_none_at_the_tuned_limit(al2):
     assert all(r["drained"] == "yes" for r in runs.values())
 
 
+# -- 7. Resize: the user-data route, 8 GiB -> 1 GiB -> 8 GiB on the same disk ----------------------------------
+
+def test_resize_follows_memory_from_the_first_rule_load(al2, resize):
+    first = al2.runs[0].boot(1)
+    # 8 GiB, user data: the image's 320 when the rules loaded (no unit yet), the block's 8192 after cloud-final.
+    assert scenarios.early_limit(first) == str(AL2_SHIPPED_LIMIT)
+    assert vm.audit_status(first)["backlog_limit"] == "8192"
+    for run, want in zip(resize.runs, ("1024", "8192")):
+        rep = run.last()
+        assert rep["instance_id"] == "i-e2e-al2-1"
+        assert vm.outputs(rep) == []  # same instance: cloud-init did not run the user data again
+        _assert_unit_ran_before_the_rules_loaded(rep)
+        out = scenarios.unit_outputs(rep)
+        assert "cdk-audit-backlog: persist: wrote /etc/audit/rules.d/zz-cdk-audit-backlog.rules" in out, out
+        assert any(line.startswith("cdk-audit-backlog: backlog_limit ") and f" -> {want} (boot, MemTotal " in line
+                   for line in out), out
+        # In force from the boot's first rule load, read before cloud-init's final stage began ...
+        assert scenarios.early_limit(rep) == want, run.name
+        assert float(rep["early.uptime_s"]) * 1e6 < int(rep["cloud_final_start_us"])
+        # ... and still after cloud-final; the next boot merges the same.
+        assert vm.audit_status(rep)["backlog_limit"] == want
+        assert rules_d_b(vm.files(rep)) == int(want)
+        _assert_rules_files_safe(rep)
+    # last: what user data printed in boot 1 (read from cloud-final's journal by the reporter)
+    assert "cdk-audit-backlog: unit: installed (boot target auto)" in vm.outputs(first)
+
+
 # -- 4. Immutable (-e 2) ---------------------------------------------------------------------------------------
 
 def test_immutable_is_reported_persisted_and_in_effect_after_reboot(immutable):
@@ -229,3 +292,29 @@ def test_strict_user_script_still_runs_entirely(cmdline):
     assert rep["user_script_marker"] == "present"
     first_user = next(i for i, line in enumerate(out) if line.startswith("E2E-USER"))
     assert any(scenarios.RESULT_LINE.match(line) for line in out[:first_user])  # the block ran first
+
+
+# -- 7. Mixed group: one launch template, machines of different memory, each sized at boot ----------------------
+
+def test_mixed_group_template_is_auto_and_its_metadata_lists_both_limits():
+    meta = scenarios.fixture_metadata("MixedTemplate")
+    assert meta["limit"] == "auto"
+    assert meta["perType"] == {"m5.large": 8192, "r5.4xlarge": 131072}
+    assert scenarios.userdata.block_target(scenarios.userdata.find(scenarios.fixture_user_data(), "MixedTemplate")) == "auto"
+
+
+def test_mixed_group_each_machine_sizes_itself_from_its_memtotal(mixed):
+    assert mixed.target == "auto"
+    got = {}
+    for run in mixed.runs:
+        rep = run.boot(1)
+        line = result_line(rep)
+        assert line is not None, vm.outputs(rep)
+        assert line[0] == str(AL2_SHIPPED_LIMIT), line  # the AL2-like 320: below both, masks nothing
+        assert "mixed, MemTotal" in line[2], line
+        assert vm.audit_status(rep)["backlog_limit"] == line[1]
+        assert rules_d_b(vm.files(rep)) == int(line[1])  # persisted for the next boot too
+        assert "E2E-USER mixed group member booted" in vm.outputs(rep)
+        got[run.name] = int(line[1])
+    # 1 GiB guest: MemTotal ~ 0.95 GiB -> 1024; 8 GiB guest (m5.large's memory) -> 8192, as perType says.
+    assert got == {"mixed-1024": 1024, "mixed-8192": 8192}

@@ -51,6 +51,46 @@ def test_cfn_lint_finds_no_errors(example_template):
     assert result.returncode & 2 == 0, result.stdout + result.stderr
 
 
+def test_the_association_targets_the_instance_and_the_group_by_the_stack_name_tag(example_template):
+    template, _ = example_template
+    res = template["Resources"]
+    (assoc,) = [r for r in res.values() if r["Type"] == "AWS::SSM::Association"]
+    (doc_id,) = [k for k, r in res.items() if r["Type"] == "AWS::SSM::Document"]
+    assert assoc["Properties"]["Name"] == {"Ref": doc_id}
+    assert assoc["Properties"]["Targets"] == [
+        {"Key": "tag:aws:cloudformation:stack-name", "Values": [{"Ref": "AWS::StackName"}]}
+    ]
+    # CloudFormation puts that tag on the stack's Instances and on its Auto Scaling groups and their
+    # instances: both launches are resources of this very template (not of a nested stack).
+    kinds = {r["Type"] for r in res.values()}
+    assert {"AWS::EC2::Instance", "AWS::AutoScaling::AutoScalingGroup"} <= kinds
+    assert "AWS::CloudFormation::Stack" not in kinds
+
+
+def test_moto_creates_the_document_skips_the_association_and_tags_the_instance(example_template, dummy_aws):
+    """What moto's CloudFormation does with the fleet resources (README, "Machines that already run")."""
+    import boto3
+    from moto import mock_aws
+
+    template, _ = example_template
+    template = json.loads(json.dumps(template))
+    for name, p in list(template["Parameters"].items()):  # SSM-typed parameters moto cannot resolve
+        if p["Type"].startswith("AWS::SSM::Parameter"):
+            template["Parameters"][name] = {"Type": "String", "Default": "ami-12c6146b"}
+    template.pop("Rules", None)
+    with mock_aws():
+        boto3.client("cloudformation").create_stack(StackName=STACK, TemplateBody=json.dumps(template),
+                                                    Capabilities=["CAPABILITY_IAM"])
+        docs = boto3.client("ssm").list_documents(Filters=[{"Key": "Owner", "Values": ["Self"]}])["DocumentIdentifiers"]
+        assert [(d["DocumentType"], d["SchemaVersion"]) for d in docs] == [("Command", "2.2")]
+        found = boto3.client("ec2").describe_instances(
+            Filters=[{"Name": "tag:aws:cloudformation:stack-name", "Values": [STACK]}])["Reservations"]
+        tagged = [i for r in found for i in r["Instances"]]
+        assert len(tagged) >= 1  # the Instance (moto does not copy the stack tags onto group instances)
+        with pytest.raises(Exception, match="not been implemented"):
+            boto3.client("ssm").list_associations()
+
+
 @pytest.mark.cli
 def test_real_cdk_cli_synthesizes_the_example(tmp_path):
     npx = subprocess.run(["npx", "--no-install", "cdk", "--version"], cwd=REPO, capture_output=True, text=True, env=_env())
@@ -96,4 +136,4 @@ def test_built_wheel_installed_outside_the_repo_ships_the_script(tmp_path):
     assert result.returncode == 0, result.stderr
     user_data = json.loads(result.stdout.strip().splitlines()[-1])
     assert user_data.startswith("#!/bin/bash\n# >>> cdk-audit-backlog >>>\n")
-    assert "CAB_TARGET=8192" in user_data and "cab_main </dev/null" in user_data
+    assert "CAB_TARGET=8192" in user_data and 'cab_main "$@" </dev/null' in user_data

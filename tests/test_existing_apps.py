@@ -188,4 +188,7 @@ def test_exclude_predicate_leaves_a_launch_alone_and_says_so():
     req = next(l for k, l in by_id.items() if k.startswith("LtReq"))  # noqa
     assert req.tuning is None and req.metadata == {"skipped": "excluded by the aspect's exclude predicate"}
     other = next(l for k, l in by_id.items() if k.startswith("Lt") and not k.startswith("LtReq"))
-    assert other.tuning.target == 4096 and METADATA_KEY
+    # t3.medium, m5.xlarge and c5.2xlarge map to different limits: auto, with the limits per type.
+    assert other.tuning.is_mixed and other.metadata["limit"] == "auto"
+    assert other.per_type == {"t3.medium": 4096, "c5.2xlarge": 16384, "m5.xlarge": 16384}
+    assert other.limit_for("t3.medium") == 4096 and other.limit_for("zz9.plural") is None

@@ -435,3 +435,65 @@ def test_splice_adds_one_shell_part_to_a_mime_archive_and_the_reader_finds_it(pa
     assert tuning_of(tuned) == Tuning(target=inputs.target, source=inputs.source, count=1)
     user_scripts = [text for sub, text in parts if sub == "x-shellscript"]
     assert shell_parts(tuned)[1:] == user_scripts  # our part first, the user's after, unchanged
+
+
+# -- mixed groups: auto blocks with per-type limits in the Metadata ---------------------------------
+
+
+def _mixed_template(per_type, target=None, source="mixed"):
+    text = "#!/bin/bash\n" + render_block(BlockInputs(target=target, source=source)) + "echo hi\n"
+    metadata = {"limit": "auto" if target is None else target, "reason": "r"}
+    if per_type is not None:
+        metadata["perType"] = per_type
+    return {
+        "Resources": {
+            "Lt": {
+                "Type": "AWS::EC2::LaunchTemplate",
+                "Metadata": {"cdk-audit-backlog": metadata},
+                "Properties": {"LaunchTemplateData": {"UserData": {"Fn::Base64": text}}},
+            }
+        }
+    }
+
+
+def test_a_mixed_launch_exposes_the_limit_of_each_type():
+    (launch,) = launches(_mixed_template({"m5.large": 8192, "r5.4xlarge": 131072}))
+    assert launch.tuning.is_auto and launch.tuning.is_mixed and launch.tuning.source == "mixed"
+    assert launch.per_type == {"m5.large": 8192, "r5.4xlarge": 131072}
+    assert launch.limit_for("r5.4xlarge") == 131072 and launch.limit_for("m5.large") == 8192
+    assert launch.limit_for("t3.micro") is None  # not a type of the group: computed at boot, unknown here
+
+
+def test_a_fixed_block_gives_its_limit_for_every_type_and_no_per_type_map():
+    (launch,) = launches(_mixed_template(None, target=8192, source="m5.large/8192MiB"))
+    assert not launch.tuning.is_mixed and launch.per_type == {}
+    assert launch.limit_for("m5.large") == 8192 and launch.limit_for("t3.large") == 8192
+
+
+def test_per_type_ignores_what_is_not_a_limit():
+    (launch,) = launches(_mixed_template({"m5.large": 8192, "x": "8192", "y": True, "z": None}))
+    assert launch.per_type == {"m5.large": 8192}
+    (launch,) = launches(_mixed_template("not a map"))
+    assert launch.per_type == {}
+
+
+def test_the_aspect_and_the_reader_agree_on_a_mixed_group():
+    app = App()
+    stack = Stack(app, "S")
+    vpc = ec2.Vpc(stack, "Vpc", nat_gateways=0, max_azs=1,
+                  subnet_configuration=[ec2.SubnetConfiguration(name="p", subnet_type=ec2.SubnetType.PUBLIC)])
+    lt = ec2.LaunchTemplate(stack, "Lt", machine_image=ec2.MachineImage.latest_amazon_linux2023())
+    autoscaling.AutoScalingGroup(
+        stack, "G", vpc=vpc,
+        mixed_instances_policy=autoscaling.MixedInstancesPolicy(
+            launch_template=lt,
+            launch_template_overrides=[
+                autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t))
+                for t in ("m5.large", "r5.4xlarge")
+            ],
+        ),
+    )
+    AuditBacklog.apply_to(app)
+    (launch,) = [l for l in launches(Template.from_stack(stack)) if l.resource_type == "AWS::EC2::LaunchTemplate"]
+    assert launch.tuning.is_mixed and launch.tuning.count == 1
+    assert launch.per_type == {"m5.large": 8192, "r5.4xlarge": 131072}

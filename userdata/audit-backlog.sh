@@ -11,9 +11,17 @@
 #   - every filesystem path goes through $R (CAB_ROOT, empty on instances) so the tests can run this
 #     very script on fixture roots; every external command that can hang runs under timeout;
 #   - lines between "# @@CAB_IF <feature>@@" and "# @@CAB_ENDIF@@" are left out of the rendered block
-#     when the feature is off at synth time (auto, wait, install, cmdline); they still check their input
-#     at run time, so this file works on its own with every feature.
-# Standalone: sudo CAB_TARGET=8192 bash audit-backlog.sh (inputs from the environment, defaults below).
+#     when the feature is off at synth time (auto, wait, install, cmdline, unit); they still check their
+#     input at run time, so this file works on its own with every feature.
+# Standalone: sudo CAB_TARGET=8192 bash audit-backlog.sh [MODE] (inputs from the environment, defaults below).
+# MODE (first argument):
+#   apply    (default; what user data runs) size, persist, apply now with auditctl -b, verify, report; with
+#            CAB_UNIT=auto|fixed also install the boot unit (below);
+#   install  install the boot unit and exit (nothing else changes; e.g. an image build step):
+#            this file -> /usr/local/sbin/cdk-audit-backlog, its inputs -> /etc/cdk-audit-backlog.env,
+#            /etc/systemd/system/cdk-audit-backlog.service, wanted by auditd.service and audit-rules.service;
+#   boot     what that unit runs on every boot, before the audit rules load: inputs from the env file, size
+#            and persist our own rules.d file only (no auditctl -b: the rule load that follows sets it).
 # Commands are found on PATH (cloud-init's, like systemd's and SysV init's, includes /usr/sbin and /sbin).
 # @@CAB_INPUTS_BEGIN@@
 CAB_TARGET="${CAB_TARGET:-auto}"
@@ -25,11 +33,17 @@ CAB_KERNEL_CMDLINE="${CAB_KERNEL_CMDLINE:-0}"
 CAB_INSTALL_AUDITD="${CAB_INSTALL_AUDITD:-0}"
 CAB_ALLOW_LOWER="${CAB_ALLOW_LOWER:-0}"
 CAB_SOURCE="${CAB_SOURCE:-unknown}"
+CAB_UNIT="${CAB_UNIT:-off}"
 # @@CAB_INPUTS_END@@
 
 # R: filesystem root (fixtures); E: audit config dir.
 R=${CAB_ROOT:-}
 E=$R/etc/audit
+# @@CAB_IF unit@@
+# S: this script's own file (empty when bash reads it from stdin); V: the boot unit's inputs.
+S=${BASH_SOURCE[0]:-}
+V=$R/etc/cdk-audit-backlog.env
+# @@CAB_ENDIF@@
 
 say() {
   echo "cdk-audit-backlog: $*"
@@ -41,7 +55,7 @@ has() {
 
 # q SECONDS COMMAND...: run COMMAND bounded and quietly (its exit status is what counts).
 q() {
-  timeout "$@" >/dev/null 2>&1
+  timeout "$@" &>/dev/null
 }
 
 # @@CAB_IF auto@@
@@ -60,9 +74,10 @@ cab_limit_for_kib() {
 
 # Kernel status from `auditctl -s` (audit 2.4+ "key value" lines, or the older single
 # "AUDIT_STATUS: key=value ..." line): en enabled, lo lost, bw backlog_wait_time, bl backlog_limit
-# (empty when auditctl cannot report it).
+# (empty when auditctl cannot report it). The inner `|| :` keeps the ERR trap (inherited under set -E)
+# from firing in the substitution when auditctl is missing, after `read` closed the pipe.
 st() {
-  read -r en lo bw bl < <(timeout 20 auditctl -s 2>/dev/null | awk -F'[ =]' '{for(i=1;i<NF;i++)v[$i]=$(i+1)}END{print v["enabled"]+0,v["lost"]+0,v["backlog_wait_time"]+0,v["backlog_limit"]}') || :
+  read -r en lo bw bl < <(timeout 20 auditctl -s 2>/dev/null | awk -F'[ =]' '{for(i=1;i<NF;i++)v[$i]=$(i+1)}END{print v["enabled"]+0,v["lost"]+0,v["backlog_wait_time"]+0,v["backlog_limit"]}' || :) || :
 }
 
 # lb FILE...: the value of the last -b line (what augenrules and auditctl -R keep); empty if none.
@@ -79,11 +94,64 @@ mb() {
   done | lb
 }
 
+# lay: the layout. a=1 and f=our own rules.d file where auditd's start merges rules.d (augenrules:
+# systemd units, or SysV with USE_AUGENRULES=yes); else a=0 and f=/etc/audit/audit.rules, which auditd
+# loads as it is (Amazon Linux 1). p: the -b the next boot loads without us (augenrules: what the other
+# rules.d files load).
+lay() {
+  a=0 f=$E/audit.rules
+  if [ -d "$E/rules.d" ] && has augenrules && { [ -d "$R/run/systemd/system" ] || grep -qsi '^USE_AUGENRULES="\?y' "$R"/etc/{sysconfig,default}/auditd; }; then
+    # Its name sorts after audit.rules and every other letter-named file in `ls -1v` order, so
+    # augenrules keeps its -b (last wins).
+    a=1 f=$E/rules.d/zz-cdk-audit-backlog.rules
+    p=$(mb "${f##*/}")
+  else
+    p=$(lb "$f") || p=
+  fi
+}
+
 # kv KEY VALUE: stdin to stdout with "KEY VALUE" on top (so before any -e line) and without the
 # other KEY lines.
 kv() {
   awk -v k="$1" -v v="$2" 'BEGIN{print k" "v}$1!~"^"k'
 }
+
+# @@CAB_IF unit@@
+# cab_unit: install the boot unit on systemd + augenrules systems: this script (S), its inputs (V) and a
+# oneshot ordered before the units that load the rules: auditd.service (audit 3.x: ExecStartPost
+# augenrules --load) and audit-rules.service (audit 4). It runs before sysinit.target like them, hence
+# DefaultDependencies=no and audit-rules.service's own After=. Its target: auto (follows MemTotal on
+# every boot, so a resize) with CAB_UNIT=auto (the aspect chose the limit from the instance type), else
+# CAB_TARGET (the user's fixed limit, or auto; install mode). A rerun writes nothing.
+cab_unit() {
+  local y=$CAB_TARGET s=$R/usr/local/sbin/cdk-audit-backlog u=$R/etc/systemd/system/cdk-audit-backlog.service x='' l
+  lay
+  if [ $a = 0 ] || [ ! -d "$R/run/systemd/system" ] || [ ! -f "$S" ]; then
+    say "unit: not installed (needs systemd, augenrules, a script file)"
+    return 6
+  fi
+  [ "$CAB_UNIT" != auto ] || y=auto
+  wr "$V" "CAB_TARGET=$y" "CAB_FRACTION_PPM=$CAB_FRACTION_PPM" "CAB_MIN=$CAB_MIN" "CAB_MAX=$CAB_MAX" "CAB_WAIT=$CAB_WAIT" "CAB_KERNEL_CMDLINE=0" "CAB_INSTALL_AUDITD=0" "CAB_ALLOW_LOWER=$CAB_ALLOW_LOWER" "CAB_SOURCE=boot"
+  mkdir -p "${s%/*}" "${u%/*}" || :
+  wr "$s" "$(cat "$S")"
+  wr "$u" "[Unit]" "Description=cdk-audit-backlog: size the audit backlog before the audit rules load" "DefaultDependencies=no" "After=local-fs.target systemd-tmpfiles-setup.service" "Before=auditd.service audit-rules.service shutdown.target" "Conflicts=shutdown.target" "[Service]" "Type=oneshot" "RemainAfterExit=yes" "ExecStart=/bin/bash ${s#"$R"} boot" "StandardOutput=journal+console" "[Install]" "WantedBy=auditd.service audit-rules.service"
+  # What `systemctl enable` makes of WantedBy= (without needing a running systemd).
+  for l in auditd audit-rules; do
+    l=${u%/*}/$l.service.wants/${u##*/}
+    [ -L "$l" ] || { mkdir -p "${l%/*}" && ln -s "${u#"$R"}" "$l" && x=${x:-installed}; } || x=failed
+  done
+  say "unit: ${x:-up to date} (boot target $y)"
+  [ "$x" != failed ] || return 6
+}
+
+# wr FILE LINE...: FILE holds the LINEs, written only when it differs; x=installed when written, failed
+# when it cannot be.
+wr() {
+  local f=$1
+  shift
+  [ "$(printf '%s\n' "$@")" = "$(cat "$f" 2>/dev/null)" ] || { printf '%s\n' "$@" >"$f" && x=${x:-installed}; } || x=failed
+}
+# @@CAB_ENDIF@@
 
 # @@CAB_IF cmdline@@
 # cab_cmdline N: audit_backlog_limit=N on the command line of every installed kernel, once.
@@ -111,10 +179,23 @@ cab_main() {
   set -Eeuo pipefail
   trap 'say "error $LINENO: $BASH_COMMAND"' ERR
   umask 027
-  # t target, s source, w wait time, m method, a augenrules layout, c rules need our -b, f file we
-  # persist in, ok persisted, ch changed a file; d limit the rules load, n limit the kernel gets,
-  # o kernel limit before.
-  t=$CAB_TARGET s=$CAB_SOURCE w=$CAB_WAIT m=none a=0 c=0 f=$E/audit.rules ok=yes ch=0
+  # mo mode (apply, boot, install); t target, s source, w wait time, m method, a augenrules layout, c
+  # rules need our -b, f file we persist in, ok persisted, ch changed a file; d limit the rules load, n
+  # limit the kernel gets, o kernel limit before; v exit status (see the end).
+  # @@CAB_IF unit@@
+  mo=${1:-apply}
+  if [ "$mo" = install ]; then
+    cab_unit || return
+    return 0
+  fi
+  [ "$mo" = apply ] || [ "$mo" = boot ] || { say "unknown mode $mo (apply, boot, install)"; return 2; }
+  # The boot unit's inputs (written by cab_unit) override the ones this copy of the script was given.
+  if [ "$mo" = boot ] && [ -f "$V" ]; then
+    # shellcheck disable=SC1090  # our own root-owned file, written by cab_unit
+    . "$V"
+  fi
+  # @@CAB_ENDIF@@
+  t=$CAB_TARGET s=$CAB_SOURCE w=$CAB_WAIT m=none c=0 ok=yes ch=0 v=0
   # @@CAB_IF auto@@
   if [ "$t" = auto ]; then
     # No MemTotal (no /proc/meminfo): 0 kB, for which the formula gives the minimum.
@@ -143,7 +224,7 @@ cab_main() {
   o=${bl:-?} d=$t
   if ! has auditctl; then
     say "no auditd: nothing applied"
-    ok=-
+    ok=- v=3
   else
     # @@CAB_IF wait@@
     # `auditctl -h` exits 255 after its usage text (audit 3.0.9): only grep's status may count.
@@ -152,20 +233,12 @@ cab_main() {
       w=
     fi
     # @@CAB_ENDIF@@
-    # augenrules layout: auditd's start merges rules.d into audit.rules (systemd units, or SysV with
-    # USE_AUGENRULES=yes). Otherwise auditd loads /etc/audit/audit.rules as it is (Amazon Linux 1).
-    if [ -d "$E/rules.d" ] && has augenrules && { [ -d "$R/run/systemd/system" ] || grep -qsi '^USE_AUGENRULES="\?y' "$R"/etc/{sysconfig,default}/auditd; }; then
-      # Our own file; its name sorts after audit.rules and every other letter-named file in
-      # `ls -1v` order, so augenrules keeps its -b (last wins). p: what the others load.
-      a=1
-      f=$E/rules.d/zz-cdk-audit-backlog.rules
-      p=$(mb "${f##*/}")
-    else
-      p=$(lb "$f") || p=
-    fi
+    lay
     if [ "$t" = "$p" ]; then
       say "persist: -b $t already"
-    elif ((t>${p:-0})) || [ "$CAB_ALLOW_LOWER" = 1 ]; then
+    # -b 0 is no limit at all (the kernel skips the backlog check): the largest, never raised to a number.
+    # (CAB_ALLOW_LOWER is 0 or 1, so arithmetic reads it as it is.)
+    elif ((CAB_ALLOW_LOWER||t>${p:-0}&&${p:-1})); then
       c=1
     else
       d=$p
@@ -201,27 +274,44 @@ cab_main() {
       fi
     fi
     n=$d
-    if [ "$CAB_ALLOW_LOWER" != 1 ] && ((${bl:-0}>d)); then
-      n=$bl
-      say "apply: kept $bl"
-    fi
-    if [ "$en" = 2 ]; then
-      m=next-boot
-      say "immutable: takes effect at next boot"
+    # The gates below leave the apply part unconditional in blocks without the unit.
+    # @@CAB_IF unit@@
+    if [ "$mo" = boot ]; then
+      # The boot unit runs before the rules load, and that load sets the merged limit p: no auditctl
+      # here (no race with it). Method "rules" when this run changed what it loads.
+      [ $ch = 0 ] || m=rules
+      bl=${p:-$d}
     else
-      [ "$bl" = "$n" ] || ! q 20 auditctl -b "$n" || m=auditctl
-      # @@CAB_IF wait@@
-      if [ -n "$w" ] && [ "$bw" != "$w" ]; then
-        m=auditctl
-        q 20 auditctl --backlog_wait_time "$w" || say "backlog_wait_time $w refused"
+    # @@CAB_ENDIF@@
+      # A larger running limit is kept: one above d, or 0 (no limit) where d is a number.
+      if ((!CAB_ALLOW_LOWER&&d&&(${bl:--1}==0||${bl:-0}>d))); then
+        n=$bl
+        say "apply: kept $bl"
       fi
-      # @@CAB_ENDIF@@
-      st
-      [ "$bl" = "$n" ] || say "verify failed"
+      if [ "$en" = 2 ]; then
+        m=next-boot
+        say "immutable: takes effect at next boot"
+      else
+        [ "$bl" = "$n" ] || ! q 20 auditctl -b "$n" || m=auditctl
+        # @@CAB_IF wait@@
+        if [ -n "$w" ] && [ "$bw" != "$w" ]; then
+          m=auditctl
+          q 20 auditctl --backlog_wait_time "$w" || say "backlog_wait_time $w refused"
+        fi
+        # @@CAB_ENDIF@@
+        st
+        [ "$bl" = "$n" ] || { say "verify failed"; v=4; }
+      fi
+    # @@CAB_IF unit@@
     fi
+    # @@CAB_ENDIF@@
   fi
   # @@CAB_IF cmdline@@
   [ "$CAB_KERNEL_CMDLINE" != 1 ] || cab_cmdline "$d"
+  # @@CAB_ENDIF@@
+  # @@CAB_IF unit@@
+  # A unit that cannot be installed is reported; it does not change the exit status of apply.
+  [ "$mo" != apply ] || [ "$CAB_UNIT" = off ] || cab_unit || :
   # @@CAB_ENDIF@@
   x=${bl:+$lo}
   say "backlog_limit $o -> ${bl:-?} ($s; method $m; lost ${x:-?})"
@@ -232,6 +322,12 @@ cab_main() {
     mkdir -p "${f%/*}"
     printf '%s\n' "target=$t" "limit=${bl:-?}" "old=$o" "persisted=$ok" "method=$m" "lost=${x:-?}" "source=$s" >"$f"
   fi
+  # The exit status, for a caller that reads it (an SSM association: non-zero makes the instance
+  # NON_COMPLIANT; user data ignores it; the boot unit shows failed): 0 done, nothing to do, or immutable
+  # (next boot); 3 no auditctl; 4 the kernel's limit is not the one applied; 5 not persisted (the next
+  # boot reverts); 6 (install mode) the boot unit could not be installed.
+  [ $ok$v != no0 ] || v=5
+  exit $v
 }
 
-cab_main </dev/null
+cab_main "$@" </dev/null

@@ -6,20 +6,33 @@ from .policy import BacklogPolicy
 
 if TYPE_CHECKING:
     from .aspect import EC2_USER_DATA_LIMIT, METADATA_KEY, AuditBacklog
+    from .association import AssociationOptions, AssociationTarget, AuditBacklogAssociation
     from .check import AuditBacklogCheck
 
-__all__ = ["AuditBacklog", "AuditBacklogCheck", "BacklogPolicy", "METADATA_KEY", "EC2_USER_DATA_LIMIT"]
+__all__ = [
+    "AuditBacklog",
+    "AuditBacklogAssociation",
+    "AssociationOptions",
+    "AssociationTarget",
+    "AuditBacklogCheck",
+    "BacklogPolicy",
+    "METADATA_KEY",
+    "EC2_USER_DATA_LIMIT",
+]
 
 _LAZY = {
     "AuditBacklog": "aspect",
     "METADATA_KEY": "aspect",
     "EC2_USER_DATA_LIMIT": "aspect",
     "AuditBacklogCheck": "check",
+    "AuditBacklogAssociation": "association",
+    "AssociationOptions": "association",
+    "AssociationTarget": "association",
 }
 
 
 def __getattr__(name: str) -> Any:
-    # aspect.py and check.py import aws_cdk, which starts a Node process (about 1 s): load them on first
+    # aspect.py, association.py and check.py import aws_cdk, which starts a Node process (about 1 s): load them on first
     # use, so the operator CLI (`cdk-audit-backlog plan`, `report`) starts without it.
     if name in _LAZY:
         import importlib

@@ -20,9 +20,11 @@ which CDK applies to the resource it is called on and to everything beneath it):
 ``TunedMoreThanOnce``
     the user data carries more than one block (two tools, or a block copied by hand).
 ``BelowPolicy``
-    the block sets a limit below what the policy gives the smallest-memory instance type the resource may
-    launch; or the type is not known at synth time and the block sets a fixed limit below the policy's
-    maximum (only ``auto``, computed at boot, is right then); or the block's ``auto`` uses a weaker policy.
+    the block sets a limit below what the policy gives an instance type the resource may launch (a group of
+    types with different limits needs ``auto``, which the aspect writes, or the largest of them); or the
+    type is not known at synth time and the block sets a fixed limit below the policy's maximum (only
+    ``auto``, computed at boot, is right then); or the block's ``auto`` uses a weaker policy (``auto`` on a
+    group passes whenever its policy is at least the check's: each machine computes its own limit).
 ``MalformedBlock``
     a block whose ``CAB_TARGET`` line is missing or unreadable.
 ``BlockNotFirst``
@@ -31,7 +33,9 @@ which CDK applies to the resource it is called on and to everything beneath it):
 
 Not violations: Windows (``<powershell>`` / ``<script>`` / EC2Launch v2 YAML) and Bottlerocket (TOML
 ``[settings…]``) user data, which have no auditd to tune, and resources whose Metadata says ``skipped``
-(``AuditBacklog.skip()`` or an ``exclude`` predicate; the aspect warned about those at synth).
+(``AuditBacklog.skip()`` or an ``exclude`` predicate; the aspect warned about those at synth), and
+Instances whose Metadata says their user data was kept because they already run (``deployed``, see
+:mod:`.running_instances`) when an ``AWS::SSM::Association`` in the same template tunes them.
 
 Which instance types a resource launches, from the template alone:
 
@@ -43,7 +47,7 @@ Which instance types a resource launches, from the template alone:
   ``InstanceRequirements`` means "not known"), else the template's own ``LaunchTemplateData.InstanceType``;
   for each EKS node group, its ``InstanceTypes``, else the template's own; for each instance launched
   from it, the instance's type, else the template's own; with no user at all, the template's own type.
-  The smallest memory among them sets the required limit.
+  Each type must get at least its own policy limit, so a fixed limit is held to the largest of them.
 - A type that is a token or missing from the bundled table is "not known at synth time".
 """
 
@@ -64,6 +68,7 @@ from aws_cdk import (
     PolicyViolation,
 )
 
+from .deployed_context import ASSOCIATION_TYPE, user_data_kept
 from .policy import BacklogPolicy
 from .testing import (
     LAUNCH_TYPES,
@@ -246,6 +251,12 @@ class AuditBacklogCheck:
         metadata = (resource.get("Metadata") or {}).get(METADATA_KEY)
         if isinstance(metadata, Mapping) and "skipped" in metadata:
             return None
+        if user_data_kept(dict(metadata) if isinstance(metadata, Mapping) else None):
+            # Already running: the aspect kept its user data (a change would stop and start it).
+            if any(isinstance(r, Mapping) and r.get("Type") == ASSOCIATION_TYPE for r in resources.values()):
+                return None
+            return finding("Untuned", "It already runs, so its user data was kept, and no "
+                           "AWS::SSM::Association in its template tunes it.")
         value = user_data_value(resource)
         if value is None and _launch_template_of(resource, resources) is not None:
             return None  # an instance without user data of its own runs its launch template's, checked there
@@ -300,18 +311,33 @@ class AuditBacklogCheck:
         return None
 
     def _required(self, types: Sequence[Optional[str]]) -> Tuple[Optional[int], str]:
-        """(limit the policy asks for or None when a type is unknown, explanation)."""
+        """(limit the policy asks for or None when a type is unknown, explanation).
+
+        Every machine the launch starts must meet the policy for its own type: a fixed limit must be the
+        largest of their limits (for a group whose types map to different limits, only ``auto`` or that
+        largest limit passes; the aspect writes ``auto`` there).
+        """
         if not types:
             return None, "its instance type is not known at synth time"
-        memories: List[Tuple[int, str]] = []
+        limits: List[Tuple[int, int, str]] = []
         for t in types:
             memory = self._memory_of(t) if isinstance(t, str) else None
             if memory is None:
                 shown = repr(t) if isinstance(t, str) else "a token or instance requirements"
                 return None, f"instance type {shown} has no known memory at synth time"
-            memories.append((memory, t))  # type: ignore[arg-type]
-        memory, smallest = min(memories)
-        return self._policy.limit_for_memory(memory), f"{smallest}, {memory} MiB, is the smallest it launches"
+            try:
+                limit = self._policy.limit_for_memory(memory)
+            except ValueError as e:
+                raise ValueError(f"memory_of({t!r}) must return None or a whole number of MiB: {e}") from None
+            limits.append((limit, memory, t))  # type: ignore[arg-type]
+        limit, memory, largest = max(limits)
+        names = sorted({t for _, _, t in limits})
+        if len(names) == 1:
+            return limit, f"{largest}, {memory} MiB, is what it launches"
+        return limit, (
+            f"{largest}, {memory} MiB, has the largest limit of the types it launches ({', '.join(names)}); "
+            f"each machine must meet the policy for its own type, so a group of types with different limits needs auto"
+        )
 
     def _weaker_auto(self, settings: Mapping[str, str]) -> Optional[str]:
         """Why an ``auto`` block computes less than the policy would, or None when it never does."""

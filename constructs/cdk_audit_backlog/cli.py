@@ -10,14 +10,20 @@ Sub-commands (``--help`` on each for the options):
     checks that every instance of a deployed stack booted with the block and the expected limit.
 ``report CDK_OUT_DIR``
     what the aspect chose for every launch resource of a synthesized cloud assembly (``make synth``).
+``impact [CDK_OUT_DIR]``
+    what the next ``cdk deploy`` of the assembly does to each deployed launch resource and its machines;
+    ``--record`` writes the running Instances into ``cdk.context.json`` so their user data is kept.
 
-Exit status: 0 fine, 1 a check failed (untuned or below policy, unknown type in ``plan``), 2 usage or
+Exit status: 0 fine, 1 a check failed (untuned or below policy, unknown type in ``plan``, a running
+machine the deploy would interrupt in ``impact``), 2 usage or
 AWS errors (no credentials, unknown stack, throttled after retries).
 
-boto3 is needed only by ``refresh-types`` and ``verify`` (``pip install 'cdk-audit-backlog[cli]'``);
+boto3 is needed only by ``refresh-types``, ``verify`` and ``impact``
+(``pip install 'cdk-audit-backlog[cli]'``);
 it is imported lazily so ``plan`` and ``report`` work without it.
 
-The logic of each command lives in its own module (``plan``, ``refresh``, ``verify``, ``report``); this
+The logic of each command lives in its own module (``plan``, ``refresh``, ``verify``, ``report``,
+``impact``); this
 module parses arguments and prints. The public names below are re-exported for scripts and tests.
 """
 
@@ -141,7 +147,22 @@ def _policy_from_args(args: argparse.Namespace) -> BacklogPolicy:
     try:
         return BacklogPolicy(memory_fraction=args.memory_fraction, minimum=args.minimum, maximum=args.maximum)
     except ValueError as e:
-        raise CliError(str(e)) from None
+        # The policy names its option (memory_fraction, minimum, maximum); say which argument that is.
+        option = str(e).split(" ", 1)[0]
+        flag = {"memory_fraction": "--memory-fraction", "minimum": "--minimum", "maximum": "--maximum"}.get(option)
+        raise CliError(f"{flag}: {e}" if flag else str(e)) from None
+
+
+#: Most threads ``--max-workers`` may ask for (AWS throttles long before this many calls in flight).
+MAX_WORKERS = 64
+
+
+def _workers(text: str) -> int:
+    """argparse type of ``--max-workers``: an integer from 1 to MAX_WORKERS."""
+    value = int(text) if re.fullmatch(r"[0-9]{1,6}", text.strip()) else 0
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to {MAX_WORKERS}, got {text!r}")
+    return value
 
 
 
@@ -245,7 +266,7 @@ def _cmd_report(args: argparse.Namespace, out: TextIO) -> int:
                 r.template,
                 r.logical_id,
                 r.resource_type.split("::")[-1],
-                r.limit,
+                r.limit_shown,
                 r.instance_type or "-",
                 "-" if r.memory_mib is None else str(r.memory_mib),
                 "-" if r.blocks is None else {0: "NO", 1: "yes"}.get(r.blocks, f"{r.blocks} blocks!"),
@@ -254,13 +275,54 @@ def _cmd_report(args: argparse.Namespace, out: TextIO) -> int:
             for r in rows
         ]
         out.write(format_table(headers, cells))
-    untuned = [r for r in rows if r.blocks == 0]
+    untuned = [r for r in rows if r.blocks == 0 and not r.kept]
+    kept = [r for r in rows if r.blocks == 0 and r.kept]
+    if kept:
+        print(f"report: {len(kept)} running instance(s) keep their user data (recorded as deployed)",
+              file=sys.stderr)
     doubled = [r for r in rows if r.blocks is not None and r.blocks > 1]
     if untuned:
         print(f"report: {len(untuned)} launch resource(s) without the block", file=sys.stderr)
     if doubled:
         print(f"report: {len(doubled)} launch resource(s) carry the block more than once", file=sys.stderr)
     return 1 if args.strict and (untuned or doubled) else 0
+
+
+# ------------------------------------------------------------------------------------------ impact
+
+
+def _cmd_impact(args: argparse.Namespace, out: TextIO) -> int:
+    from . import impact
+
+    results = impact.stack_impacts(Path(args.cdk_out), stacks=args.stack or (), region=args.region)
+    rows = [i for r in results for i in r.impacts]
+    if args.format == "json":
+        json.dump([asdict(i) for i in rows], out, indent=2)
+        out.write("\n")
+    else:
+        headers = ("stack", "resource", "type", "change", "interrupts", "effect on machines")
+        cells = [
+            [i.stack, i.logical_id, i.resource_type.split("::")[-1], i.change,
+             "YES" if i.interrupts else "no", i.effect]
+            for i in rows
+        ]
+        out.write(format_table(headers, cells))
+    for r in results:
+        if r.deployed is None:
+            where = f"{r.account}/{r.region}"
+            print(f"impact: stack {r.stack.stack_name} is not deployed in {where}", file=sys.stderr)
+    interrupting = [i for i in rows if i.interrupts]
+    summary = f"impact: {len(rows)} resource(s), {len(interrupting)} interrupting running machines"
+    print(summary, file=sys.stderr)
+    if args.record:
+        written = impact.record_deployed_instances(Path(args.context_file), results)
+        for key, ids in written.items():
+            print(f"impact: recorded {len(ids)} running instance(s) under {key} in {args.context_file}",
+                  file=sys.stderr)
+        print("impact: synthesize again (cdk synth): recorded instances keep their user data",
+              file=sys.stderr)
+        return 0
+    return 1 if interrupting else 0
 
 
 # -------------------------------------------------------------------------------------------- main
@@ -304,13 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="file to write (default: the package's data file)")
     p.add_argument("--date", help="date to record in the header (default: today, UTC)")
     p.add_argument("--note", help="free text appended to the header's source line")
-    p.add_argument("--max-workers", type=int, default=4, help="regions queried at once (default 4)")
+    p.add_argument("--max-workers", type=_workers, default=4, help=f"regions queried at once, 1..{MAX_WORKERS} (default 4)")
     p.set_defaults(func=_cmd_refresh)
 
     p = sub.add_parser("verify", help="check the instances of a deployed stack booted tuned")
     p.add_argument("--stack", required=True, metavar="NAME", help="CloudFormation stack name or id")
     p.add_argument("--region", help="AWS region (default: the environment's)")
-    p.add_argument("--max-workers", type=int, default=8, help="instances checked at once (default 8)")
+    p.add_argument("--max-workers", type=_workers, default=8, help=f"instances checked at once, 1..{MAX_WORKERS} (default 8)")
     p.add_argument("--no-console", action="store_true", help="do not read console output")
     p.add_argument("--format", choices=("table", "json"), default="table")
     _add_policy_args(p)
@@ -323,6 +385,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="exit 1 when a launch resource lacks the block or has it twice"
     )
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "impact",
+        help="what the next cdk deploy does to each deployed launch resource and its machines",
+        description="Compares each stack of a synthesized cloud assembly with the template CloudFormation "
+        "holds for it (GetTemplate) and says, per Instance, launch template, launch configuration, group and "
+        "SSM association, what the deploy does to the running machines. Exit 1 if any would be interrupted.",
+    )
+    p.add_argument("cdk_out", nargs="?", default="cdk.out", metavar="CDK_OUT_DIR",
+                   help="the synthesized cloud assembly (default cdk.out)")
+    p.add_argument("--stack", action="append", metavar="NAME", help="only this stack (repeatable)")
+    p.add_argument("--region", help="AWS region for stacks without one (default: the environment's)")
+    p.add_argument("--record", action="store_true",
+                   help="record each stack's deployed Instances in the context file, so the aspect keeps "
+                   "their user data (no stop/start); exit 0 once recorded")
+    p.add_argument("--context-file", default="cdk.context.json", metavar="FILE",
+                   help="the CDK context file to record into (default cdk.context.json)")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=_cmd_impact)
     return parser
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Iterable, List, Optional, Tuple
 
 from . import instance_memory
+from .errors import CliError
 from .policy import BacklogPolicy
 
 _MIB = 1024 * 1024
@@ -24,6 +25,8 @@ class PlanRow:
 
 
 _MEMORY_ARG_RE = re.compile(r"^([0-9]+)(MiB|GiB)$")
+#: Largest size ``plan`` takes (``BacklogPolicy.limit_for_memory``'s bound, 4 PiB).
+MAX_PLAN_MIB = 2**42
 
 
 def plan_rows(names: Iterable[str], policy: BacklogPolicy) -> List[PlanRow]:
@@ -31,8 +34,13 @@ def plan_rows(names: Iterable[str], policy: BacklogPolicy) -> List[PlanRow]:
     rows = []
     for name in names:
         m = _MEMORY_ARG_RE.match(name)
+        mib: Optional[int]
         if m:
-            mib: Optional[int] = int(m.group(1)) * (1024 if m.group(2) == "GiB" else 1)
+            digits = m.group(1).lstrip("0") or "0"
+            # Bounded before int(): a size of thousands of digits is refused here, not by int()'s own limit.
+            mib = int(digits) * (1024 if m.group(2) == "GiB" else 1) if len(digits) <= 20 else None
+            if mib is None or mib > MAX_PLAN_MIB:
+                raise CliError(f"plan: size {name} is too large (at most {MAX_PLAN_MIB} MiB)")
         else:
             mib = instance_memory.memory_mib(name)
         if mib is None:

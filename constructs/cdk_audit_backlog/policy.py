@@ -10,7 +10,11 @@ the same number: the memory fraction is held in parts per million.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 __all__ = [
@@ -40,21 +44,72 @@ _MIB = 1024 * 1024
 
 
 def _require_int(name: str, value: Any, low: int, high: int) -> int:
-    # bool is an int subclass; True as a limit is always a mistake.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value}")
-    return value
+    """``value`` as a plain int if it is an integer from ``low`` to ``high``, else ValueError naming ``name``.
+
+    Any integer type is accepted (``int``, numpy's integers: whatever ``numbers.Integral`` holds) and
+    returned as a plain ``int``, so it renders and compares as one. ``bool`` (numpy's too) is refused
+    although it is an int subclass (True as a limit is always a mistake), as are floats (even
+    ``8192.0``), ``Decimal``, ``Fraction`` and strings: an integer option takes integers.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {_shown(value)}")
+    number = int(value)
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {_shown(number)}")
+    return number
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message; a huge integer (10**100) by its size, since printing one with more
+    than 4300 digits raises an error of its own."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(int(value)) >= 10**24:
+        return f"an integer of about {int(abs(int(value)).bit_length() * 0.30103) + 1} digits"
+    if isinstance(value, Decimal) and value.is_finite() and abs(value.adjusted()) > 24:
+        return f"Decimal of magnitude 1e{value.adjusted()}"
+    return repr(value)
+
+
+def _fraction(name: str, value: Any, allowed: str) -> Fraction:
+    """``value`` as an exact Fraction if it is a finite real number, else ValueError naming ``name``.
+
+    Accepted: int, float, ``Fraction``, ``Decimal`` and other real numbers (numpy's floats and integers);
+    refused: bool, strings, complex, nan and the infinities (of any type: float, Decimal, numpy), and
+    a ``Decimal`` whose exponent puts it far outside any fraction (1e-999999999 would take minutes to
+    make exact).
+    """
+    bad = ValueError(f"{name} must be a number with {allowed}, got {_shown(value)}")
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, Decimal)):
+        raise bad
+    if isinstance(value, numbers.Rational):  # int, Fraction, numpy integers: exact, never converted to float
+        return Fraction(int(value.numerator), int(value.denominator))
+    if isinstance(value, Decimal):
+        if not value.is_finite() or (not value.is_zero() and not -40 <= value.adjusted() <= 40):
+            raise bad
+        return Fraction(value)
+    as_float = float(value)  # float and its subclasses, numpy floats; inf and nan stay inf and nan
+    if not math.isfinite(as_float):
+        raise bad
+    return Fraction(as_float)
 
 
 def validate_backlog_limit(value: Any, name: str = "backlog_limit") -> int:
-    """Return ``value`` if it is a backlog limit the kernel and ``auditctl -b`` accept, else raise ValueError."""
+    """Return ``value`` (as a plain int) if it is a backlog limit we set, else raise ValueError.
+
+    0 is refused on purpose, although ``auditctl -b 0`` is valid: the kernel then queues without any
+    bound, so a stalled auditd can take all of the machine's memory; this library exists to bound that
+    worst case. A limit of 0 that an image already has is kept at boot (never lowered to a number
+    unless ``allow_lower``); to come close on purpose, set the largest value, 2147483647.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) == 0:
+        raise ValueError(
+            f"{name} must be an integer from 1 to {KERNEL_MAX_BACKLOG_LIMIT}, got 0 (auditctl -b 0 means no "
+            f"limit at all, which this library does not set; an image's existing 0 is kept)"
+        )
     return _require_int(name, value, 1, KERNEL_MAX_BACKLOG_LIMIT)
 
 
 def validate_backlog_wait_time(value: Any, name: str = "backlog_wait_time") -> int:
-    """Return ``value`` (kernel ticks) if every kernel accepts it, else raise ValueError."""
+    """Return ``value`` (kernel ticks, as a plain int) if every kernel accepts it, else raise ValueError."""
     return _require_int(name, value, 0, MAX_BACKLOG_WAIT_TIME)
 
 
@@ -78,26 +133,30 @@ class BacklogPolicy:
     fraction_ppm: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        allowed = "0 < memory_fraction <= 0.25 (resolution 1e-6)"
         f = self.memory_fraction
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or f != f:
-            raise ValueError(f"memory_fraction must be a number with 0 < memory_fraction <= 0.25, got {f!r}")
-        ppm = round(f * _PPM)
-        if not 0 < f <= 0.25 or ppm < 1:
-            raise ValueError(
-                f"memory_fraction must be a number with 0 < memory_fraction <= 0.25 "
-                f"(resolution 1e-6), got {f!r}"
-            )
-        validate_backlog_limit(self.minimum, "minimum")
-        validate_backlog_limit(self.maximum, "maximum")
-        if self.minimum > self.maximum:
-            raise ValueError(
-                f"minimum must be <= maximum, got minimum={self.minimum} > maximum={self.maximum}"
-            )
+        exact = _fraction("memory_fraction", f, allowed)
+        if not 0 < exact <= Fraction(1, 4):
+            raise ValueError(f"memory_fraction must be a number with {allowed}, got {_shown(f)}")
+        # A float is scaled as a float (as always); exact types (Fraction, Decimal) exactly.
+        fraction = float(f) if isinstance(f, float) else float(exact)
+        ppm = round(fraction * _PPM) if isinstance(f, float) else round(exact * _PPM)
+        if ppm < 1:
+            raise ValueError(f"memory_fraction must be a number with {allowed}, got {_shown(f)}")
+        minimum = validate_backlog_limit(self.minimum, "minimum")
+        maximum = validate_backlog_limit(self.maximum, "maximum")
+        if minimum > maximum:
+            raise ValueError(f"minimum must be <= maximum, got minimum={minimum} > maximum={maximum}")
+        # Normalized, so that a policy built from Decimal("0.01") or numpy.int64(320) is equal to (and
+        # renders like) the one built from 0.01 and 320.
+        object.__setattr__(self, "memory_fraction", fraction)
+        object.__setattr__(self, "minimum", minimum)
+        object.__setattr__(self, "maximum", maximum)
         object.__setattr__(self, "fraction_ppm", ppm)
 
     def limit_for_memory_bytes(self, memory_bytes: int) -> int:
         """The limit for a machine with ``memory_bytes`` of memory (e.g. MemTotal kB x 1024)."""
-        _require_int("memory_bytes", memory_bytes, 0, 2**62)
+        memory_bytes = _require_int("memory_bytes", memory_bytes, 0, 2**62)
         budget = memory_bytes * self.fraction_ppm // _PPM
         fits = budget // MAX_AUDIT_MESSAGE_LENGTH
         # Largest power of two <= fits (fits == 0 has none: the floor applies).
@@ -106,10 +165,10 @@ class BacklogPolicy:
 
     def limit_for_memory(self, memory_mib: int) -> int:
         """The limit for a machine with ``memory_mib`` MiB of memory (EC2's ``MemoryInfo.SizeInMiB``)."""
-        _require_int("memory_mib", memory_mib, 0, 2**42)
+        memory_mib = _require_int("memory_mib", memory_mib, 0, 2**42)
         return self.limit_for_memory_bytes(memory_mib * _MIB)
 
     @staticmethod
     def worst_case_bytes(limit: int) -> int:
         """Kernel memory a full queue of ``limit`` buffers can take at most."""
-        return limit * MAX_AUDIT_MESSAGE_LENGTH
+        return _require_int("limit", limit, 0, KERNEL_MAX_BACKLOG_LIMIT) * MAX_AUDIT_MESSAGE_LENGTH

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
+from .deployed_context import user_data_kept
 from .errors import CliError
 
 METADATA_KEY = "cdk-audit-backlog"
@@ -18,7 +19,8 @@ class ReportRow:
 
     ``limit`` is the Metadata's limit (``8192``, ``auto``), ``skipped``, or ``-`` when the aspect never saw
     the resource; ``blocks`` is how many blocks its decoded user data carries (None: an ASG, whose launch
-    template or configuration carries them).
+    template or configuration carries them); ``per_type`` is the Metadata's limit per instance type for a
+    group whose types map to different limits (``auto``: each machine sizes itself at boot), else empty.
     """
 
     template: str
@@ -29,6 +31,16 @@ class ReportRow:
     memory_mib: Optional[int]
     blocks: Optional[int]
     reason: str
+    per_type: Dict[str, int] = field(default_factory=dict)
+    #: the Instance already runs and the aspect kept its user data (the association tunes it).
+    kept: bool = False
+
+    @property
+    def limit_shown(self) -> str:
+        """The limit for a table: ``auto: m5.large=8192 r5.4xlarge=131072`` where the Metadata lists types."""
+        if not self.per_type:
+            return self.limit
+        return f"{self.limit}: " + " ".join(f"{t}={n}" for t, n in self.per_type.items())
 
 
 def report_assembly(cdk_out: Path) -> List[ReportRow]:
@@ -69,5 +81,10 @@ def report_assembly(cdk_out: Path) -> List[ReportRow]:
                 row.instance_type = meta.get("instanceType")
                 row.memory_mib = meta.get("memoryMiB")
                 row.reason = str(meta.get("reason", ""))
+                if meta.get("deployed"):
+                    row.reason += f"; {meta['deployed']}"
+                row.kept = user_data_kept(meta)
+                if launch is not None:
+                    row.per_type = launch.per_type
             rows.append(row)
     return rows

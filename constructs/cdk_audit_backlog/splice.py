@@ -115,7 +115,10 @@ def user_data_kind(head: str) -> str:
     if lowered.lstrip().startswith(("<powershell>", "<script>", "<persist>", "version: 1.", "<runasLocalSystem>".lower())):
         raise Unsupported("user data is for Windows (PowerShell / EC2Launch), which has no Linux audit subsystem")
     if re.match(r"\s*\[settings", stripped):
-        raise Unsupported("user data is Bottlerocket TOML settings; Bottlerocket ships no auditd")
+        raise Unsupported(
+            "user data is Bottlerocket TOML settings (no auditd); AuditBacklog(bottlerocket=True) sets "
+            "audit_backlog_limit in settings.boot.kernel-parameters instead"
+        )
     if first_line.startswith("#"):
         raise Unsupported(f"user data of kind {first_line.split()[0]!r} is not supported (only shell, MIME, cloud-config)")
     raise Unsupported("user data has no '#!' shebang, MIME header or '#cloud-config' header: not a script cloud-init runs")
@@ -252,6 +255,13 @@ def literal_text(value: Any) -> Optional[str]:
         except (binascii.Error, UnicodeDecodeError, ValueError):
             return None
     return None
+
+
+def leading_text(value: Any) -> str:
+    """The literal text a resolved ``UserData`` value starts with, up to its first token ("" if none)."""
+    if isinstance(value, dict) and list(value) == ["Fn::Base64"]:
+        return _leading_text(_segments(value["Fn::Base64"]))
+    return literal_text(value) or ""
 
 
 def literal_bytes(value: Any) -> int:

@@ -83,7 +83,8 @@ class Tuning:
     """The tuning found in one launch's user data.
 
     :param target: the backlog limit the block sets, or None for ``auto`` (computed at boot from MemTotal).
-    :param source: the block's ``CAB_SOURCE`` (``TYPE/MEMMiB`` or ``unknown``).
+    :param source: the block's ``CAB_SOURCE`` (``TYPE/MEMMiB``, ``mixed`` for a group of instance types
+        that map to different limits, or ``unknown``).
     :param count: how many blocks the user data carries (more than one means it was tuned twice).
     """
 
@@ -94,6 +95,12 @@ class Tuning:
     @property
     def is_auto(self) -> bool:
         return self.target is None
+
+    @property
+    def is_mixed(self) -> bool:
+        """An ``auto`` block of a group whose instance types map to different limits (each machine sizes
+        itself at boot; :attr:`Launch.per_type` says what each type gets)."""
+        return self.target is None and self.source == "mixed"
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,22 @@ class Launch:
     user_data: Optional[str]
     tuning: Optional[Tuning]
     metadata: Optional[dict]
+
+    @property
+    def per_type(self) -> Dict[str, int]:
+        """Instance type -> the limit the policy gives it, from the Metadata's ``perType`` (a group whose
+        types map to different limits, tuned ``auto``); empty for every other launch."""
+        per_type = self.metadata.get("perType") if isinstance(self.metadata, dict) else None
+        if not isinstance(per_type, Mapping):
+            return {}
+        return {str(t): int(v) for t, v in per_type.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+    def limit_for(self, instance_type: str) -> Optional[int]:
+        """The limit a machine of ``instance_type`` gets from this launch: the block's fixed limit, or for
+        an ``auto`` block the Metadata's per-type limit; None when neither says (auto, type not listed)."""
+        if self.tuning is not None and self.tuning.target is not None:
+            return self.tuning.target
+        return self.per_type.get(instance_type)
 
     @property
     def skipped(self) -> Optional[str]:

@@ -15,7 +15,7 @@ from typing import Optional
 
 from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
 
-__all__ = ["BlockInputs", "render_block", "BLOCK_BEGIN", "BLOCK_END", "SCRIPT_NAME"]
+__all__ = ["BlockInputs", "render_block", "render_run_command", "BLOCK_BEGIN", "BLOCK_END", "SCRIPT_NAME"]
 
 BLOCK_BEGIN = "# >>> cdk-audit-backlog >>>"
 BLOCK_END = "# <<< cdk-audit-backlog <<<"
@@ -24,6 +24,9 @@ _HEREDOC = "CDK_AUDIT_BACKLOG"
 _INPUTS_BEGIN = "# @@CAB_INPUTS_BEGIN@@"
 _INPUTS_END = "# @@CAB_INPUTS_END@@"
 _SOURCE_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]*(/[0-9]+MiB)?$")
+#: ``boot_unit`` values: no unit; a unit that recomputes the limit from MemTotal on every boot; a unit that
+#: keeps the fixed ``target``.
+BOOT_UNIT_MODES = ("off", "auto", "fixed")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,10 @@ class BlockInputs:
     :param install_auditd: install auditd where it is missing. Default: False.
     :param allow_lower: allow lowering a larger existing limit. Default: False.
     :param source: what the limit was chosen from, e.g. ``m5.large/8192MiB``. Default: ``unknown``.
+    :param boot_unit: also install the boot unit (``cdk-audit-backlog.service``), which sizes the limit on
+        every later boot before the audit rules load: ``"auto"`` (from MemTotal, so it follows a resize),
+        ``"fixed"`` (keeps ``target``) or ``"off"``. Default: ``"off"`` (the aspect passes ``"auto"`` or
+        ``"fixed"`` unless its ``boot_unit=False``).
     """
 
     target: Optional[int] = None
@@ -46,17 +53,21 @@ class BlockInputs:
     install_auditd: bool = False
     allow_lower: bool = False
     source: str = "unknown"
+    boot_unit: str = "off"
 
     def __post_init__(self) -> None:
+        # Stored as plain ints (numpy's integers are accepted too): they are written into a root shell.
         if self.target is not None:
-            validate_backlog_limit(self.target, "target")
+            object.__setattr__(self, "target", validate_backlog_limit(self.target, "target"))
         if self.backlog_wait_time is not None:
-            validate_backlog_wait_time(self.backlog_wait_time)
+            object.__setattr__(self, "backlog_wait_time", validate_backlog_wait_time(self.backlog_wait_time))
         if not isinstance(self.policy, BacklogPolicy):
             raise ValueError(f"policy must be a BacklogPolicy, got {self.policy!r}")
         for name in ("kernel_cmdline", "install_auditd", "allow_lower"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.boot_unit not in BOOT_UNIT_MODES:
+            raise ValueError(f"boot_unit must be one of {BOOT_UNIT_MODES}, got {self.boot_unit!r}")
         if not isinstance(self.source, str) or not _SOURCE_RE.match(self.source):
             raise ValueError(
                 f"source must match {_SOURCE_RE.pattern} (an instance type and its memory), got {self.source!r}"
@@ -65,10 +76,12 @@ class BlockInputs:
     def features(self) -> frozenset:
         """The optional parts of the script these inputs use (the others are left out of the block)."""
         used = {
-            "auto": self.target is None,
+            # the unit's "auto" sizes from MemTotal at boot, so it needs the formula even for a known type
+            "auto": self.target is None or self.boot_unit == "auto",
             "wait": self.backlog_wait_time is not None,
             "install": self.install_auditd,
             "cmdline": self.kernel_cmdline,
+            "unit": self.boot_unit != "off",
         }
         return frozenset(name for name, on in used.items() if on)
 
@@ -85,7 +98,7 @@ class BlockInputs:
             f"CAB_INSTALL_AUDITD={int(self.install_auditd)}",
             f"CAB_ALLOW_LOWER={int(self.allow_lower)}",
             f"CAB_SOURCE={self.source}",
-        ]
+        ] + ([] if self.boot_unit == "off" else [f"CAB_UNIT={self.boot_unit}"])
 
 
 def script_text() -> str:
@@ -94,7 +107,7 @@ def script_text() -> str:
 
 
 #: Optional parts of the script, each between ``# @@CAB_IF <name>@@`` and ``# @@CAB_ENDIF@@``.
-FEATURES = ("auto", "wait", "install", "cmdline")
+FEATURES = ("auto", "wait", "install", "cmdline", "unit")
 _IF_RE = re.compile(r"^# @@CAB_IF ([a-z]+)@@$")
 _ENDIF = "# @@CAB_ENDIF@@"
 
@@ -144,15 +157,37 @@ def _compact_body(features: frozenset = frozenset(FEATURES)) -> str:
     return body
 
 
+# How the block runs its here-document. Without the unit: ``bash -s`` reads it from stdin. With the unit:
+# the body goes to a temporary file first and bash runs that file, so the script has a file of its own
+# (``BASH_SOURCE``) to install as the unit's ``/usr/local/sbin/cdk-audit-backlog``; the file is removed
+# afterwards. Both run in their own /bin/bash: nothing reaches the user's shell.
+_RUN_STDIN = f"/bin/bash -s <<'{_HEREDOC}' || true\n"
+_RUN_FILE = f"/bin/bash -c 'f=$(mktemp)&&cat>\"$f\"&&/bin/bash \"$f\";rm -f \"$f\"' <<'{_HEREDOC}' || true\n"
+
+
 def render_block(inputs: BlockInputs) -> str:
     """The block, from its begin marker to its end marker, each line ending in a newline."""
     return "".join(
         [
             BLOCK_BEGIN + "\n",
-            f"/bin/bash -s <<'{_HEREDOC}' || true\n",
+            _RUN_STDIN if inputs.boot_unit == "off" else _RUN_FILE,
             "\n".join(inputs.assignments()) + "\n",
             _compact_body(inputs.features()),
             _HEREDOC + "\n",
             BLOCK_END + "\n",
         ]
     )
+
+
+def render_run_command(inputs: BlockInputs) -> list[str]:
+    """The same script for a fleet carrier that reads its exit status (an SSM ``aws:runShellScript`` step):
+    the lines of a POSIX shell script whose status is the script's own (0 done or nothing to do, non-zero
+    when the limit could not be applied, verified or persisted; see docs/design.md). Unlike the user data
+    block there is no ``|| true`` and no begin/end marker: nothing runs after it, and SSM must see failure.
+    """
+    return [
+        f"/bin/bash -s <<'{_HEREDOC}'",
+        *inputs.assignments(),
+        *_compact_body(inputs.features()).splitlines(),
+        _HEREDOC,
+    ]

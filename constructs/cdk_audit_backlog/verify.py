@@ -11,14 +11,16 @@ import base64
 import binascii
 import email
 import gzip
+import json
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from . import instance_memory
 from .aws_api import NotFound, aws_errors, boto3_module, client_config
+from .deployed_context import user_data_kept
 from .policy import BacklogPolicy
 
 BLOCK_BEGIN = "# >>> cdk-audit-backlog >>>"
@@ -86,6 +88,15 @@ def block_source(user_data: Optional[str]) -> Optional[Tuple[str, int]]:
     return (m.group(1), int(m.group(2))) if m else None
 
 
+def block_is_mixed(user_data: Optional[str]) -> bool:
+    """Whether the block says ``CAB_SOURCE=mixed``: ``auto`` for a group whose types map to different limits."""
+    if not user_data:
+        return False
+    begin = user_data.find(BLOCK_BEGIN)
+    end = user_data.find(BLOCK_END, begin + 1) if begin >= 0 else -1
+    return begin >= 0 and end >= 0 and re.search(r"^CAB_SOURCE=['\"]?mixed['\"]?\s*$", user_data[begin:end], re.M) is not None
+
+
 @dataclass(frozen=True)
 class ConsoleResult:
     """The block's result line found in a console log. ``old``/``new`` are None where the line says ``?``
@@ -134,7 +145,9 @@ class LaunchCheck:
 
     status: ``tuned``, ``untuned`` (no block), ``below-policy``, ``auto`` (the block computes the limit at
     boot and no console line proves it yet), ``unverified`` (the console line says ``-> ?``),
-    ``not-running``. Only ``untuned`` and ``below-policy`` fail ``verify``.
+    ``not-running``, ``kept`` (no block because it already ran when the library was adopted: the aspect
+    kept its user data and the SSM association tunes it; its result is the association's compliance, not
+    the console). Only ``untuned`` and ``below-policy`` fail ``verify``.
     """
 
     resource: str
@@ -167,12 +180,17 @@ def _classify(check: LaunchCheck) -> None:
         return
     if check.target.isdigit() and exp is not None and int(check.target) < exp:
         check.status = "below-policy"
-        check.problem = f"block target {check.target} < policy {exp} for {check.memory_mib} MiB"
+        check.problem = f"block target {check.target} < policy {exp} for {check.memory_mib} MiB" + (
+            f"; {check.note}" if check.note else ""
+        )
         return
-    if check.applied is not None and exp is not None and check.applied < exp:
+    # 0 is no limit at all (the kernel skips the backlog check; the block keeps an image's 0): never below.
+    if check.applied and exp is not None and check.applied < exp:
         check.status = "below-policy"
         check.problem = f"console shows {check.applied} applied < policy {exp}"
         return
+    if check.applied == 0 and not check.note:
+        check.note = "0 applied: no limit at all (kept from the image)"
     if check.target == "auto" and check.applied is None:
         check.status = "auto"
         return
@@ -189,6 +207,24 @@ def _stack_resources(cfn: Any, stack: str, depth: int = 0) -> List[Dict[str, Any
             else:
                 out.append(r)
     return out
+
+
+def _kept_launches(cfn: Any, stack: str) -> Set[str]:
+    """Logical ids of the stack's Instances (and their launch templates) whose user data the aspect kept
+    because they already ran (their ``cdk-audit-backlog`` Metadata in the deployed template says so)."""
+    body = cfn.get_template(StackName=stack, TemplateStage="Original").get("TemplateBody")
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return set()
+    resources = body.get("Resources") if isinstance(body, dict) else None
+    return {
+        lid
+        for lid, r in (resources or {}).items()
+        if isinstance(r, dict) and r.get("Type") in ("AWS::EC2::Instance", "AWS::EC2::LaunchTemplate")
+        and user_data_kept((r.get("Metadata") or {}).get("cdk-audit-backlog"))
+    }
 
 
 def _chunks(items: Sequence[str], n: int) -> Iterable[Sequence[str]]:
@@ -225,6 +261,7 @@ def check_stack(
     )
 
     resources = aws_errors(what, lambda: _stack_resources(cfn, stack))
+    kept = aws_errors(what, lambda: _kept_launches(cfn, stack))
     instance_ids: Dict[str, str] = {}  # id -> label
     asg_names: Dict[str, str] = {}  # physical name -> logical id
     lt_ids: Dict[str, str] = {}
@@ -294,12 +331,14 @@ def check_stack(
         c = LaunchCheck(label, "instance", itype, mib, exp, block, target)
         source = block_source(text)
         if source and mib is not None and source[0] != itype and source[1] < mib:
-            # A mixed-instances group: the aspect sizes for the smallest type, so the worst case fits it.
-            c.floor = policy.limit_for_memory(source[1])
-            c.note = f"chosen for {source[0]} ({source[1]} MiB), the smallest type of its group"
-        elif target == "auto" and mib is not None:
+            # A fixed limit chosen for a smaller type of a mixed group (what the aspect wrote before it
+            # sized such groups per machine): held to this machine's own policy like any other, and said.
+            c.note = f"chosen for {source[0]} ({source[1]} MiB), a smaller type of its group; synthesize again: its types now get auto"
+        if target == "auto" and mib is not None:
             # Computed at boot from MemTotal, which is below the nominal memory by the kernel's reservations.
             c.floor = policy.limit_for_memory(mib * 9 // 10)
+            if block_is_mixed(text):
+                c.note = "a mixed group: sized at boot from MemTotal"
         if console and state == "running":
             try:
                 out = aws_errors(f"instance {iid}", lambda: ec2.get_console_output(InstanceId=iid))
@@ -316,6 +355,9 @@ def check_stack(
             if res:
                 c.applied, c.console_line = res.new, res.line
         _classify(c)
+        if c.status == "untuned" and instance_ids[iid] in kept:
+            c.status, c.problem = "kept", ""
+            c.note = "user data kept (it ran before the library was adopted); the SSM association tunes it"
         if c.console_line and c.applied is None and not c.failed:
             c.status = "unverified"
             c.problem = "the block could not read the kernel's limit (auditctl missing?)"
@@ -335,6 +377,9 @@ def check_stack(
         block, target = block_target(decode_stored_user_data(data.get("UserData")))
         c = LaunchCheck(f"{lt_id} ({lt_ids[lt_id]})", "launch-template", itype, mib, exp, block, target)
         _classify(c)
+        if c.status == "untuned" and lt_ids[lt_id] in kept:
+            c.status, c.problem = "kept", ""
+            c.note = "user data kept: a running instance launches from it (a new version would replace it)"
         if c.status == "tuned" and target == "auto":
             c.status = "auto"
         return c

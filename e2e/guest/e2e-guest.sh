@@ -35,6 +35,26 @@ r cloud_init_errors "$(python3 -c 'import json;d=json.load(open("/run/cloud-init
 while read -r k v; do
   [ -n "$k" ] && r "audit.$k" "$v"
 done < <(auditctl -s 2>&1)
+# The same right after the rules loaded at boot (e2e-early.service), before cloud-init's final stage.
+if [ -f /run/e2e-early ]; then
+  r early.uptime_s "$(head -n1 /run/e2e-early)"
+  while read -r k v; do
+    [ -n "$k" ] && r "early.$k" "$v"
+  done < <(tail -n +2 /run/e2e-early)
+fi
+# The boot unit (installed by the block): whether it ran, what it said, and when it ended compared with
+# the units that load the rules (monotonic microseconds; 0: the unit does not exist or did not run).
+mono() { systemctl show -p "$2" --value "$1" 2>/dev/null || echo 0; }
+r boot_unit_result "$(systemctl show -p Result --value cdk-audit-backlog.service) $(systemctl is-active cdk-audit-backlog.service)"
+r boot_unit_exit_us "$(mono cdk-audit-backlog.service ExecMainExitTimestampMonotonic)"
+r auditd_start_us "$(mono auditd.service ExecMainStartTimestampMonotonic)"
+r audit_rules_start_us "$(mono audit-rules.service ExecMainStartTimestampMonotonic)"
+r cloud_final_start_us "$(mono cloud-final.service ExecMainStartTimestampMonotonic)"
+n=0
+while IFS= read -r line; do
+  n=$((n + 1)); r "unit_output.$n" "$line"
+done < <(journalctl -b -u cdk-audit-backlog.service -o cat --no-pager 2>/dev/null | grep '^cdk-audit-backlog: ')
+r unit_output_lines "$n"
 r audit_rules_loaded "$(auditctl -l 2>/dev/null | grep -vc '^No rules')"
 r auditd_active "$(systemctl is-active auditd.service)"
 r auditd_refuse_manual_stop "$(systemctl show -p RefuseManualStop --value auditd.service)"

@@ -43,4 +43,4 @@ def build(app: cdk.App) -> list:
     return [stack]
 
 
-EXPECTED = {"Lt": 4096, "LtReq": "auto"}
+EXPECTED = {"Lt": "auto", "LtReq": "auto"}  # Lt: t3.medium 4096, m5.xlarge and c5.2xlarge 16384: per machine

@@ -331,8 +331,9 @@ def start_audit_units() -> int:
     return start_auditd()
 
 
-def boot(root: Path, cmdline_limit: int | None = None) -> dict:
-    """Emulate a boot of the fixture: fresh kernel state, then auditd's start; returns the kernel state."""
+def boot(root: Path, cmdline_limit: int | None = None, before_auditd=None) -> dict:
+    """Emulate a boot of the fixture: fresh kernel state, then ``before_auditd()`` if given (units ordered
+    before auditd, e.g. the boot unit), then auditd's start; returns the kernel state."""
     global ROOT, FAKE
     saved = ROOT, FAKE
     ROOT, FAKE = root, root / ".fake"
@@ -341,6 +342,8 @@ def boot(root: Path, cmdline_limit: int | None = None) -> dict:
         if cmdline_limit is not None:
             k["backlog_limit"] = cmdline_limit
         save_kernel(k)
+        if before_auditd is not None:
+            before_auditd()
         if (root / "sbin/auditctl").exists() and config().get("auditd_enabled", True):
             start_audit_units()
         return kernel()

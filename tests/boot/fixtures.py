@@ -205,7 +205,7 @@ def clear_calls(root: Path) -> None:
 # Real tools the script may use, and nothing else: a command missing here fails the test loudly.
 SANDBOX_TOOLS = (
     "bash", "sh", "awk", "sed", "grep", "ls", "cat", "tr", "cp", "rm", "chmod", "mkdir", "timeout",
-    "env", "sleep", "head", "mktemp", "cmp",
+    "env", "sleep", "head", "mktemp", "cmp", "ln",
 )  # fmt: skip
 
 
@@ -251,12 +251,12 @@ def script_env(root: Path, sandbox: Path, **inputs) -> dict:
     return env
 
 
-def run_script(root: Path, sandbox: Path, timeout: float = 60, **inputs):
-    """Run the shipped script (all features) on the fixture, as `bash audit-backlog.sh`."""
+def run_script(root: Path, sandbox: Path, timeout: float = 60, args: tuple = (), **inputs):
+    """Run the shipped script (all features) on the fixture, as `bash audit-backlog.sh [ARGS]`."""
     import subprocess
 
     return subprocess.run(
-        [str(sandbox / "bash"), str(SCRIPT)],
+        [str(sandbox / "bash"), str(SCRIPT), *args],
         env=script_env(root, sandbox, **inputs),
         capture_output=True,
         text=True,

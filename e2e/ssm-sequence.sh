@@ -1,0 +1,67 @@
+#!/bin/bash
+# The fleet path on a running machine (e2e/ssm.py): runs the SSM document's commands, exactly as they stand in
+# the synthesized template, the way the SSM agent runs an aws:runShellScript step (the lines in a file,
+# `sh -c FILE`, as root), several times in one boot, and prints one parseable line per step to the serial console:
+#   E2E-SSM step=NAME rc=N limit=N enabled=N pid=N nrestarts=N files=DIGEST
+#   E2E-SSM-OUT step=NAME LINE        (what the run printed)
+# Delivered by user data that does not tune (so the boot keeps the image's limit) and started after the
+# reporter (e2e-guest.service, with e2e.hold=1 so it does not power off); it powers off at the end.
+set -u
+exec >/dev/ttyS0 2>&1
+D=/var/lib/e2e-ssm
+CMD=$D/_script.sh
+AC=$(readlink -f "$(command -v auditctl)")
+
+status() { "$AC" -s 2>/dev/null | awk -v k="$1" '$1 == k {print $2}'; }
+# Content and mtime of every file the script may write: unchanged means the run wrote nothing.
+files() {
+  find /etc/audit /var/lib/cdk-audit-backlog -type f -printf '%p %T@\n' 2>/dev/null | sort |
+    while read -r f t; do echo "$f $t $(sha256sum < "$f" | cut -c1-64)"; done | sha256sum | cut -c1-16
+}
+report() {  # step rc
+  echo "E2E-SSM step=$1 rc=$2 limit=$(status backlog_limit) enabled=$(status enabled)" \
+    "pid=$(systemctl show -p MainPID --value auditd.service) nrestarts=$(systemctl show -p NRestarts --value auditd.service)" \
+    "files=$(files) uptime=$(cut -d' ' -f1 /proc/uptime)"
+}
+run() {  # step: one association run
+  local out rc
+  out=$(sh -c "$CMD" 2>&1)
+  rc=$?
+  printf '%s\n' "$out" | sed "s/^/E2E-SSM-OUT step=$1 /"
+  report "$1" "$rc"
+}
+
+echo "E2E-SSM-BEGIN memtotal_kb=$(awk '/^MemTotal:/{print $2}' /proc/meminfo) script_bytes=$(wc -c < "$CMD")"
+report before -
+run first
+run second
+
+"$AC" -b 320 >/dev/null
+report drift -
+run after-drift
+
+# A read-only rules directory and our file gone: the limit is applied now, but cannot be persisted.
+rm -f /etc/audit/rules.d/zz-cdk-audit-backlog.rules
+"$AC" -b 320 >/dev/null
+mount --bind /etc/audit/rules.d /etc/audit/rules.d && mount -o remount,bind,ro /etc/audit/rules.d
+run read-only
+umount /etc/audit/rules.d
+run writable-again
+
+# auditctl missing (the package removed by hand): nothing can be applied.
+mv "$AC" "$AC.e2e-hidden"
+AC=$AC.e2e-hidden
+run no-auditctl
+mv "$AC" "${AC%.e2e-hidden}"
+AC=${AC%.e2e-hidden}
+report auditctl-back -
+
+# Immutable (-e 2) after a drift: the kernel refuses changes until reboot; the run persists and says next boot.
+"$AC" -b 320 >/dev/null
+"$AC" -e 2 >/dev/null
+report immutable-set -
+run immutable
+
+echo "E2E-SSM-END"
+sync
+systemctl --no-block poweroff
