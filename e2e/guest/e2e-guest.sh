@@ -65,9 +65,6 @@ r audit_rules_service "$(systemctl show -p ActiveState,Result --value audit-rule
 r auditd_requires "$(systemctl show -p Requires --value auditd.service)"
 r auditctl_h_rc "$(auditctl -h >/dev/null 2>&1; echo $?)"
 r cloud_init_version "$(dpkg-query -W -f '${Version}' cloud-init 2>/dev/null)"  # `cloud-init --version`: 18 s under TCG
-# Where the boot's time went, for the timing notes (systemd-analyze refuses while this unit still holds up
-# the boot): seconds since kernel start at which the initrd and the real root's systemd began.
-r boot_phases_s "$(systemctl show -p InitRDTimestampMonotonic -p UserspaceTimestampMonotonic --value | awk '{printf "%s%.1f", NR > 1 ? " " : "", $1 / 1e6}')"
 
 # Files: hash, mode, owner, and the content as one base64 line.
 for f in /etc/audit/rules.d/* /etc/audit/audit.rules /etc/audit/audit.rules.prev \
