@@ -145,7 +145,7 @@ def memory_lines(res: Dict[str, object]) -> List[str]:
 
 LIMIT_ROLES = {"320": ("-b 320 (AL2 default)", "#d62728"), "tuned": ("-b {limit} (tuned)", "#1f77b4"),
                "4x": ("-b {limit} (4x tuned)", "#2ca02c")}
-SUITE_STYLES = {"bookworm": ("-", "o"), "trixie": ("--", "s")}
+SUITE_STYLES = {"bookworm": ("-", "o", "solid"), "trixie": ("--", "s", "dashed")}
 
 
 def _role(limit: int, tuned: int) -> str:
@@ -162,7 +162,7 @@ def plot(results: Mapping[str, Dict[str, object]], path: Path):
     ax = fig.add_subplot()
     bursts: set = set()
     for suite, res in results.items():
-        style, marker = SUITE_STYLES.get(suite, ("-.", "^"))
+        style, marker, _ = SUITE_STYLES[suite]
         curve, tuned = res["curve"], int(res["tuned"])  # type: ignore[arg-type]
         for limit in sorted({int(r["limit"]) for r in curve}):  # type: ignore[union-attr]
             runs = sorted((int(r["opens"]), int(r["lost"])) for r in curve if int(r["limit"]) == limit)  # type: ignore[union-attr]
@@ -180,11 +180,13 @@ def plot(results: Mapping[str, Dict[str, object]], path: Path):
     ax.grid(True, color="#dddddd")
     ax.set_xlabel("openat calls in the burst (log scale)")
     ax.set_ylabel("events lost (kernel audit_lost / openat calls)")
-    ax.set_title(f"Audit events lost vs burst size (auditd stopped {PAUSE} s, backlog_wait_time 0)", loc="left")
-    vms = sorted({str(res["vm"]) for res in results.values()})
-    fig.text(0.01, 0.005, f"{'; '.join(vms)}; {RECORDS_PER_OPEN} records per openat; `make storm --suite`",
-             fontsize=8, color="#555555")
-    ax.legend(fontsize=8, loc="lower right")
+    vms = "; ".join(sorted({str(res["vm"]) for res in results.values()}))
+    ax.set_title(f"Audit events lost vs burst size (auditd stopped {PAUSE} s, backlog_wait_time 0)\n"
+                 f"{vms}; {RECORDS_PER_OPEN} records per openat; "
+                 + ", ".join(f"{SUITE_STYLES[suite][2]}: {images.SUITE_NAMES[suite]}" for suite in results),
+                 loc="left", fontsize=10)
+    # the empty corner: small bursts, between the 320 lines (top) and the larger limits (bottom)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(0.005, 0.5), framealpha=0.95)
     fig.savefig(path, metadata={"Software": None})
     return fig
 
