@@ -25,7 +25,6 @@ stable id. User data over 16 KB with the block fails synth (a validation on that
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 

@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 from .aws_api import aws_errors, boto3_module, client_config
 from .errors import CliError
-from .deployed_context import context_key
+from .deployed_context import context_key, references
 
 __all__ = [
     "SynthesizedStack",
@@ -238,9 +238,9 @@ def _updated(
     kind = res["Type"]
     props = _changed_properties(prev, res)
     if kind == INSTANCE:
-        return _instance_update(stack, lid, props, _references(_props(res)) & changed)
+        return _instance_update(stack, lid, props, references(_props(res)) & changed)
     if kind in (GROUP, NODEGROUP):
-        return _group_update(stack, lid, res, props, _references(_props(res)) & changed)
+        return _group_update(stack, lid, res, props, references(_props(res)) & changed)
     if not props:
         return Impact(stack, lid, kind, "unchanged", "nothing happens")
     effect = {
@@ -302,25 +302,6 @@ def _group_update(
     effect = ("running instances keep their launch settings (no UpdatePolicy rolls them); instances launched "
               "from now on (scale-out, replacement) boot tuned")
     return Impact(stack, lid, kind, "updated", effect, properties=shown)
-
-
-def _references(value: Any) -> Set[str]:
-    """Logical ids a property value refers to (``Ref``, ``Fn::GetAtt``)."""
-    found: Set[str] = set()
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if k == "Ref" and isinstance(v, str):
-                found.add(v)
-            elif k == "Fn::GetAtt" and isinstance(v, list) and v and isinstance(v[0], str):
-                found.add(v[0])
-            elif k == "Fn::GetAtt" and isinstance(v, str):
-                found.add(v.split(".", 1)[0])
-            else:
-                found |= _references(v)
-    elif isinstance(value, list):
-        for v in value:
-            found |= _references(v)
-    return found
 
 
 # ------------------------------------------------------------------------------------ deployed side

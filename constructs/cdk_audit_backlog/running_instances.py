@@ -18,11 +18,11 @@ each gets a warning naming the command, so an existing app is never stopped with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 from aws_cdk import CfnResource, Stack, Token
 
-from .deployed_context import ASSOCIATION_TYPE, CONTEXT_KEY_PREFIX, USER_DATA_KEPT, context_key
+from .deployed_context import ASSOCIATION_TYPE, CONTEXT_KEY_PREFIX, USER_DATA_KEPT, context_key, references
 
 __all__ = ["CONTEXT_KEY_PREFIX", "RUNNING_INSTANCES", "context_key", "RunningDecision", "decide"]
 
@@ -149,29 +149,12 @@ def _instance_launch_templates(stack: Stack, deployed: FrozenSet[str]) -> List[T
 
 
 def _refers_to(spec: Any, logical_id: str, name: Any) -> bool:
-    if logical_id in _references(spec):
+    if logical_id in references(spec):
         return True
     spec_name = None
     if isinstance(spec, dict):
         spec_name = spec.get("launchTemplateName", spec.get("LaunchTemplateName"))
     return isinstance(name, str) and spec_name == name
-
-
-def _references(value: Any) -> Set[str]:
-    """Logical ids referred to by ``Ref`` / ``Fn::GetAtt`` in a resolved value."""
-    found: Set[str] = set()
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if k == "Ref" and isinstance(v, str):
-                found.add(v)
-            elif k == "Fn::GetAtt" and isinstance(v, list) and v and isinstance(v[0], str):
-                found.add(v[0])
-            else:
-                found |= _references(v)
-    elif isinstance(value, list):
-        for v in value:
-            found |= _references(v)
-    return found
 
 
 def recorded_instances(stack: Stack) -> Optional[FrozenSet[str]]:
