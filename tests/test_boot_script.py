@@ -294,14 +294,20 @@ def test_allow_lower_lowers_both_rules_and_kernel(tmp_path, sandbox):
 ZERO_RULES = {"al2": "etc/audit/rules.d/audit.rules", "al1": "etc/audit/audit.rules"}
 
 
-@pytest.mark.parametrize("name", sorted(ZERO_RULES))
-def test_rules_with_b_0_no_limit_are_kept(tmp_path, sandbox, name):
+def _booted_with_rules_b_0(tmp_path, name):
+    """Fixture ``name`` whose rules say -b 0, booted (the kernel has no limit) and with no calls recorded."""
     root = tmp_path / name
     fx.build(root, name)
     rules = root / ZERO_RULES[name]
     rules.write_text(rules.read_text().replace("-b 320", "-b 0"))
     assert fakes.boot(root)["backlog_limit"] == 0
     fx.clear_calls(root)
+    return root
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_RULES))
+def test_rules_with_b_0_no_limit_are_kept(tmp_path, sandbox, name):
+    root = _booted_with_rules_b_0(tmp_path, name)
     before = fx.tree_digest(root)
     r = run(root, sandbox, target=8192)
     assert f"{PREFIX}persist: kept -b 0" in r.stdout.splitlines()
@@ -339,12 +345,7 @@ def test_running_kernel_with_no_limit_is_kept_while_rules_are_raised(tmp_path, s
 
 @pytest.mark.parametrize("name", sorted(ZERO_RULES))
 def test_allow_lower_lowers_no_limit_in_rules_and_kernel(tmp_path, sandbox, name):
-    root = tmp_path / name
-    fx.build(root, name)
-    rules = root / ZERO_RULES[name]
-    rules.write_text(rules.read_text().replace("-b 320", "-b 0"))
-    assert fakes.boot(root)["backlog_limit"] == 0
-    fx.clear_calls(root)
+    root = _booted_with_rules_b_0(tmp_path, name)
     r = run(root, sandbox, target=8192, allow_lower=1)
     assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit 0 -> 8192 (")
     assert "auditctl -b 8192" in fx.calls(root)
