@@ -3,6 +3,7 @@
 from typing import TYPE_CHECKING, Any
 
 from .policy import BacklogPolicy
+from .tuning_options import TuningOptions
 
 if TYPE_CHECKING:
     from .aspect import EC2_USER_DATA_LIMIT, METADATA_KEY, AuditBacklog
@@ -16,6 +17,7 @@ __all__ = [
     "AssociationTarget",
     "AuditBacklogCheck",
     "BacklogPolicy",
+    "TuningOptions",
     "METADATA_KEY",
     "EC2_USER_DATA_LIMIT",
 ]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import jsii
 from aws_cdk import Annotations, AspectPriority, Aspects, Aws, CfnResource, IAspect, Stack, Token
@@ -33,11 +33,9 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_ssm as ssm
 from constructs import Construct, IConstruct
 
-from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
+from .policy import BacklogPolicy
+from .tuning_options import TuningOptions, validate_flag
 from .user_data import BlockInputs, render_run_command
-
-if TYPE_CHECKING:
-    from .aspect import AuditBacklog
 
 __all__ = ["AuditBacklogAssociation", "AssociationOptions", "AssociationTarget", "STACK_NAME_TAG"]
 
@@ -64,7 +62,7 @@ _SEVERITIES = ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNSPECIFIED")
 _SYNC = ("AUTO", "MANUAL")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _TAG_KEY_RE = re.compile(r"^[\w .:/=+\-@]{1,128}$")
-_LAUNCH_TYPES = ("AWS::EC2::Instance", "AWS::EC2::LaunchTemplate", "AWS::AutoScaling::LaunchConfiguration")
+LAUNCH_TYPES = ("AWS::EC2::Instance", "AWS::EC2::LaunchTemplate", "AWS::AutoScaling::LaunchConfiguration")
 
 
 def _literal(value: Any) -> bool:
@@ -171,8 +169,7 @@ class AssociationOptions:
                 raise ValueError("output_key_prefix needs output_bucket_name")
             if not isinstance(prefix, str) or not 0 < len(prefix) <= 500:
                 raise ValueError(f"output_key_prefix must be a string of 1..500 characters, got {prefix!r}")
-        if not isinstance(self.ssm_permissions, bool):
-            raise ValueError(f"ssm_permissions must be True or False, got {self.ssm_permissions!r}")
+        validate_flag("ssm_permissions", self.ssm_permissions)
 
 
 def validate_schedule(schedule: Any) -> None:
@@ -270,32 +267,21 @@ class AuditBacklogAssociation(Construct):
             raise ValueError(f"targets must be a list of 1..5 AssociationTarget, got {targets!r}")
         if len(targets) > 1 and any(t.key == "InstanceIds" for t in targets):
             raise ValueError("targets: all_managed_instances() cannot be combined with other targets")
-        if backlog_limit is not None:
-            validate_backlog_limit(backlog_limit)
-        if policy is not None and not isinstance(policy, BacklogPolicy):
-            raise ValueError(f"policy must be a BacklogPolicy, got {policy!r}")
-        if backlog_wait_time is not None:
-            validate_backlog_wait_time(backlog_wait_time)
-        for name, value in (
-            ("kernel_cmdline", kernel_cmdline),
-            ("install_auditd", install_auditd),
-            ("allow_lower", allow_lower),
-        ):
-            if not isinstance(value, bool):
-                raise ValueError(f"{name} must be True or False, got {value!r}")
-        if association_name is not None:
-            validate_document_name(association_name, "association_name")
-        if document_name is not None:
-            validate_document_name(document_name)
-        inputs = BlockInputs(
-            target=backlog_limit,
-            policy=policy or BacklogPolicy(),
+        #: The tuning options (no boot unit: the association runs again on its schedule instead).
+        self.tuning = TuningOptions(
+            backlog_limit=backlog_limit,
+            policy=policy,
             backlog_wait_time=backlog_wait_time,
             kernel_cmdline=kernel_cmdline,
             install_auditd=install_auditd,
             allow_lower=allow_lower,
-            source=SOURCE,
+            boot_unit=False,
         )
+        if association_name is not None:
+            validate_document_name(association_name, "association_name")
+        if document_name is not None:
+            validate_document_name(document_name)
+        inputs = BlockInputs.for_options(self.tuning, target=self.tuning.backlog_limit, source=SOURCE)
         super().__init__(scope, id)
         self.options = options
         self.targets = list(targets)
@@ -358,6 +344,22 @@ class AuditBacklogAssociation(Construct):
                 Aspects.of(stack).add(_ManagedInstancePermissions(options), priority=AspectPriority.MUTATING)
 
 
+    @classmethod
+    def from_options(
+        cls, scope: Construct, id: str, tuning: TuningOptions, fleet: Optional[AssociationOptions] = None
+    ) -> "AuditBacklogAssociation":
+        """An association for the stack's instances with ``tuning`` (e.g. an ``AuditBacklog``'s ``options``;
+        its ``boot_unit`` does not apply here) and how it runs (``fleet``, default ``AssociationOptions()``)."""
+        if not isinstance(tuning, TuningOptions):
+            raise ValueError(f"tuning must be a TuningOptions, got {tuning!r}")
+        fleet = AssociationOptions() if fleet is None else fleet
+        if not isinstance(fleet, AssociationOptions):
+            raise ValueError(f"fleet must be an AssociationOptions, got {fleet!r}")
+        keywords = tuning.as_keywords()
+        del keywords["boot_unit"]
+        return cls(scope, id, **keywords, **{f.name: getattr(fleet, f.name) for f in fields(AssociationOptions)})
+
+
 @jsii.implements(IAspect)
 class _ManagedInstancePermissions:
     """Adds ``AmazonSSMManagedInstanceCore`` to the role of every launch of one stack (an aspect, so launches
@@ -368,7 +370,7 @@ class _ManagedInstancePermissions:
         self._policy: Dict[int, iam.IManagedPolicy] = {}
 
     def visit(self, node: IConstruct) -> None:
-        if not isinstance(node, CfnResource) or node.cfn_resource_type not in _LAUNCH_TYPES:
+        if not isinstance(node, CfnResource) or node.cfn_resource_type not in LAUNCH_TYPES:
             return
         role, why = _role_of(node)
         if role is None:
@@ -413,36 +415,3 @@ def _role_of(launch: CfnResource) -> Tuple[Optional[iam.Role], str]:
     if not isinstance(role, iam.Role):
         return None, "its role is imported, so this app cannot change its policies"
     return role, ""
-
-
-def add_to_stacks(
-    scope: IConstruct, aspect: "AuditBacklog", association: Union[bool, AssociationOptions]
-) -> List[AuditBacklogAssociation]:
-    """``AuditBacklog.apply_to(..., association=...)``: one :class:`AuditBacklogAssociation` in every stack under
-    ``scope`` (Stages and nested stacks included) that holds an EC2 launch, with the aspect's policy inputs.
-    A stack that has one already (an earlier call, or the user's own with the same id) is left as it is."""
-    if association is True:
-        options = AssociationOptions()
-    elif isinstance(association, AssociationOptions):
-        options = association
-    else:
-        raise ValueError(f"association must be True, False or an AssociationOptions, got {association!r}")
-    policy_inputs = dict(
-        backlog_limit=aspect.backlog_limit,
-        policy=aspect.policy,
-        backlog_wait_time=aspect.backlog_wait_time,
-        kernel_cmdline=aspect.kernel_cmdline,
-        install_auditd=aspect.install_auditd,
-        allow_lower=aspect.allow_lower,
-    )
-    fleet = {f.name: getattr(options, f.name) for f in fields(AssociationOptions)}
-    stacks: Dict[int, Stack] = {}
-    for c in scope.node.find_all():
-        if isinstance(c, CfnResource) and c.cfn_resource_type in _LAUNCH_TYPES:
-            stack = Stack.of(c)
-            stacks.setdefault(id(stack), stack)
-    added = []
-    for stack in stacks.values():
-        if stack.node.try_find_child(DEFAULT_ID) is None:
-            added.append(AuditBacklogAssociation(stack, DEFAULT_ID, **policy_inputs, **fleet))
-    return added

@@ -33,7 +33,8 @@ from typing import Any, Dict, List, Optional, Sequence
 from aws_cdk import aws_imagebuilder as imagebuilder
 from constructs import Construct
 
-from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
+from .policy import BacklogPolicy
+from .tuning_options import TuningOptions
 from .user_data import FEATURES, _compact_body, script_text
 
 __all__ = [
@@ -300,6 +301,20 @@ def check_component_document(document: Any) -> List[str]:
     return problems
 
 
+def component_parameters(tuning: TuningOptions) -> Dict[str, str]:
+    """The default value of each component parameter for ``tuning``."""
+    policy = tuning.policy
+    assert policy is not None
+    return {
+        "BacklogLimit": "auto" if tuning.backlog_limit is None else str(tuning.backlog_limit),
+        "MemoryFractionPpm": str(policy.fraction_ppm),
+        "MinimumLimit": str(policy.minimum),
+        "MaximumLimit": str(policy.maximum),
+        "BacklogWaitTime": "none" if tuning.backlog_wait_time is None else str(tuning.backlog_wait_time),
+        "AllowLower": "true" if tuning.allow_lower else "false",
+    }
+
+
 # -- the construct --------------------------------------------------------------------------------
 
 
@@ -346,16 +361,10 @@ class AuditBacklogComponent(Construct):
             )
         if not isinstance(version, str) or not _SEMVER_RE.match(version):
             raise ValueError(f"version must be a semantic version MAJOR.MINOR.PATCH such as 1.0.0, got {version!r}")
-        if backlog_limit is not None:
-            validate_backlog_limit(backlog_limit)
-        if policy is None:
-            policy = BacklogPolicy()
-        elif not isinstance(policy, BacklogPolicy):
-            raise ValueError(f"policy must be a BacklogPolicy, got {policy!r}")
-        if backlog_wait_time is not None:
-            validate_backlog_wait_time(backlog_wait_time)
-        if not isinstance(allow_lower, bool):
-            raise ValueError(f"allow_lower must be True or False, got {allow_lower!r}")
+        #: The tuning options the component's parameters default to (it always installs the boot unit).
+        self.tuning = TuningOptions(
+            backlog_limit=backlog_limit, policy=policy, backlog_wait_time=backlog_wait_time, allow_lower=allow_lower
+        )
         if supported_os_versions is not None and (
             isinstance(supported_os_versions, str) or not all(isinstance(v, str) and v for v in supported_os_versions)
         ):
@@ -364,14 +373,7 @@ class AuditBacklogComponent(Construct):
             raise ValueError("description must be a string of 1..1024 characters")
 
         #: Default value of each component parameter (what a recipe gets unless it overrides them).
-        self.parameters: Dict[str, str] = {
-            "BacklogLimit": "auto" if backlog_limit is None else str(backlog_limit),
-            "MemoryFractionPpm": str(policy.fraction_ppm),
-            "MinimumLimit": str(policy.minimum),
-            "MaximumLimit": str(policy.maximum),
-            "BacklogWaitTime": "none" if backlog_wait_time is None else str(backlog_wait_time),
-            "AllowLower": "true" if allow_lower else "false",
-        }
+        self.parameters: Dict[str, str] = component_parameters(self.tuning)
         #: The YAML component document (the component's ``Data``).
         self.document = component_document(self.parameters, name=component_name, description=description)
         size = len(self.document)

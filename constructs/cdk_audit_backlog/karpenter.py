@@ -22,7 +22,8 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from . import bottlerocket, instance_memory
-from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
+from .policy import BacklogPolicy
+from .tuning_options import TuningOptions
 from .splice import Unsupported, literal_text, splice_user_data
 from .user_data import BlockInputs, render_block
 
@@ -64,19 +65,17 @@ def karpenter_user_data(
             f"ami_family must be one of {', '.join(AMI_FAMILIES)} (Karpenter's spelling), got {ami_family!r}; "
             f"Windows nodes have no Linux audit subsystem, and Custom images take the AL2023 or AL2 shape"
         )
-    if policy is None:
-        policy = BacklogPolicy()
-    elif not isinstance(policy, BacklogPolicy):
-        raise ValueError(f"policy must be a BacklogPolicy, got {policy!r}")
-    if backlog_limit is not None:
-        validate_backlog_limit(backlog_limit)
-    if backlog_wait_time is not None:
-        validate_backlog_wait_time(backlog_wait_time)
+    # Karpenter's nodes boot from this user data once: no boot unit, no kernel command line.
+    tuning = TuningOptions(
+        backlog_limit=backlog_limit,
+        policy=policy,
+        backlog_wait_time=backlog_wait_time,
+        install_auditd=install_auditd,
+        allow_lower=allow_lower,
+        boot_unit=False,
+    )
     if user_data is not None and not isinstance(user_data, str):
         raise ValueError(f"user_data must be the text of your own user data, got {user_data!r}")
-    for name, flag in (("install_auditd", install_auditd), ("allow_lower", allow_lower)):
-        if not isinstance(flag, bool):
-            raise ValueError(f"{name} must be True or False, got {flag!r}")
     types = _instance_types(instance_types)
 
     if ami_family == "Bottlerocket":
@@ -87,22 +86,13 @@ def karpenter_user_data(
             )
         if user_data and user_data.strip() and not bottlerocket.is_bottlerocket_toml(user_data):
             raise ValueError("user_data for ami_family='Bottlerocket' must be TOML settings ([settings...])")
-        limit = backlog_limit if backlog_limit is not None else _smallest_type_limit(types, policy)
+        limit = tuning.backlog_limit if tuning.backlog_limit is not None else _smallest_type_limit(types, tuning)
         try:
             return bottlerocket.merge_settings(user_data or "", limit, allow_lower=allow_lower).text
         except bottlerocket.NotToml as e:
             raise ValueError(f"user_data is not Bottlerocket TOML the merge can keep intact: {e}") from None
 
-    block = render_block(
-        BlockInputs(
-            target=backlog_limit,
-            policy=policy,
-            backlog_wait_time=backlog_wait_time,
-            install_auditd=install_auditd,
-            allow_lower=allow_lower,
-            source="karpenter",
-        )
-    )
+    block = render_block(BlockInputs.for_options(tuning, target=tuning.backlog_limit, source="karpenter"))
     try:
         value = splice_user_data(None if user_data is None else {"Fn::Base64": user_data}, block, require_mime=True)
     except Unsupported as e:
@@ -127,11 +117,12 @@ def _instance_types(instance_types: Optional[Sequence[str]]) -> Optional[list]:
     return list(instance_types)
 
 
-def _smallest_type_limit(types: Optional[list], policy: BacklogPolicy) -> int:
+def _smallest_type_limit(types: Optional[list], tuning: TuningOptions) -> int:
     if not types:
         raise ValueError(
             "ami_family='Bottlerocket' needs backlog_limit or instance_types: Bottlerocket has no boot hook "
             "that could size the limit from MemTotal, so it is fixed in the TOML"
         )
     smallest = min(instance_memory.memory_mib(t) for t in types)  # type: ignore[type-var]
-    return policy.limit_for_memory(smallest)
+    assert tuning.policy is not None
+    return tuning.policy.limit_for_memory(smallest)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Optional
 
-from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
+from .policy import BacklogPolicy, validate_backlog_limit
+from .tuning_options import TuningOptions
 
 __all__ = ["BlockInputs", "render_block", "render_run_command", "BLOCK_BEGIN", "BLOCK_END", "SCRIPT_NAME"]
 
@@ -56,22 +57,42 @@ class BlockInputs:
     boot_unit: str = "off"
 
     def __post_init__(self) -> None:
-        # Stored as plain ints (numpy's integers are accepted too): they are written into a root shell.
+        # The option values are checked by TuningOptions (the one place with their error texts) and kept as
+        # it normalized them: plain ints (numpy's integers are accepted too), since they are written into a
+        # root shell.
         if self.target is not None:
             object.__setattr__(self, "target", validate_backlog_limit(self.target, "target"))
-        if self.backlog_wait_time is not None:
-            object.__setattr__(self, "backlog_wait_time", validate_backlog_wait_time(self.backlog_wait_time))
-        if not isinstance(self.policy, BacklogPolicy):
-            raise ValueError(f"policy must be a BacklogPolicy, got {self.policy!r}")
-        for name in ("kernel_cmdline", "install_auditd", "allow_lower"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.policy is None:
+            raise ValueError("policy must be a BacklogPolicy, got None")
+        options = TuningOptions(
+            policy=self.policy,
+            backlog_wait_time=self.backlog_wait_time,
+            kernel_cmdline=self.kernel_cmdline,
+            install_auditd=self.install_auditd,
+            allow_lower=self.allow_lower,
+        )
+        object.__setattr__(self, "backlog_wait_time", options.backlog_wait_time)
         if self.boot_unit not in BOOT_UNIT_MODES:
             raise ValueError(f"boot_unit must be one of {BOOT_UNIT_MODES}, got {self.boot_unit!r}")
         if not isinstance(self.source, str) or not _SOURCE_RE.match(self.source):
             raise ValueError(
                 f"source must match {_SOURCE_RE.pattern} (an instance type and its memory), got {self.source!r}"
             )
+
+    @classmethod
+    def for_options(cls, options: TuningOptions, *, target: Optional[int], source: str) -> "BlockInputs":
+        """The block for one launch (or one carrier): the decided ``target`` (None: ``auto``) and what it was
+        chosen from, with everything else as ``options`` say."""
+        return cls(
+            target=target,
+            policy=options.policy,
+            backlog_wait_time=options.backlog_wait_time,
+            kernel_cmdline=options.kernel_cmdline,
+            install_auditd=options.install_auditd,
+            allow_lower=options.allow_lower,
+            source=source,
+            boot_unit=options.boot_unit_mode,
+        )
 
     def features(self) -> frozenset:
         """The optional parts of the script these inputs use (the others are left out of the block)."""

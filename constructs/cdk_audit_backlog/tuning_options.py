@@ -1,0 +1,76 @@
+"""``TuningOptions``: what every carrier is told about the limit, validated once.
+
+The aspect, the SSM association, the Image Builder component, the Karpenter helper and the block renderer all
+take this one frozen value. Their users keep passing keyword arguments (aws-cdk-lib props style); each entry
+point builds a ``TuningOptions`` from them, and only here is a value checked, with one error text per option
+(the option's name and what is allowed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Optional
+
+from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
+
+__all__ = ["TuningOptions", "validate_flag"]
+
+
+def validate_flag(name: str, value: Any) -> bool:
+    """``value`` if it is True or False, else a ValueError naming ``name`` (1, "yes" or None are mistakes)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class TuningOptions:
+    """How a machine's audit backlog is tuned, whatever carries the script there.
+
+    :param backlog_limit: a fixed limit, 1..2147483647. Default: None (chosen per launch from the instance
+        type's memory with ``policy``; computed at boot from MemTotal where the type is unknown).
+    :param policy: how the limit follows memory. Default: ``BacklogPolicy()`` (1 % of memory, 320..262144).
+    :param backlog_wait_time: ``--backlog_wait_time`` in kernel ticks, 0..60000. Default: None (left as the
+        image has it).
+    :param kernel_cmdline: also set ``audit_backlog_limit=N`` on the kernel command line (next boot).
+        Default: False.
+    :param install_auditd: install auditd where the image lacks it. Default: False.
+    :param allow_lower: lower a larger limit the machine already has. Default: False (never lower).
+    :param boot_unit: also install the systemd unit that sizes the limit again on every later boot, before the
+        audit rules load. Default: True (carriers that run on a machine only once, such as the SSM
+        association, pass False).
+    """
+
+    backlog_limit: Optional[int] = None
+    policy: Optional[BacklogPolicy] = None
+    backlog_wait_time: Optional[int] = None
+    kernel_cmdline: bool = False
+    install_auditd: bool = False
+    allow_lower: bool = False
+    boot_unit: bool = True
+
+    def __post_init__(self) -> None:
+        # Stored normalized (numpy's integers become plain ints, None becomes the default policy), so that
+        # equal options compare and render alike.
+        if self.backlog_limit is not None:
+            object.__setattr__(self, "backlog_limit", validate_backlog_limit(self.backlog_limit))
+        if self.policy is None:
+            object.__setattr__(self, "policy", BacklogPolicy())
+        elif not isinstance(self.policy, BacklogPolicy):
+            raise ValueError(f"policy must be a BacklogPolicy, got {self.policy!r}")
+        if self.backlog_wait_time is not None:
+            object.__setattr__(self, "backlog_wait_time", validate_backlog_wait_time(self.backlog_wait_time))
+        for name in ("kernel_cmdline", "install_auditd", "allow_lower", "boot_unit"):
+            validate_flag(name, getattr(self, name))
+
+    @property
+    def boot_unit_mode(self) -> str:
+        """The boot unit's mode for the renderer: ``"off"``; ``"fixed"`` for the user's own limit; ``"auto"``
+        for a limit chosen from memory, which follows the memory at every boot (a resized instance)."""
+        if not self.boot_unit:
+            return "off"
+        return "fixed" if self.backlog_limit is not None else "auto"
+
+    def as_keywords(self) -> Dict[str, Any]:
+        """The options as the keyword arguments they came from."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
