@@ -2,7 +2,7 @@
 
 For users' own snapshot tests and for :mod:`.check`. This module re-implements the reading side of the
 block contract (``docs/design.md``) on purpose: it never imports the code that *writes* the block
-(``aspect.py``, ``splice.py``, ``user_data.py``), so a bug in the writer cannot hide in the reader too.
+(``launch_decision.py``, ``splice.py``, ``user_data.py``), so a bug in the writer cannot hide in the reader too.
 
 Typical use::
 
