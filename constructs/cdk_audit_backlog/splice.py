@@ -25,6 +25,8 @@ import binascii
 import re
 from typing import Any, List, Optional, Union
 
+from .user_data import BLOCK_BEGIN
+
 __all__ = ["Unsupported", "splice_user_data", "MIME_BOUNDARY", "user_data_kind"]
 
 Segment = Union[str, dict]
@@ -153,7 +155,7 @@ def _new_mime(block: str, tail_parts: List[Segment]) -> List[Segment]:
 def _splice_segments(segments: List[Segment], block: str, require_mime: bool) -> List[Segment]:
     head = _leading_text(segments)
     for s in segments:
-        if isinstance(s, str) and "# >>> cdk-audit-backlog >>>" in s:
+        if isinstance(s, str) and BLOCK_BEGIN in s:
             raise Unsupported("user data already carries a cdk-audit-backlog block")
     if not segments or (len(segments) == 1 and segments[0] == ""):
         return _new_mime(block, []) if require_mime else ["#!/bin/bash\n" + block]
