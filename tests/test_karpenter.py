@@ -90,6 +90,54 @@ def test_karpenters_al2023_merge_puts_its_node_config_first_then_ours_before_the
     assert BLOCK_BEGIN in shell[0].get_payload() and "Hello, AL2023!" in shell[1].get_payload()
 
 
+USER_SHELL = "#!/bin/bash\nset -e\necho 'first line of the user'\nexit 0\necho never\n"
+
+
+@pytest.mark.parametrize("family", ["AL2023", "AL2"])
+def test_a_users_shell_script_becomes_its_own_part_after_ours(family):
+    """An EC2NodeClass's userData is most often a plain shell script: it is kept byte for byte as a
+    text/x-shellscript part after ours (cloud-init runs the parts in order), not refused."""
+    text = karpenter_user_data(family, user_data=USER_SHELL)
+    ours, users = parts(text)
+    assert BLOCK_BEGIN in ours.get_payload() and BLOCK_BEGIN not in users.get_payload()
+    assert users.get_content_type() == "text/x-shellscript"
+    assert users.get_payload() == USER_SHELL
+    assert text.index(BLOCK_END) < text.index("first line of the user")
+    (settings,) = block_settings(text)
+    assert settings["CAB_SOURCE"] == "karpenter"
+
+
+def test_a_users_shell_part_runs_after_ours_on_a_fixture(tmp_path):
+    """Both parts as cloud-init runs them, in order: ours tunes the limit, then the user's script runs whole."""
+    sandbox = fx.make_sandbox(tmp_path / "sandbox")
+    root = tmp_path / "root"
+    fx.build(root, "al2023-fedora-file", mem_kib=8006068)
+    ours, users = shell_parts(karpenter_user_data("AL2023", user_data=USER_SHELL))
+    first = fx.run_user_data(root, sandbox, ours)
+    second = fx.run_user_data(root, sandbox, users)
+    assert first.returncode == 0 and second.returncode == 0, first.stdout + second.stdout
+    assert fx.kernel(root)["backlog_limit"] == 8192
+    assert "first line of the user" in second.stdout and "never" not in second.stdout
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"user_data": "#!/usr/bin/python3\nprint(1)\n"},
+        {"backlog_limit": 0},
+        {"ami_family": "Windows2022"},
+        {"ami_family": "Bottlerocket", "instance_types": []},
+    ],
+)
+def test_every_error_names_the_function_not_another_construct(kwargs):
+    kwargs = {"ami_family": "AL2023", **kwargs}
+    with pytest.raises(ValueError) as raised:
+        karpenter_user_data(kwargs.pop("ami_family"), **kwargs)
+    message = str(raised.value)
+    assert message.startswith("karpenter_user_data: "), message
+    assert "node group" not in message and "launch template" not in message, message
+
+
 @pytest.mark.parametrize("family", ["AL2023", "AL2"])
 def test_shell_part_passes_bash_n_and_shellcheck(family, tmp_path):
     (script,) = shell_parts(karpenter_user_data(family))

@@ -58,28 +58,44 @@ def karpenter_user_data(
     :param allow_lower: lower a larger limit the image (or, for Bottlerocket, ``user_data``) already
         has. Default: False.
     :param user_data: your own user data to keep, merged with ours: MIME, a shell script or
-        cloud-config (AL2023/AL2; ours becomes the first part), TOML (Bottlerocket). Default: None.
+        cloud-config (AL2023/AL2: ours becomes the first part, a shell script or cloud-config a part of its
+        own after ours, its bytes and order kept), TOML (Bottlerocket). Default: None.
+
+    Every error names this function and the option at fault.
     """
+    try:
+        return _node_class_user_data(
+            ami_family,
+            TuningOptions(
+                backlog_limit=backlog_limit,
+                policy=policy,
+                backlog_wait_time=backlog_wait_time,
+                install_auditd=install_auditd,
+                allow_lower=allow_lower,
+                # Karpenter's nodes boot from this user data once: no boot unit, no kernel command line.
+                boot_unit=False,
+            ),
+            instance_types,
+            user_data,
+        )
+    except ValueError as e:
+        raise ValueError(f"karpenter_user_data: {e}") from None
+
+
+def _node_class_user_data(
+    ami_family: str, tuning: TuningOptions, instance_types: Optional[Sequence[str]], user_data: Optional[str]
+) -> str:
     if ami_family not in AMI_FAMILIES:
         raise ValueError(
             f"ami_family must be one of {', '.join(AMI_FAMILIES)} (Karpenter's spelling), got {ami_family!r}; "
             f"Windows nodes have no Linux audit subsystem, and Custom images take the AL2023 or AL2 shape"
         )
-    # Karpenter's nodes boot from this user data once: no boot unit, no kernel command line.
-    tuning = TuningOptions(
-        backlog_limit=backlog_limit,
-        policy=policy,
-        backlog_wait_time=backlog_wait_time,
-        install_auditd=install_auditd,
-        allow_lower=allow_lower,
-        boot_unit=False,
-    )
     if user_data is not None and not isinstance(user_data, str):
         raise ValueError(f"user_data must be the text of your own user data, got {user_data!r}")
     types = _instance_types(instance_types)
 
     if ami_family == "Bottlerocket":
-        if backlog_wait_time is not None or install_auditd:
+        if tuning.backlog_wait_time is not None or tuning.install_auditd:
             raise ValueError(
                 "backlog_wait_time and install_auditd do not apply to ami_family='Bottlerocket' "
                 "(no auditd; only the kernel parameter audit_backlog_limit is set)"
@@ -88,13 +104,15 @@ def karpenter_user_data(
             raise ValueError("user_data for ami_family='Bottlerocket' must be TOML settings ([settings...])")
         limit = tuning.backlog_limit if tuning.backlog_limit is not None else _smallest_type_limit(types, tuning)
         try:
-            return bottlerocket.merge_settings(user_data or "", limit, allow_lower=allow_lower).text
+            return bottlerocket.merge_settings(user_data or "", limit, allow_lower=tuning.allow_lower).text
         except bottlerocket.NotToml as e:
             raise ValueError(f"user_data is not Bottlerocket TOML the merge can keep intact: {e}") from None
 
     block = render_block(BlockInputs.for_options(tuning, target=tuning.backlog_limit, source="karpenter"))
     try:
-        value = splice_user_data(None if user_data is None else {"Fn::Base64": user_data}, block, require_mime=True)
+        value = splice_user_data(
+            None if user_data is None else {"Fn::Base64": user_data}, block, require_mime=True, shell_as_part=True
+        )
     except Unsupported as e:
         raise ValueError(f"user_data cannot carry the block for ami_family={ami_family!r}: {e}") from None
     text = literal_text(value)

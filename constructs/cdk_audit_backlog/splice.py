@@ -152,7 +152,9 @@ def _new_mime(block: str, tail_parts: List[Segment]) -> List[Segment]:
     return out
 
 
-def _splice_segments(segments: List[Segment], block: str, require_mime: bool) -> List[Segment]:
+def _splice_segments(
+    segments: List[Segment], block: str, require_mime: bool, shell_as_part: bool = False
+) -> List[Segment]:
     head = _leading_text(segments)
     for s in segments:
         if isinstance(s, str) and BLOCK_BEGIN in s:
@@ -161,6 +163,8 @@ def _splice_segments(segments: List[Segment], block: str, require_mime: bool) ->
         return _new_mime(block, []) if require_mime else ["#!/bin/bash\n" + block]
     kind = user_data_kind(head)
     if kind == "shell":
+        if require_mime and shell_as_part:
+            return _new_mime(block, _user_part(segments, "text/x-shellscript", "user-data.sh"))
         if require_mime:
             raise Unsupported("this launch template's consumer (an EKS managed node group) needs MIME multipart user data")
         line_end = head.find("\n")
@@ -185,18 +189,23 @@ def _splice_segments(segments: List[Segment], block: str, require_mime: bool) ->
         part = delimiter + newline + _shell_part(block, newline)
         return _insert_at(segments, at, part)
     # cloud-config: keep the YAML as one unchanged part after ours.
+    return _new_mime(block, _user_part(segments, "text/cloud-config", "cloud-config.txt"))
+
+
+def _user_part(segments: List[Segment], content_type: str, filename: str) -> List[Segment]:
+    """The user's whole text as one unchanged MIME part (to follow ours)."""
     if any(isinstance(s, str) and MIME_BOUNDARY in s for s in segments):
         raise Unsupported("user data contains our MIME boundary string")
-    cloud_part: List[Segment] = [
+    part: List[Segment] = [
         "--" + MIME_BOUNDARY + "\n"
-        "Content-Type: text/cloud-config; charset=\"us-ascii\"\n"
+        f"Content-Type: {content_type}; charset=\"us-ascii\"\n"
         "MIME-Version: 1.0\n"
         "Content-Transfer-Encoding: 7bit\n"
-        "Content-Disposition: attachment; filename=\"cloud-config.txt\"\n\n"
+        f"Content-Disposition: attachment; filename=\"{filename}\"\n\n"
     ]
-    cloud_part.extend(segments)
-    cloud_part.append("\n")  # belongs to the closing delimiter: the part's payload is the user's text exactly
-    return _new_mime(block, cloud_part)
+    part.extend(segments)
+    part.append("\n")  # belongs to the closing delimiter: the part's payload is the user's text exactly
+    return part
 
 
 def _insert_at(segments: List[Segment], offset: int, text: str) -> List[Segment]:
@@ -217,8 +226,12 @@ def _insert_at(segments: List[Segment], offset: int, text: str) -> List[Segment]
     return out
 
 
-def splice_user_data(value: Any, block: str, *, require_mime: bool = False) -> Any:
-    """Returns ``value`` (a resolved ``UserData`` property) with ``block`` added; raises :class:`Unsupported`."""
+def splice_user_data(value: Any, block: str, *, require_mime: bool = False, shell_as_part: bool = False) -> Any:
+    """Returns ``value`` (a resolved ``UserData`` property) with ``block`` added; raises :class:`Unsupported`.
+
+    :param require_mime: the consumer takes MIME multipart only (an EKS managed node group, Karpenter).
+    :param shell_as_part: where MIME is required, a shell script becomes a part of its own after ours (what
+        Karpenter merges); without it a shell script is refused there (EKS refuses it anyway)."""
     if value is None:
         segments: List[Segment] = []
         wrap = "base64-fn"
@@ -236,7 +249,7 @@ def splice_user_data(value: Any, block: str, *, require_mime: bool = False) -> A
         raise Unsupported("user data is a token the library cannot see into (a parameter, import or other intrinsic)")
     if any(not isinstance(s, str) for s in segments) and not _leading_text(segments):
         raise Unsupported("user data starts with a token the library cannot see into")
-    result = _merge(_splice_segments(segments, block, require_mime))
+    result = _merge(_splice_segments(segments, block, require_mime, shell_as_part))
     if wrap == "base64-literal":
         return base64.b64encode("".join(result).encode("utf-8")).decode("ascii")  # type: ignore[arg-type]
     if len(result) == 1 and isinstance(result[0], str):
