@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Writes the README's policy table from the code (policy.py + the instance-memory table).
+"""Writes the policy table of docs/policy.md from the code (policy.py + the instance-memory table).
 
-`python scripts/readme_policy_table.py` rewrites the table between the markers in README.md;
-`--check` exits 1 when the README's table differs from what the code gives (a test runs that).
+`python scripts/policy_table.py` rewrites the table between the markers in docs/policy.md;
+`--check` exits 1 when the table there differs from what the code gives (a test runs that).
 """
 
 import os
@@ -17,7 +17,7 @@ from cdk_audit_backlog.policy import BacklogPolicy  # noqa: E402
 
 TYPES = ["t3.nano", "t3.micro", "t3.medium", "m5.large", "c5.2xlarge", "r5.2xlarge", "m5.8xlarge",
          "r6i.8xlarge", "x2iedn.8xlarge", "u-6tb1.112xlarge"]
-BEGIN = "<!-- policy-table:begin (scripts/readme_policy_table.py) -->"
+BEGIN = "<!-- policy-table:begin (scripts/policy_table.py) -->"
 END = "<!-- policy-table:end -->"
 
 
@@ -35,7 +35,7 @@ def table() -> str:
 
 
 def main() -> int:
-    path = os.path.join(ROOT, "README.md")
+    path = os.path.join(ROOT, "docs", "policy.md")
     with open(path, encoding="utf-8") as f:
         text = f.read()
     head, rest = text.split(BEGIN, 1)
@@ -43,7 +43,7 @@ def main() -> int:
     new = head + BEGIN + "\n" + table() + "\n" + END + tail
     if "--check" in sys.argv:
         if new != text:
-            print("README.md's policy table is out of date: run python scripts/readme_policy_table.py")
+            print("docs/policy.md's policy table is out of date: run python scripts/policy_table.py")
             return 1
         return 0
     with open(path, "w", encoding="utf-8") as f:
