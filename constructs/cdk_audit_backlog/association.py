@@ -343,7 +343,6 @@ class AuditBacklogAssociation(Construct):
             if not any(isinstance(a, _ManagedInstancePermissions) for a in Aspects.of(stack).all):
                 Aspects.of(stack).add(_ManagedInstancePermissions(options), priority=AspectPriority.MUTATING)
 
-
     @classmethod
     def from_options(
         cls, scope: Construct, id: str, tuning: TuningOptions, fleet: Optional[AssociationOptions] = None
@@ -357,7 +356,9 @@ class AuditBacklogAssociation(Construct):
             raise ValueError(f"fleet must be an AssociationOptions, got {fleet!r}")
         keywords = tuning.as_keywords()
         del keywords["boot_unit"]
-        return cls(scope, id, **keywords, **{f.name: getattr(fleet, f.name) for f in fields(AssociationOptions)})
+        return cls(
+            scope, id, **keywords, **{f.name: getattr(fleet, f.name) for f in fields(AssociationOptions)}
+        )
 
 
 @jsii.implements(IAspect)

@@ -9,7 +9,17 @@ from __future__ import annotations
 import sys
 from typing import Any, List, Optional
 
-from aws_cdk import Annotations, Aspects, CfnParameter, CfnResource, Reference, Stack, Stage, Token, Tokenization
+from aws_cdk import (
+    Annotations,
+    Aspects,
+    CfnParameter,
+    CfnResource,
+    Reference,
+    Stack,
+    Stage,
+    Token,
+    Tokenization,
+)
 from constructs import IConstruct
 
 from .launch_reader import USER_DATA_PATH, launch_references, raw
@@ -67,7 +77,9 @@ def warn_about_unreached_stages(app: Stage, aspect: Any) -> None:
     """``Aspects.of(app).add(...)`` never reaches Stages: say so where the user sees it."""
     if not any(a is aspect for a in Aspects.of(app).all):
         return
-    unreached = [c for c in app.node.find_all() if c is not app and isinstance(c, Stage) and not is_covered(c)]
+    unreached = [
+        c for c in app.node.find_all() if c is not app and isinstance(c, Stage) and not is_covered(c)
+    ]
     if not unreached:
         return
     names = ", ".join(s.node.path for s in unreached)

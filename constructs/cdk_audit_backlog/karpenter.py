@@ -102,7 +102,9 @@ def _node_class_user_data(
             )
         if user_data and user_data.strip() and not bottlerocket.is_bottlerocket_toml(user_data):
             raise ValueError("user_data for ami_family='Bottlerocket' must be TOML settings ([settings...])")
-        limit = tuning.backlog_limit if tuning.backlog_limit is not None else _smallest_type_limit(types, tuning)
+        limit = (
+            tuning.backlog_limit if tuning.backlog_limit is not None else _smallest_type_limit(types, tuning)
+        )
         try:
             return bottlerocket.merge_settings(user_data or "", limit, allow_lower=tuning.allow_lower).text
         except bottlerocket.NotToml as e:
@@ -111,7 +113,10 @@ def _node_class_user_data(
     block = render_block(BlockInputs.for_options(tuning, target=tuning.backlog_limit, source="karpenter"))
     try:
         value = splice_user_data(
-            None if user_data is None else {"Fn::Base64": user_data}, block, require_mime=True, shell_as_part=True
+            None if user_data is None else {"Fn::Base64": user_data},
+            block,
+            require_mime=True,
+            shell_as_part=True,
         )
     except Unsupported as e:
         raise ValueError(f"user_data cannot carry the block for ami_family={ami_family!r}: {e}") from None

@@ -85,7 +85,10 @@ def decide(launch: Launch, aspect: AspectSettings) -> LaunchDecision:
     else:
         sizing = size_from_types(launch, options.policy)
     # CloudFormation drops nulls: unknown type and memory are simply absent.
-    metadata: Dict[str, Any] = {"limit": "auto" if sizing.target is None else sizing.target, "reason": sizing.reason}
+    metadata: Dict[str, Any] = {
+        "limit": "auto" if sizing.target is None else sizing.target,
+        "reason": sizing.reason,
+    }
     if sizing.per_type:
         metadata["perType"] = sizing.per_type
     elif sizing.types and sizing.memory:
@@ -107,8 +110,12 @@ def decide(launch: Launch, aspect: AspectSettings) -> LaunchDecision:
     try:
         if bottlerocket.is_bottlerocket_user_data(resolved):
             # No boot-time sizing there: a mixed group's TOML gets its smallest type's limit.
-            fixed = min(sizing.per_type.values()) if sizing.target is None and sizing.per_type else sizing.target
-            new_user_data, limit, metadata["reason"] = _merge_bottlerocket(resolved, aspect, fixed, sizing.reason)
+            fixed = (
+                min(sizing.per_type.values()) if sizing.target is None and sizing.per_type else sizing.target
+            )
+            new_user_data, limit, metadata["reason"] = _merge_bottlerocket(
+                resolved, aspect, fixed, sizing.reason
+            )
             metadata["limit"] = limit
             metadata.pop("perType", None)
         else:
@@ -121,7 +128,9 @@ def decide(launch: Launch, aspect: AspectSettings) -> LaunchDecision:
 
 def _skipped(launch: Launch, reason: str) -> LaunchDecision:
     message = f"cdk-audit-backlog: {launch.resource.node.path} is not tuned: {reason}."
-    return LaunchDecision({"skipped": reason}, launch.user_data, (SKIPPED_WARNING, message), keeps_user_data=True)
+    return LaunchDecision(
+        {"skipped": reason}, launch.user_data, (SKIPPED_WARNING, message), keeps_user_data=True
+    )
 
 
 def exclusion_reason(resource: CfnResource, aspect: AspectSettings) -> Optional[str]:
@@ -146,7 +155,9 @@ def _merge_bottlerocket(
             f"or the aspect a backlog_limit"
         )
     try:
-        user_data, merge = bottlerocket.merge_user_data(resolved, target, allow_lower=aspect.options.allow_lower)
+        user_data, merge = bottlerocket.merge_user_data(
+            resolved, target, allow_lower=aspect.options.allow_lower
+        )
     except bottlerocket.NotToml as e:
         raise Unsupported(f"Bottlerocket TOML settings the merge cannot keep intact: {e}") from None
     notes = "".join(f"; {note}" for note in merge.notes)
@@ -197,7 +208,9 @@ def size_from_types(launch: Launch, policy: BacklogPolicy) -> TypeSizing:
         memory = instance_memory.memory_mib(t) if isinstance(t, str) else None
         if memory is None:
             shown = t if isinstance(t, str) else "a token or instance requirements"
-            return TypeSizing(None, f"instance type {shown} of {where} has no known memory: computed at boot from MemTotal")
+            return TypeSizing(
+                None, f"instance type {shown} of {where} has no known memory: computed at boot from MemTotal"
+            )
         known.append((memory, t))
     known.sort()
     memory, smallest = known[0]

@@ -50,7 +50,11 @@ USER_DATA_PATH = {
 CONSUMER_TYPES = ("AWS::AutoScaling::AutoScalingGroup", "AWS::EKS::Nodegroup")
 # The few properties read from each kind (camelCase, as CDK keeps L1 properties before rendering).
 _GROUP_FIELDS = {
-    "AWS::AutoScaling::AutoScalingGroup": ("launchTemplate", "mixedInstancesPolicy", "launchConfigurationName"),
+    "AWS::AutoScaling::AutoScalingGroup": (
+        "launchTemplate",
+        "mixedInstancesPolicy",
+        "launchConfigurationName",
+    ),
     "AWS::EKS::Nodegroup": ("launchTemplate", "instanceTypes"),
 }
 SKIP_ID = "CdkAuditBacklogSkip"
@@ -210,7 +214,9 @@ def read_stack(
     wanted: List[Any] = []
     for (_, kind), props in zip(launches, raws):
         data = get(props, "LaunchTemplateData") if kind == "AWS::EC2::LaunchTemplate" else props
-        if isinstance(data, dict):  # only what deciding reads: tag specifications and the like stay unresolved
+        if isinstance(
+            data, dict
+        ):  # only what deciding reads: tag specifications and the like stay unresolved
             wanted.append({"userData": get(data, "UserData"), "instanceType": get(data, "InstanceType")})
         else:
             wanted.append(data)  # a token or a struct object read earlier through its typed getter: all of it

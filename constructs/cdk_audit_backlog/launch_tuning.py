@@ -85,7 +85,11 @@ class Tuning:
         # apply_to claim is made after the plain aspects' visits but stands for an aspect that, added to its
         # scope with a mutating priority, would have visited first: it ranks before them on the same scope.
         ranked = [
-            (_distance_to_aspect(self.resource, a) if depth is None else depth, -1 if depth is not None else i, a)
+            (
+                _distance_to_aspect(self.resource, a) if depth is None else depth,
+                -1 if depth is not None else i,
+                a,
+            )
             for i, (a, depth) in enumerate(self.claims)
         ]
         return max(ranked, key=lambda c: (c[0], c[1]))[2]

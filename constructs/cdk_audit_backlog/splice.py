@@ -107,33 +107,43 @@ def user_data_kind(head: str) -> str:
             interpreter = words[1].rsplit("/", 1)[-1]
         if interpreter in _SHELLS:
             return "shell"
-        raise Unsupported(f"user data is a script for {interpreter or 'an unnamed interpreter'!r}, not a POSIX shell")
+        raise Unsupported(
+            f"user data is a script for {interpreter or 'an unnamed interpreter'!r}, not a POSIX shell"
+        )
     if lowered.startswith(("content-type: multipart", "mime-version:")) or (
         lowered.startswith("content-type:") and "multipart/" in lowered.split("\n\n", 1)[0]
     ):
         return "mime"
     if first_line.startswith("#cloud-config"):
         return "cloud-config"
-    if lowered.lstrip().startswith(("<powershell>", "<script>", "<persist>", "version: 1.", "<runasLocalSystem>".lower())):
-        raise Unsupported("user data is for Windows (PowerShell / EC2Launch), which has no Linux audit subsystem")
+    if lowered.lstrip().startswith(
+        ("<powershell>", "<script>", "<persist>", "version: 1.", "<runasLocalSystem>".lower())
+    ):
+        raise Unsupported(
+            "user data is for Windows (PowerShell / EC2Launch), which has no Linux audit subsystem"
+        )
     if re.match(r"\s*\[settings", stripped):
         raise Unsupported(
             "user data is Bottlerocket TOML settings (no auditd); AuditBacklog(bottlerocket=True) sets "
             "audit_backlog_limit in settings.boot.kernel-parameters instead"
         )
     if first_line.startswith("#"):
-        raise Unsupported(f"user data of kind {first_line.split()[0]!r} is not supported (only shell, MIME, cloud-config)")
-    raise Unsupported("user data has no '#!' shebang, MIME header or '#cloud-config' header: not a script cloud-init runs")
+        raise Unsupported(
+            f"user data of kind {first_line.split()[0]!r} is not supported (only shell, MIME, cloud-config)"
+        )
+    raise Unsupported(
+        "user data has no '#!' shebang, MIME header or '#cloud-config' header: not a script cloud-init runs"
+    )
 
 
 def _shell_part(block: str, newline: str = "\n") -> str:
     # Headers follow the archive's line ending; the script body keeps "\n", which is what bash needs.
     headers = newline.join(
         [
-            "Content-Type: text/x-shellscript; charset=\"us-ascii\"",
+            'Content-Type: text/x-shellscript; charset="us-ascii"',
             "MIME-Version: 1.0",
             "Content-Transfer-Encoding: 7bit",
-            "Content-Disposition: attachment; filename=\"cdk-audit-backlog.sh\"",
+            'Content-Disposition: attachment; filename="cdk-audit-backlog.sh"',
         ]
     )
     # The newline before the next "--boundary" belongs to the delimiter (RFC 2046), hence the extra one.
@@ -143,7 +153,7 @@ def _shell_part(block: str, newline: str = "\n") -> str:
 def _new_mime(block: str, tail_parts: List[Segment]) -> List[Segment]:
     """A MIME archive: our shell part, then (optionally) one more part given as segments."""
     out: List[Segment] = [
-        "Content-Type: multipart/mixed; boundary=\"" + MIME_BOUNDARY + "\"\n"
+        'Content-Type: multipart/mixed; boundary="' + MIME_BOUNDARY + '"\n'
         "MIME-Version: 1.0\n\n"
         "--" + MIME_BOUNDARY + "\n" + _shell_part(block)
     ]
@@ -166,7 +176,9 @@ def _splice_segments(
         if require_mime and shell_as_part:
             return _new_mime(block, _user_part(segments, "text/x-shellscript", "user-data.sh"))
         if require_mime:
-            raise Unsupported("this launch template's consumer (an EKS managed node group) needs MIME multipart user data")
+            raise Unsupported(
+                "this launch template's consumer (an EKS managed node group) needs MIME multipart user data"
+            )
         line_end = head.find("\n")
         if line_end < 0:
             if len(segments) > 1:
@@ -198,10 +210,10 @@ def _user_part(segments: List[Segment], content_type: str, filename: str) -> Lis
         raise Unsupported("user data contains our MIME boundary string")
     part: List[Segment] = [
         "--" + MIME_BOUNDARY + "\n"
-        f"Content-Type: {content_type}; charset=\"us-ascii\"\n"
+        f'Content-Type: {content_type}; charset="us-ascii"\n'
         "MIME-Version: 1.0\n"
         "Content-Transfer-Encoding: 7bit\n"
-        f"Content-Disposition: attachment; filename=\"{filename}\"\n\n"
+        f'Content-Disposition: attachment; filename="{filename}"\n\n'
     ]
     part.extend(segments)
     part.append("\n")  # belongs to the closing delimiter: the part's payload is the user's text exactly
@@ -226,7 +238,9 @@ def _insert_at(segments: List[Segment], offset: int, text: str) -> List[Segment]
     return out
 
 
-def splice_user_data(value: Any, block: str, *, require_mime: bool = False, shell_as_part: bool = False) -> Any:
+def splice_user_data(
+    value: Any, block: str, *, require_mime: bool = False, shell_as_part: bool = False
+) -> Any:
     """Returns ``value`` (a resolved ``UserData`` property) with ``block`` added; raises :class:`Unsupported`.
 
     :param require_mime: the consumer takes MIME multipart only (an EKS managed node group, Karpenter).
@@ -246,7 +260,9 @@ def splice_user_data(value: Any, block: str, *, require_mime: bool = False, shel
         segments = [text]
         wrap = "base64-literal"
     else:
-        raise Unsupported("user data is a token the library cannot see into (a parameter, import or other intrinsic)")
+        raise Unsupported(
+            "user data is a token the library cannot see into (a parameter, import or other intrinsic)"
+        )
     if any(not isinstance(s, str) for s in segments) and not _leading_text(segments):
         raise Unsupported("user data starts with a token the library cannot see into")
     result = _merge(_splice_segments(segments, block, require_mime, shell_as_part))
