@@ -79,7 +79,7 @@ def test_users_parts_are_kept_after_ours_byte_for_byte():
 
 def test_karpenters_al2023_merge_puts_its_node_config_first_then_ours_before_the_users_shell():
     """What the node receives: Karpenter's NodeConfig part, then the parts of our document in order
-    (FACTS.md). cloud-init runs the shell parts in that order in its final stage; nodeadm-run starts the
+    (Karpenter's documented merge). cloud-init runs the shell parts in that order in its final stage; nodeadm-run starts the
     kubelet after cloud-final, so our part has run by then."""
     ours_doc = parts(karpenter_user_data("AL2023", user_data=USER_MIME))
     karpenter_node_config = email.message_from_string(
@@ -151,7 +151,7 @@ def test_shell_part_passes_bash_n_and_shellcheck(family, tmp_path):
 
 @pytest.mark.parametrize("layout, mem_kib, expected", [("al2023-fedora-file", 8006068, 8192), ("al2023-fedora-file", 1990000, 2048), ("al2023-rhel-file", 1000000, 8192)])
 def test_al2023_shell_part_runs_on_the_al2023_fixtures(tmp_path, layout, mem_kib, expected):
-    """The part itself, run as cloud-init runs it, on both candidate AL2023 rules layouts (FACTS.md):
+    """The part itself, run as cloud-init runs it, on both candidate AL2023 rules layouts (which one AL2023 ships is unverified):
     Fedora's file (kernel 64) is raised to MemTotal's limit; RHEL's 8192 on a small node is kept."""
     sandbox = fx.make_sandbox(tmp_path / "sandbox")
     root = tmp_path / "root"
