@@ -54,10 +54,10 @@ bench: setup
 	$(PY) benchmarks/synth_overhead.py
 
 # The release: the sdist, and the wheel built from it, in dist/. --no-isolation builds with the setuptools and
-# wheel pinned in requirements-dev.txt (the same bytes on every machine, no download). twine checks the
+# wheel pinned in requirements-dev.txt (the same build tools on every machine, no download). twine checks the
 # metadata PyPI renders; check_dist.py that both hold every file of the package, py.typed, data/ and userdata/
 # included. tests/test_release.py installs such a wheel outside the repository and synthesizes with it.
-dist: setup
+dist: $(VENV_STAMP)
 	rm -rf dist build
 	$(PY) -m build --quiet --no-isolation --outdir dist .
 	$(PY) -m twine check --strict dist/*
