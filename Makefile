@@ -10,7 +10,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # cdk.json runs `python3 app.py`: the venv's python3 must come first.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup demo synth test test-fast storm bench clean
+.PHONY: setup demo synth test test-fast storm bench dist clean
 
 setup: $(VENV_STAMP) $(NODE_STAMP)
 
@@ -53,5 +53,15 @@ storm: setup debian-packages
 bench: setup
 	$(PY) benchmarks/synth_overhead.py
 
+# The release: the sdist, and the wheel built from it, in dist/. --no-isolation builds with the setuptools and
+# wheel pinned in requirements-dev.txt (the same build tools on every machine, no download). twine checks the
+# metadata PyPI renders; check_dist.py that both hold every file of the package, py.typed, data/ and userdata/
+# included. tests/test_release.py installs such a wheel outside the repository and synthesizes with it.
+dist: $(VENV_STAMP)
+	rm -rf dist build
+	$(PY) -m build --quiet --no-isolation --outdir dist .
+	$(PY) -m twine check --strict dist/*
+	$(PY) scripts/check_dist.py dist
+
 clean:
-	rm -rf cdk.out .venv node_modules build dist .pytest_cache .hypothesis
+	rm -rf cdk.out .venv node_modules build dist constructs/*.egg-info .pytest_cache .hypothesis

@@ -102,9 +102,9 @@ def test_the_rendered_auto_block_carries_the_same_function():
 @pytest.mark.parametrize(
     "mutation,kib",
     [
-        (("l*2<=f", "l*2<f"), 7_176_000),  # 7,176,000 kB: budget/8970 is exactly 8192
+        (("l*2<=fit", "l*2<fit"), 7_176_000),  # 7,176,000 kB: budget/8970 is exactly 8192
         (("$1*1024", "$1*1000"), 14_400_000),
-        (("p*(b/1000000)", "p*b/1000000"), 2**50),  # the unsplit product overflows 64 bits  # kB taken as 1000 bytes: 16384 becomes 8192
+        (("ppm*(b/1000000)", "ppm*b/1000000"), 2**50),  # the unsplit product overflows 64 bits  # kB taken as 1000 bytes: 16384 becomes 8192
         (("l>CAB_MAX?CAB_MAX", "l>CAB_MIN?CAB_MAX"), 16_000_000),
     ],
 )

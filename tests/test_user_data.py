@@ -157,7 +157,7 @@ def test_shellcheck_would_catch_a_slip(tmp_path):
     """The shellcheck tests can fail: an unquoted path in the block is reported."""
     script = tmp_path / "bad.sh"
     body = block_script(render_block(inputs_for(frozenset())))
-    bad = body.replace('cat "$E/rules.d/$f"', "cat $E/rules.d/$f")
+    bad = body.replace('cat "$E/rules.d/$fn"', "cat $E/rules.d/$fn")
     assert bad != body
     script.write_text("#!/bin/bash\n" + bad)
     r = subprocess.run([str(SHELLCHECK), "--severity=style", str(script)], capture_output=True, text=True)

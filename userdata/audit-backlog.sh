@@ -36,11 +36,21 @@ CAB_SOURCE="${CAB_SOURCE:-unknown}"
 CAB_UNIT="${CAB_UNIT:-off}"
 # @@CAB_INPUTS_END@@
 
-# R: filesystem root (fixtures); E: audit config dir.
+# Globals, one meaning each; the ones that recur are short because the block's size is budgeted
+# (docs/design.md, "Optional parts and size"). Functions keep their other names local.
+#   R filesystem root (fixtures; empty on instances); E audit config dir; S this script's own file (empty
+#   when bash reads it from stdin); V the boot unit's inputs (its env file).
+#   Set by st: en enabled, lo lost, bw backlog_wait_time, bl backlog_limit (the kernel's, from auditctl -s).
+#   Set by lay: a layout (1 augenrules, 0 audit.rules), f the rules file we persist in, p the -b the next
+#   boot's rules load, as last measured.
+#   Set by cab_main: mo mode (apply, boot, install); t target; s source; kib MemTotal in kB; pm package
+#   manager and pkg package (install); w wait time; m method; c the rules need our -b; k the content of f
+#   now, x its new content; ok persisted; ch changed a file; d limit the rules load; n limit the kernel
+#   gets; o kernel limit before; lost events lost (empty when the kernel did not report); state the state
+#   file; v exit status (see the end).
 R=${CAB_ROOT:-}
 E=$R/etc/audit
 # @@CAB_IF unit@@
-# S: this script's own file (empty when bash reads it from stdin); V: the boot unit's inputs.
 S=${BASH_SOURCE[0]:-}
 V=$R/etc/cdk-audit-backlog.env
 # @@CAB_ENDIF@@
@@ -64,10 +74,11 @@ q() {
 # cannot overflow; the loop finds the largest power of two <= budget/8970 (1 when there is none,
 # which the clamp turns into the minimum as policy.py does, since minimum >= 1).
 cab_limit_for_kib() {
-  local b=$(($1*1024)) p=$CAB_FRACTION_PPM l=1
-  # The split is exact: (q*M + r)*p/M = q*p + r*p/M with M = 1e6.
-  f=$(((p*(b/1000000)+b%1000000*p/1000000)/8970))
-  while ((l*2<=f)); do l=$((l*2)); done
+  local b=$(($1*1024)) ppm=$CAB_FRACTION_PPM l=1 fit
+  # The split is exact: (q*M + r)*ppm/M = q*ppm + r*ppm/M with M = 1e6. fit: how many full-size
+  # (8970-byte) audit messages the budget holds; l: the limit.
+  fit=$(((ppm*(b/1000000)+b%1000000*ppm/1000000)/8970))
+  while ((l*2<=fit)); do l=$((l*2)); done
   echo $((l>CAB_MAX?CAB_MAX:l<CAB_MIN?CAB_MIN:l))
 }
 # @@CAB_ENDIF@@
@@ -89,15 +100,15 @@ lb() {
 # leaving out file SKIP.
 mb() {
   # shellcheck disable=SC2012  # ls -1v is augenrules' own order; rules file names have no newlines
-  ls -1v "$E/rules.d" | while read -r f; do
-    [[ $f != *.rules || $f = "${1:-}" ]] || cat "$E/rules.d/$f"
+  ls -1v "$E/rules.d" | while read -r fn; do
+    [[ $fn != *.rules || $fn = "${1:-}" ]] || cat "$E/rules.d/$fn"
   done | lb
 }
 
 # lay: the layout. a=1 and f=our own rules.d file where auditd's start merges rules.d (augenrules:
 # systemd units, or SysV with USE_AUGENRULES=yes); else a=0 and f=/etc/audit/audit.rules, which auditd
-# loads as it is (Amazon Linux 1). p: the -b the next boot loads without us (augenrules: what the other
-# rules.d files load).
+# loads as it is (Amazon Linux 1). p: the -b the next boot loads without what we are about to write
+# (augenrules: what the other rules.d files load; cab_main measures the whole merge again after writing).
 lay() {
   a=0 f=$E/audit.rules
   if [ -d "$E/rules.d" ] && has augenrules && { [ -d "$R/run/systemd/system" ] || grep -qsi '^USE_AUGENRULES="\?y' "$R"/etc/{sysconfig,default}/auditd; }; then
@@ -124,7 +135,7 @@ kv() {
 # every boot, so a resize) with CAB_UNIT=auto (the aspect chose the limit from the instance type), else
 # CAB_TARGET (the user's fixed limit, or auto; install mode). A rerun writes nothing.
 cab_unit() {
-  local y=$CAB_TARGET s=$R/usr/local/sbin/cdk-audit-backlog u=$R/etc/systemd/system/cdk-audit-backlog.service x='' l
+  local y=$CAB_TARGET sbin=$R/usr/local/sbin/cdk-audit-backlog u=$R/etc/systemd/system/cdk-audit-backlog.service res='' svc link
   lay
   if [ $a = 0 ] || [ ! -d "$R/run/systemd/system" ] || [ ! -f "$S" ]; then
     say "unit: not installed (needs systemd, augenrules, a script file)"
@@ -132,46 +143,49 @@ cab_unit() {
   fi
   [ "$CAB_UNIT" != auto ] || y=auto
   wr "$V" "CAB_TARGET=$y" "CAB_FRACTION_PPM=$CAB_FRACTION_PPM" "CAB_MIN=$CAB_MIN" "CAB_MAX=$CAB_MAX" "CAB_WAIT=$CAB_WAIT" "CAB_KERNEL_CMDLINE=0" "CAB_INSTALL_AUDITD=0" "CAB_ALLOW_LOWER=$CAB_ALLOW_LOWER" "CAB_SOURCE=boot"
-  mkdir -p "${s%/*}" "${u%/*}" || :
-  wr "$s" "$(cat "$S")"
-  wr "$u" "[Unit]" "Description=cdk-audit-backlog: size the audit backlog before the audit rules load" "DefaultDependencies=no" "After=local-fs.target systemd-tmpfiles-setup.service" "Before=auditd.service audit-rules.service shutdown.target" "Conflicts=shutdown.target" "[Service]" "Type=oneshot" "RemainAfterExit=yes" "ExecStart=/bin/bash ${s#"$R"} boot" "StandardOutput=journal+console" "[Install]" "WantedBy=auditd.service audit-rules.service"
+  mkdir -p "${sbin%/*}" "${u%/*}" || :
+  wr "$sbin" "$(cat "$S")"
+  wr "$u" "[Unit]" "Description=cdk-audit-backlog: size the audit backlog before the audit rules load" "DefaultDependencies=no" "After=local-fs.target systemd-tmpfiles-setup.service" "Before=auditd.service audit-rules.service shutdown.target" "Conflicts=shutdown.target" "[Service]" "Type=oneshot" "RemainAfterExit=yes" "ExecStart=/bin/bash ${sbin#"$R"} boot" "StandardOutput=journal+console" "[Install]" "WantedBy=auditd.service audit-rules.service"
   # What `systemctl enable` makes of WantedBy= (without needing a running systemd).
-  for l in auditd audit-rules; do
-    l=${u%/*}/$l.service.wants/${u##*/}
-    [ -L "$l" ] || { mkdir -p "${l%/*}" && ln -s "${u#"$R"}" "$l" && x=${x:-installed}; } || x=failed
+  for svc in auditd audit-rules; do
+    link=${u%/*}/$svc.service.wants/${u##*/}
+    [ -L "$link" ] || { mkdir -p "${link%/*}" && ln -s "${u#"$R"}" "$link" && res=${res:-installed}; } || res=failed
   done
-  say "unit: ${x:-up to date} (boot target $y)"
-  [ "$x" != failed ] || return 6
+  say "unit: ${res:-up to date} (boot target $y)"
+  [ "$res" != failed ] || return 6
 }
 
-# wr FILE LINE...: FILE holds the LINEs, written only when it differs; x=installed when written, failed
-# when it cannot be.
+# wr FILE LINE...: FILE holds the LINEs, written only when it differs; sets the caller's res=installed
+# when written, failed when it cannot be.
 wr() {
-  local f=$1
+  local file=$1
   shift
-  [ "$(printf '%s\n' "$@")" = "$(cat "$f" 2>/dev/null)" ] || { printf '%s\n' "$@" >"$f" && x=${x:-installed}; } || x=failed
+  [ "$(printf '%s\n' "$@")" = "$(cat "$file" 2>/dev/null)" ] || { printf '%s\n' "$@" >"$file" && res=${res:-installed}; } || res=failed
 }
 # @@CAB_ENDIF@@
 
 # @@CAB_IF cmdline@@
-# cab_cmdline N: audit_backlog_limit=N on the command line of every installed kernel, once.
+# cab_cmdline N: audit_backlog_limit=N on the command line of every installed kernel, once. arg: that
+# argument; grub: GRUB's defaults file; how: the tool that set it, failed, why not, or empty (already set);
+# lacking: grubby's args= lines without it.
 cab_cmdline() {
-  local a=audit_backlog_limit=$1 g=$R/etc/default/grub x="no grubby or grub"
+  local arg=audit_backlog_limit=$1 grub=$R/etc/default/grub how="no grubby or grub" lacking
   if has grubby; then
-    x=$(timeout 60 grubby --info=ALL | grep '^args=' | grep -v "[\" ]${a}[\" ]") || :
-    if [ -n "$x" ]; then
-      x=grubby
-      q 120 grubby --update-kernel=ALL --args="$a" || x=failed
+    how=
+    lacking=$(timeout 60 grubby --info=ALL | grep '^args=' | grep -v "[\" ]${arg}[\" ]") || :
+    if [ -n "$lacking" ]; then
+      how=grubby
+      q 120 grubby --update-kernel=ALL --args="$arg" || how=failed
     fi
-  elif [ -f "$g" ]; then
-    x=
-    if ! grep -q "^GRUB_CMDLINE_LINUX=.*[\" ]${a}[\" ]" "$g"; then
-      sed -i -E "/^GRUB_CMDLINE_LINUX=/{s/ ?audit_backlog_limit=[0-9]*//g;s/\"\$/ $a\"/}" "$g"
-      x=update-grub
-      if has $x; then q 300 $x; else x=grub2-mkconfig; q 300 $x -o "$R/boot/grub2/grub.cfg"; fi || x=failed
+  elif [ -f "$grub" ]; then
+    how=
+    if ! grep -q "^GRUB_CMDLINE_LINUX=.*[\" ]${arg}[\" ]" "$grub"; then
+      sed -i -E "/^GRUB_CMDLINE_LINUX=/{s/ ?audit_backlog_limit=[0-9]*//g;s/\"\$/ $arg\"/}" "$grub"
+      how=update-grub
+      if has $how; then q 300 $how; else how=grub2-mkconfig; q 300 $how -o "$R/boot/grub2/grub.cfg"; fi || how=failed
     fi
   fi
-  say "cmdline: $a ${x:-already set}"
+  say "cmdline: $arg ${how:-already set}"
 }
 # @@CAB_ENDIF@@
 
@@ -179,9 +193,7 @@ cab_main() {
   set -Eeuo pipefail
   trap 'say "error $LINENO: $BASH_COMMAND"' ERR
   umask 027
-  # mo mode (apply, boot, install); t target, s source, w wait time, m method, a augenrules layout, c
-  # rules need our -b, f file we persist in, ok persisted, ch changed a file; d limit the rules load, n
-  # limit the kernel gets, o kernel limit before; v exit status (see the end).
+  # Its globals (mo t s kib pm pkg w m c k x ok ch d n o lost state v): see the legend at the top.
   # @@CAB_IF unit@@
   mo=${1:-apply}
   if [ "$mo" = install ]; then
@@ -199,24 +211,24 @@ cab_main() {
   # @@CAB_IF auto@@
   if [ "$t" = auto ]; then
     # No MemTotal (no /proc/meminfo): 0 kB, for which the formula gives the minimum.
-    k=$(awk '/^MemTotal:/{print $2}' "$R/proc/meminfo" 2>/dev/null) || :
-    t=$(cab_limit_for_kib "${k:-0}")
-    s="$s, MemTotal ${k:-?} kB"
+    kib=$(awk '/^MemTotal:/{print $2}' "$R/proc/meminfo" 2>/dev/null) || :
+    t=$(cab_limit_for_kib "${kib:-0}")
+    s="$s, MemTotal ${kib:-?} kB"
   fi
   # @@CAB_ENDIF@@
   say "target $t ($s)"
   # @@CAB_IF install@@
   if ! has auditctl && [ "$CAB_INSTALL_AUDITD" = 1 ]; then
-    for p in dnf yum zypper apt-get; do has $p && break; done
-    x=audit
-    if [ "$p" = apt-get ]; then
+    for pm in dnf yum zypper apt-get; do has $pm && break; done
+    pkg=audit
+    if [ "$pm" = apt-get ]; then
       q 300 apt-get update || :
-      x=auditd
+      pkg=auditd
     fi
-    if DEBIAN_FRONTEND=noninteractive q 600 "$p" install -y $x; then
-      say "install: $x ($p)"
+    if DEBIAN_FRONTEND=noninteractive q 600 "$pm" install -y $pkg; then
+      say "install: $pkg ($pm)"
     else
-      say "install: $x failed ($p)"
+      say "install: $pkg failed ($pm)"
     fi
   fi
   # @@CAB_ENDIF@@
@@ -244,7 +256,7 @@ cab_main() {
       d=$p
       say "persist: kept -b $p"
     fi
-    # x: the new content of f (our own file is rebuilt from nothing; audit.rules is edited).
+    # k: what f holds now; x: its new content (our own file is rebuilt from nothing; audit.rules is edited).
     k=$(cat "$f" 2>/dev/null) || k=
     x=$k
     [ $a = 0 ] || x=
@@ -313,14 +325,14 @@ cab_main() {
   # A unit that cannot be installed is reported; it does not change the exit status of apply.
   [ "$mo" != apply ] || [ "$CAB_UNIT" = off ] || cab_unit || :
   # @@CAB_ENDIF@@
-  x=${bl:+$lo}
-  say "backlog_limit $o -> ${bl:-?} ($s; method $m; lost ${x:-?})"
-  f=$R/var/lib/cdk-audit-backlog/state
+  lost=${bl:+$lo}
+  say "backlog_limit $o -> ${bl:-?} ($s; method $m; lost ${lost:-?})"
+  state=$R/var/lib/cdk-audit-backlog/state
   # Written when this run changed something: a file (ch=1), or the kernel (method auditctl; not none
   # or next-boot). So a rerun, immutable or not, leaves it alone.
-  if [[ $ch$m != 0n* ]] || [ ! -e "$f" ]; then
-    mkdir -p "${f%/*}"
-    printf '%s\n' "target=$t" "limit=${bl:-?}" "old=$o" "persisted=$ok" "method=$m" "lost=${x:-?}" "source=$s" >"$f"
+  if [[ $ch$m != 0n* ]] || [ ! -e "$state" ]; then
+    mkdir -p "${state%/*}"
+    printf '%s\n' "target=$t" "limit=${bl:-?}" "old=$o" "persisted=$ok" "method=$m" "lost=${lost:-?}" "source=$s" >"$state"
   fi
   # The exit status, for a caller that reads it (an SSM association: non-zero makes the instance
   # NON_COMPLIANT; user data ignores it; the boot unit shows failed): 0 done, nothing to do, or immutable
