@@ -245,8 +245,6 @@ def _set(text: str, data: Dict[str, Any], path: Tuple[str, ...], value: Any) -> 
     """``text`` with ``path`` set to ``value``, and what it now reads as; refused unless that is exactly the
     user's settings with this one key set."""
     expected = _with(data, path, value)
-    if _lookup(data, path) == value:
-        return text, data  # already so: nothing to touch
     for edit in _EDITS:
         candidate = edit(tomlkit.parse(text), path, value)
         if candidate is None:
