@@ -160,11 +160,13 @@ def test_build_phase_runs_the_boot_script_from_audit_backlog_sh(synthesized):
     _, _, template = synthesized
     _, document = document_of(template)
     build = steps(document, "build")
-    (script,) = [f for f in build["WriteInputsAndScript"]["inputs"] if f["path"] == "/var/tmp/cdk-audit-backlog.sh"]
+    files = build["WriteInputsAndScript"]["inputs"]
+    (script,) = [f for f in files if f["path"] == "/var/tmp/cdk-audit-backlog.sh"]
     assert script["content"] == component_script() and "cab_main" in script["content"]
     (commands,) = build["InstallBootUnit"]["inputs"]["commands"]
     runs = [line for line in commands.splitlines() if line.startswith("/bin/bash ")]
-    assert runs == ["/bin/bash /var/tmp/cdk-audit-backlog.sh install", "/bin/bash /usr/local/sbin/cdk-audit-backlog boot"]
+    assert runs == ["/bin/bash /var/tmp/cdk-audit-backlog.sh install",
+                    "/bin/bash /usr/local/sbin/cdk-audit-backlog boot"]
 
 
 def test_build_script_checks_the_patterns_the_component_declares(tmp_path):
@@ -172,7 +174,8 @@ def test_build_script_checks_the_patterns_the_component_declares(tmp_path):
     parameters the document declares (and recipe overrides are checked against)."""
     script = (Path(ROOT) / "userdata" / BUILD_SCRIPT).read_text()
     (line,) = [l for l in script.splitlines() if l.startswith("checks=(")]
-    r = subprocess.run(["bash", "-c", line + '\nprintf "%s\\n" "${checks[@]}"'], capture_output=True, text=True, check=True)
+    printed = line + '\nprintf "%s\\n" "${checks[@]}"'
+    r = subprocess.run(["bash", "-c", printed], capture_output=True, text=True, check=True)
     declared = [f"{var}={pattern}" for var, pattern, _ in image_builder._PARAMETERS.values()]
     assert r.stdout.splitlines() == declared
 

@@ -82,17 +82,20 @@ class BottlerocketMerge:
 # -- reading ----------------------------------------------------------------------------------------
 
 
-def _read(text: str) -> Tuple[tomlkit.TOMLDocument, Dict[str, Any]]:
-    """The document to edit, and its settings as plain data (``tomllib``'s reading where there is one)."""
+def _data(text: str) -> Dict[str, Any]:
+    """What ``text`` reads as: plain data, by ``tomllib`` where there is one (else tomlkit's reading)."""
     try:
-        if _toml is not None:
-            data = _toml.loads(text)
-        document = tomlkit.parse(text)
-        if _toml is None:
-            data = document.unwrap()
-    except (ValueError, TOMLKitError) as e:  # tomllib.TOMLDecodeError is a ValueError; tomlkit's errors
+        return _toml.loads(text) if _toml is not None else tomlkit.parse(text).unwrap()
+    except (ValueError, TOMLKitError) as e:  # tomllib.TOMLDecodeError is a ValueError
         raise NotToml(str(e)) from None
-    return document, data
+
+
+def _document(text: str) -> tomlkit.TOMLDocument:
+    """``text`` as tomlkit's editable document (comments, spacing and order kept)."""
+    try:
+        return tomlkit.parse(text)
+    except TOMLKitError as e:
+        raise NotToml(str(e)) from None
 
 
 def _lookup(data: Dict[str, Any], path: Tuple[str, ...]) -> Any:
@@ -137,6 +140,7 @@ def _headed(node: Any) -> Any:
     if isinstance(node, InlineTable) or (isinstance(node, Table) and not node.is_super_table()):
         return node
     if isinstance(node, OutOfOrderTableProxy):  # one table written as several [header] sections
+        # The proxy's parts are not public API (hence tomlkit's pinned minor release in pyproject.toml).
         return next((t for t in node._tables if not t.is_super_table()), None)
     return None
 
@@ -150,10 +154,11 @@ def _walk(document: tomlkit.TOMLDocument, path: Tuple[str, ...]) -> Tuple[Any, i
         if part not in node:
             break
         child = node[part]
+        here = _name(path[: depth + 1])
         if isinstance(child, AoT):
-            raise NotToml(f"{_name(path[: depth + 1])} is an array of tables: {_name(path)} has no single place there")
+            raise NotToml(f"{here} is an array of tables: {_name(path)} has no single place there")
         if not isinstance(child, dict):
-            raise NotToml(f"{_name(path[: depth + 1])} holds a value, not a table: {_name(path)} cannot be added")
+            raise NotToml(f"{here} holds a value, not a table: {_name(path)} cannot be added")
         node, depth = child, depth + 1
         if _headed(child) is not None:
             anchor, anchor_depth = _headed(child), depth
@@ -183,7 +188,8 @@ def _insert_under_header(document: tomlkit.TOMLDocument, path: Tuple[str, ...], 
             item.trivia.trail = " "
     body = anchor.value
     # tomlkit's public add() appends at the end of the table; a line right under the header is where
-    # a reader looks (and where earlier releases put it), so the item goes in at the first position.
+    # a reader looks (and where earlier releases put it, so deployed user data keeps its bytes): the item
+    # goes in at the first position with the container's _insert_at (hence the pinned minor release).
     if body.body:
         body._insert_at(0, key, item)
     else:
@@ -202,9 +208,9 @@ def _new_table_at_end(document: tomlkit.TOMLDocument, path: Tuple[str, ...], val
     addition = tomlkit.document()
     addition.add(path[0], node)
     text = document.as_string()
-    if text.strip():
-        text += "\n" if text.endswith("\n") else "\n\n"
-    return text + addition.as_string()
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text + ("\n" if text.strip() else "") + addition.as_string()
 
 
 def _dotted_at_root(document: tomlkit.TOMLDocument, path: Tuple[str, ...], value: Any) -> Optional[str]:
@@ -245,16 +251,24 @@ def _set(text: str, data: Dict[str, Any], path: Tuple[str, ...], value: Any) -> 
     """``text`` with ``path`` set to ``value``, and what it now reads as; refused unless that is exactly the
     user's settings with this one key set."""
     expected = _with(data, path, value)
+    document = _document(text)
     for edit in _EDITS:
-        candidate = edit(tomlkit.parse(text), path, value)
-        if candidate is None:
-            continue
-        candidate = _newlines_like(text, candidate)
         try:
-            if _read(candidate)[1] == expected:
-                return candidate, expected
+            candidate = edit(document, path, value)
         except NotToml:
-            continue
+            raise  # our path runs through an array of tables or a value: no edit can help
+        except (TOMLKitError, ValueError):  # tomlkit would not make this edit (e.g. a key defined twice)
+            candidate = ""
+        if candidate is None:
+            continue  # this edit has no place here and left the document as it was
+        if candidate:
+            candidate = _newlines_like(text, candidate)
+            try:
+                if _data(candidate) == expected:
+                    return candidate, expected
+            except NotToml:
+                pass
+        document = _document(text)  # the edit changed the document: the next one starts afresh
     raise NotToml(f"cannot set {_name(path)} without rewriting the user's settings")
 
 
@@ -274,7 +288,7 @@ def merge_settings(text: str, limit: int, *, allow_lower: bool = False) -> Bottl
     validate_backlog_limit(limit, "limit")
     if not isinstance(allow_lower, bool):
         raise ValueError(f"allow_lower must be True or False, got {allow_lower!r}")
-    _, data = _read(text)
+    data = _data(text)
     notes: List[str] = []
     existing = _lookup(data, LIMIT_PATH)
     if (
@@ -310,7 +324,7 @@ def is_bottlerocket_toml(text: str) -> bool:
     if stripped.startswith("#!") or stripped.lower().startswith("#cloud-config"):
         return False
     try:
-        _, data = _read(stripped)
+        data = _data(stripped)
     except NotToml:
         return False
     return bool(data) and set(data) == {"settings"}

@@ -154,8 +154,8 @@ def component_document(parameters: Dict[str, str], *, name: str, description: st
         "description": description,
         "schemaVersion": 1.0,
         "parameters": [
-            {param: {"type": "string", "default": parameters[param], "description": f"{about} (pattern {pattern})"}}
-            for param, (_, pattern, about) in _PARAMETERS.items()
+            {param: {"type": "string", "default": parameters[param], "description": f"{about} (pattern {rule})"}}
+            for param, (_, rule, about) in _PARAMETERS.items()
         ],
         "phases": [
             {
