@@ -306,6 +306,26 @@ def test_crlf_settings_stay_crlf(text):
     assert tomllib.loads(merged) == expected_doc(tomllib.loads(text), 8192)
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            'settings.boot.kernel-parameters."audit_backlog_limit" = ["320"]\n\n[settings.ecs]\ncluster = "c"\n',
+            'settings.boot.kernel-parameters."audit_backlog_limit" = ["1024"]\n\n'
+            'settings.boot.reboot-to-reconcile = true\n[settings.ecs]\ncluster = "c"\n',
+        ),
+        (
+            '# node\nsettings.boot.kernel-parameters."audit_backlog_limit" = ["320"]\n\n',
+            '# node\nsettings.boot.kernel-parameters."audit_backlog_limit" = ["1024"]\n\n'
+            "settings.boot.reboot-to-reconcile = true\n",
+        ),
+    ],
+)
+def test_root_dotted_keys_gain_a_line_right_before_the_first_table_or_at_the_end(text, expected):
+    """Where 0.1.0 put the line (so a deployed launch template keeps its bytes and its nodes do not roll)."""
+    assert merge_settings(text, 1024).text == expected
+
+
 def test_nested_inline_tables_gain_our_keys():
     text = "[settings]\nboot = { kernel-parameters = { quiet = [] } }\n"
     merged = merge_settings(text, 8192).text

@@ -174,14 +174,20 @@ def _replace(document: tomlkit.TOMLDocument, path: Tuple[str, ...], value: Any) 
     return document.as_string()
 
 
+def _staged(path: Tuple[str, ...], value: Any) -> Tuple[Key, Any]:
+    """The (maybe dotted) key and item tomlkit makes of ``path = value``, to be placed by the caller."""
+    staging = tomlkit.table()
+    staging.add(_key(path), value)
+    ((key, item),) = staging.value.body
+    return key, item
+
+
 def _insert_under_header(document: tomlkit.TOMLDocument, path: Tuple[str, ...], value: Any) -> Optional[str]:
     """A new first line under the deepest ``[header]`` on the path (or first item of an inline table)."""
     _, _, anchor, depth = _walk(document, path)
     if anchor is None:
         return None
-    staging = tomlkit.table()  # tomlkit builds the (maybe dotted) key and its item; we place them
-    staging.add(_key(path[depth:]), value)
-    ((key, item),) = staging.value.body
+    key, item = _staged(path[depth:], value)
     if isinstance(anchor, InlineTable):
         item.trivia.indent = " "
         if not anchor.value.body:
@@ -214,9 +220,20 @@ def _new_table_at_end(document: tomlkit.TOMLDocument, path: Tuple[str, ...], val
 
 
 def _dotted_at_root(document: tomlkit.TOMLDocument, path: Tuple[str, ...], value: Any) -> Optional[str]:
-    """A dotted key at the root, before the first table (where tomlkit's add() places it)."""
-    document.add(_key(path), value)
-    return document.as_string()
+    """A dotted key at the root, on the line right before the first ``[header]``, or after the last line
+    when there is none (as earlier releases put it; tomlkit's add() would put it after the last root key,
+    before the blank lines)."""
+    first_table = next(
+        (i for i, (k, v) in enumerate(document.body) if isinstance(v, (Table, AoT)) and k and not k.is_dotted()),
+        None,
+    )
+    if first_table is not None:
+        document._insert_at(first_table, *_staged(path, value))
+        return document.as_string()
+    addition = tomlkit.document()
+    addition.add(_key(path), value)
+    text = document.as_string()
+    return text + ("\n" if text and not text.endswith("\n") else "") + addition.as_string()
 
 
 #: Where a key of ours can go, most local edit first: the first whose result reads as expected is kept.
