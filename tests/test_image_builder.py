@@ -169,6 +169,15 @@ def test_build_phase_runs_the_boot_script_from_audit_backlog_sh(synthesized):
                     "/bin/bash /usr/local/sbin/cdk-audit-backlog boot"]
 
 
+def test_text_a_literal_block_cannot_hold_is_refused_not_quoted():
+    document = {"commands": ["echo hi \nexit 0\n"]}  # a trailing space: PyYAML would quote the whole script
+    with pytest.raises(ValueError, match="literal block"):
+        yaml.dump(document, Dumper=image_builder._ComponentDumper)
+    assert yaml.dump({"commands": ["echo hi\nexit 0\n"]}, Dumper=image_builder._ComponentDumper) == (
+        "commands:\n  - |\n    echo hi\n    exit 0\n"
+    )
+
+
 def test_build_script_checks_the_patterns_the_component_declares(tmp_path):
     """bash itself reads the build script's checks: the same names and patterns, in the same order, as the
     parameters the document declares (and recipe overrides are checked against)."""

@@ -135,8 +135,14 @@ class _ComponentDumper(yaml.SafeDumper):
         super().increase_indent(flow, False)
 
 
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+def _represent_str(dumper: _ComponentDumper, value: str) -> yaml.ScalarNode:
+    if "\n" not in value:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value)
+    # PyYAML quotes text a literal block cannot hold (trailing spaces, control characters) without saying
+    # so; a script must stay readable in the console, so such text is refused here instead.
+    if not dumper.analyze_scalar(value).allow_block:
+        raise ValueError(f"text of several lines that a YAML literal block cannot hold: {value[:60]!r}...")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
 
 
 _ComponentDumper.add_representer(str, _represent_str)
@@ -154,7 +160,8 @@ def component_document(parameters: Dict[str, str], *, name: str, description: st
         "description": description,
         "schemaVersion": 1.0,
         "parameters": [
-            {param: {"type": "string", "default": parameters[param], "description": f"{about} (pattern {rule})"}}
+            {param: {"type": "string", "default": parameters[param],
+                     "description": f"{about} (pattern {rule})"}}
             for param, (_, rule, about) in _PARAMETERS.items()
         ],
         "phases": [
