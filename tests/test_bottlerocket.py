@@ -279,6 +279,60 @@ def test_settings_where_our_keys_cannot_go_are_refused(text):
         merge_settings(text, 1024)
 
 
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[settings.boot]\nkernel-parameters = "quiet"\n', "settings.boot.kernel-parameters holds a value"),
+        ("[[settings.boot]]\nx = 1\n", "settings.boot is an array of tables"),
+        ("[settings\n", "line 1"),
+    ],
+)
+def test_refusals_say_where_or_which_key(text, message):
+    with pytest.raises(NotToml, match=re.escape(message)):
+        merge_settings(text, 1024)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[settings.kubernetes]\r\ncluster-name = "c"\r\n',
+        '[settings.boot]\r\nkernel-parameters = { console = ["x"] }\r\n',
+        'settings.motd = "x"\r\n[settings.boot]\r\nreboot-to-reconcile = false',
+    ],
+)
+def test_crlf_settings_stay_crlf(text):
+    merged = merge_settings(text, 8192).text
+    assert "\n" not in merged.replace("\r\n", ""), repr(merged)
+    assert tomllib.loads(merged) == expected_doc(tomllib.loads(text), 8192)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (
+            'settings.boot.kernel-parameters."audit_backlog_limit" = ["320"]\n\n[settings.ecs]\ncluster = "c"\n',
+            'settings.boot.kernel-parameters."audit_backlog_limit" = ["1024"]\n\n'
+            'settings.boot.reboot-to-reconcile = true\n[settings.ecs]\ncluster = "c"\n',
+        ),
+        (
+            '# node\nsettings.boot.kernel-parameters."audit_backlog_limit" = ["320"]\n\n',
+            '# node\nsettings.boot.kernel-parameters."audit_backlog_limit" = ["1024"]\n\n'
+            "settings.boot.reboot-to-reconcile = true\n",
+        ),
+    ],
+)
+def test_root_dotted_keys_gain_a_line_right_before_the_first_table_or_at_the_end(text, expected):
+    """Where 0.1.0 put the line (so a deployed launch template keeps its bytes and its nodes do not roll)."""
+    assert merge_settings(text, 1024).text == expected
+
+
+def test_nested_inline_tables_gain_our_keys():
+    text = "[settings]\nboot = { kernel-parameters = { quiet = [] } }\n"
+    merged = merge_settings(text, 8192).text
+    assert tomllib.loads(merged) == expected_doc(tomllib.loads(text), 8192)
+    assert merged.count("\n") == 2  # still the one line under [settings]
+
+
 @pytest.mark.parametrize("bad", [0, -1, 2**31, True, "8192", None])
 def test_limit_is_validated(bad):
     with pytest.raises(ValueError, match="limit"):

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import aws_cdk as cdk
 import pytest
@@ -13,9 +14,14 @@ from aws_cdk import aws_imagebuilder as imagebuilder
 from aws_cdk.assertions import Match, Template
 
 from cdk_audit_backlog import BacklogPolicy
+from cdk_audit_backlog import image_builder
 from cdk_audit_backlog.image_builder import (
+    BUILD_SCRIPT,
     COMPONENT_DATA_LIMIT,
+    TEST_SCRIPT,
+    VALIDATE_SCRIPT,
     AuditBacklogComponent,
+    build_script,
     check_component_document,
     component_script,
 )
@@ -67,7 +73,7 @@ def test_component_is_a_linux_component_with_the_document_inline(synthesized):
     _, component, template = synthesized
     template.has_resource_properties(
         "AWS::ImageBuilder::Component",
-        {"Name": "cdk-audit-backlog", "Platform": "Linux", "Version": "1.0.0", "Data": component.document},
+        {"Name": "cdk-audit-backlog", "Platform": "Linux", "Version": "1.1.0", "Data": component.document},
     )
 
 
@@ -130,6 +136,65 @@ def test_build_phase_installs_the_rendered_script_never_a_copy(synthesized):
     assert inputs.splitlines()[0] == "CAB_TARGET={{ BacklogLimit }}"
     (commands,) = build["InstallBootUnit"]["inputs"]["commands"]
     assert "/bin/bash /var/tmp/cdk-audit-backlog.sh install" in commands
+
+
+@pytest.mark.parametrize(
+    "phase, step, script",
+    [("build", "InstallBootUnit", BUILD_SCRIPT), ("validate", "CheckUnitAndRules", VALIDATE_SCRIPT),
+     ("test", "CheckKernelLimit", TEST_SCRIPT)],
+)
+def test_each_bash_step_is_its_shipped_script_as_a_literal_block(synthesized, phase, step, script):
+    """The document is written by PyYAML: each ExecuteBash step is one file of userdata/ as it is, written
+    as a literal block (readable in the console, no escapes), and the document reads back with safe_load."""
+    _, _, template = synthesized
+    data, document = document_of(template)
+    shipped = (Path(ROOT) / "userdata" / script).read_text()
+    assert steps(document, phase)[step]["inputs"]["commands"] == [shipped]
+    block = "".join(("              " + line if line else "") + "\n" for line in shipped.splitlines())
+    assert "commands:\n            - |\n" + block in data
+
+
+def test_build_phase_runs_the_boot_script_from_audit_backlog_sh(synthesized):
+    """The one boot script: CreateFile writes userdata/audit-backlog.sh (as component_script renders it),
+    and the build step runs exactly that file, then the copy its install mode made."""
+    _, _, template = synthesized
+    _, document = document_of(template)
+    build = steps(document, "build")
+    files = build["WriteInputsAndScript"]["inputs"]
+    (script,) = [f for f in files if f["path"] == "/var/tmp/cdk-audit-backlog.sh"]
+    assert script["content"] == component_script() and "cab_main" in script["content"]
+    (commands,) = build["InstallBootUnit"]["inputs"]["commands"]
+    runs = [line for line in commands.splitlines() if line.startswith("/bin/bash ")]
+    assert runs == ["/bin/bash /var/tmp/cdk-audit-backlog.sh install",
+                    "/bin/bash /usr/local/sbin/cdk-audit-backlog boot"]
+
+
+def test_text_a_literal_block_cannot_hold_is_refused_not_quoted():
+    document = {"commands": ["echo hi \nexit 0\n"]}  # a trailing space: PyYAML would quote the whole script
+    with pytest.raises(ValueError, match="literal block"):
+        yaml.dump(document, Dumper=image_builder._ComponentDumper)
+    assert yaml.dump({"commands": ["echo hi\nexit 0\n"]}, Dumper=image_builder._ComponentDumper) == (
+        "commands:\n  - |\n    echo hi\n    exit 0\n"
+    )
+
+
+def test_build_script_checks_the_patterns_the_component_declares(tmp_path):
+    """bash itself reads the build script's checks: the same names and patterns, in the same order, as the
+    parameters the document declares (and recipe overrides are checked against)."""
+    script = (Path(ROOT) / "userdata" / BUILD_SCRIPT).read_text()
+    (line,) = [l for l in script.splitlines() if l.startswith("checks=(")]
+    printed = line + '\nprintf "%s\\n" "${checks[@]}"'
+    r = subprocess.run(["bash", "-c", printed], capture_output=True, text=True, check=True)
+    declared = [f"{var}={pattern}" for var, pattern, _ in image_builder._PARAMETERS.values()]
+    assert r.stdout.splitlines() == declared
+
+
+def test_a_build_script_out_of_step_with_the_parameters_is_refused(monkeypatch):
+    parameters = dict(image_builder._PARAMETERS)
+    var, _, about = parameters["MinimumLimit"]
+    monkeypatch.setitem(image_builder._PARAMETERS, "MinimumLimit", (var, "[0-9]+", about))
+    with pytest.raises(RuntimeError, match="checks=\\("):
+        build_script()
 
 
 @pytest.mark.parametrize("phase", ["build", "validate", "test"])

@@ -5,11 +5,12 @@ Bottlerocket runs no auditd and no user-data scripts, so the boot block cannot r
 ``settings.boot.reboot-to-reconcile = true``, which reboots once during the first boot when user data
 changed the boot settings, so the kernel starts with ``audit_backlog_limit=N`` before any workload runs.
 
-The merge works on the text, never through a TOML library's round trip (which would drop comments and
-reorder tables): a small scanner finds where each statement and table header starts and ends, and the two
-settings are either replaced in place (their value only) or inserted as one new line. Every user line is
-kept, in order. Where Python has ``tomllib`` (3.11+) the result is parsed and must equal the user's
-settings plus exactly our two keys, or the merge is refused.
+The merge edits the user's document with ``tomlkit``, which keeps comments, spacing, key spelling and table
+order: a value of ours already there is replaced in place (its value only), otherwise the key goes in as one
+new line (or inline-table item) at the top of the deepest table on its path, or as a new table at the end.
+Every user line is kept, in order, with the file's newline style. The result is parsed again (``tomllib``
+on 3.11+, else tomlkit's own reading) and must equal the user's settings plus exactly our two keys, or the
+merge is refused.
 
 The limit is fixed at synth time: Bottlerocket has no hook that runs before the kernel starts and could
 size it from MemTotal. So ``auto`` (instance type unknown) is refused here; the aspect skips such a
@@ -21,13 +22,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from difflib import SequenceMatcher
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import tomlkit
+from tomlkit.container import OutOfOrderTableProxy
+from tomlkit.exceptions import TOMLKitError
+from tomlkit.items import AoT, DottedKey, InlineTable, Key, KeyType, SingleKey, Table
 
 from .policy import validate_backlog_limit
 
 try:  # Python 3.11+
     import tomllib as _toml
-except ImportError:  # pragma: no cover - older Pythons: tomli if present, else no re-parse check
+except ImportError:  # pragma: no cover - older Pythons: tomli if present, else tomlkit's own reading
     try:
         import tomli as _toml  # type: ignore[no-redef]
     except ImportError:
@@ -52,12 +59,10 @@ LIMIT_PATH = ("settings", "boot", "kernel-parameters", KERNEL_PARAMETER)
 #: ``settings.boot.reboot-to-reconcile``: reboot once at first boot so the parameter is in force.
 RECONCILE_PATH = ("settings", "boot", "reboot-to-reconcile")
 
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_LIMIT_VALUE = re.compile(r"""\[\s*(?:"(\d{1,10})"|'(\d{1,10})')\s*,?\s*\]""")
-
 
 class NotToml(ValueError):
-    """The text is not TOML the scanner can read; ``str(e)`` says where."""
+    """The text is not TOML, or our keys cannot be added without rewriting the user's; ``str(e)`` says
+    where or which key."""
 
 
 @dataclass(frozen=True)
@@ -74,239 +79,32 @@ class BottlerocketMerge:
     notes: Tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class _Statement:
-    kind: str  # "header", "array-header" or "kv"
-    path: Tuple[str, ...]  # the full key path (for kv: the section's path + the dotted key)
-    start: int  # offset of the statement's first character
-    line_end: int  # offset just after its line's newline (or len(text))
-    value: Optional[Tuple[int, int]] = None  # kv only: the value's span
-    in_array_table: bool = False  # kv inside a [[...]] section: its path is not a plain table path
+# -- reading ----------------------------------------------------------------------------------------
 
 
-# -- scanning ---------------------------------------------------------------------------------------
-
-
-class _Scanner:
-    """Statement boundaries of a TOML document (TOML 1.0 syntax; values are skipped, not interpreted)."""
-
-    def __init__(self, text: str) -> None:
-        self.t = text
-        self.n = len(text)
-
-    def fail(self, i: int, what: str) -> NotToml:
-        line = self.t.count("\n", 0, i) + 1
-        return NotToml(f"line {line}: {what}")
-
-    def ws(self, i: int) -> int:
-        while i < self.n and self.t[i] in " \t":
-            i += 1
-        return i
-
-    def blank(self, i: int) -> int:
-        """Skips whitespace, newlines and comments."""
-        while i < self.n:
-            c = self.t[i]
-            if c in " \t\r\n":
-                i += 1
-            elif c == "#":
-                i = self.comment_end(i)
-            else:
-                break
-        return i
-
-    def comment_end(self, i: int) -> int:
-        end = self.t.find("\n", i)
-        return self.n if end < 0 else end
-
-    def line_end(self, i: int) -> int:
-        i = self.ws(i)
-        if i < self.n and self.t[i] == "#":
-            i = self.comment_end(i)
-        if i >= self.n:
-            return self.n
-        if self.t.startswith("\r\n", i):
-            return i + 2
-        if self.t[i] == "\n":
-            return i + 1
-        raise self.fail(i, f"unexpected {self.t[i]!r} after a statement")
-
-    def string_end(self, i: int) -> int:
-        t = self.t
-        for quote in ('"""', "'''"):
-            if t.startswith(quote, i):
-                j = i + 3
-                while True:
-                    k = t.find(quote, j)
-                    if k < 0:
-                        raise self.fail(i, "unterminated multi-line string")
-                    if quote == '"""' and _escaped(t, k):
-                        j = k + 1
-                        continue
-                    k += 3
-                    extra = 0  # up to two more quotes belong to the content
-                    while extra < 2 and k < self.n and t[k] == quote[0]:
-                        k, extra = k + 1, extra + 1
-                    return k
-        quote = t[i]
-        j = i + 1
-        while j < self.n:
-            c = t[j]
-            if c == "\n":
-                break
-            if c == "\\" and quote == '"':
-                j += 2
-                continue
-            if c == quote:
-                return j + 1
-            j += 1
-        raise self.fail(i, "unterminated string")
-
-    def value_end(self, i: int) -> int:
-        t = self.t
-        if i >= self.n:
-            raise self.fail(i, "missing value")
-        c = t[i]
-        if c in "\"'":
-            return self.string_end(i)
-        if c in "[{":
-            depth = 0
-            while i < self.n:
-                c = t[i]
-                if c in "\"'":
-                    i = self.string_end(i)
-                    continue
-                if c == "#":
-                    i = self.comment_end(i)
-                    continue
-                if c in "[{":
-                    depth += 1
-                elif c in "]}":
-                    depth -= 1
-                    if depth == 0:
-                        return i + 1
-                i += 1
-            raise self.fail(i, "unterminated array or inline table")
-        j = i
-        while j < self.n and t[j] not in "#\r\n":
-            j += 1
-        j_end = j
-        while j_end > i and t[j_end - 1] in " \t":
-            j_end -= 1
-        if j_end == i:
-            raise self.fail(i, "missing value")
-        return j_end
-
-    def key(self, i: int) -> Tuple[List[str], int]:
-        parts: List[str] = []
-        while True:
-            i = self.ws(i)
-            if i < self.n and self.t[i] in "\"'":
-                if self.t.startswith(self.t[i] * 3, i):
-                    raise self.fail(i, "multi-line string as a key")
-                end = self.string_end(i)
-                raw = self.t[i + 1 : end - 1]
-                parts.append(_unescape(raw) if self.t[i] == '"' else raw)
-                i = end
-            else:
-                m = _BARE_KEY.match(self.t, i)
-                if not m:
-                    raise self.fail(i, "expected a key")
-                parts.append(m.group())
-                i = m.end()
-            i = self.ws(i)
-            if i < self.n and self.t[i] == ".":
-                i += 1
-                continue
-            return parts, i
-
-    def inline_items(self, i: int) -> List[Tuple[List[str], int, int]]:
-        """(dotted key, value start, value end) of each item of the inline table starting at ``i``."""
-        items = []
-        i = self.ws(i + 1)
-        while i < self.n and self.t[i] != "}":
-            key, i = self.key(i)
-            if i >= self.n or self.t[i] != "=":
-                raise self.fail(i, "expected '=' in an inline table")
-            start = self.ws(i + 1)
-            end = self.value_end(start)
-            items.append((key, start, end))
-            i = self.ws(end)
-            if i < self.n and self.t[i] == ",":
-                i = self.ws(i + 1)
-        return items
-
-    def statements(self) -> List[_Statement]:
-        out: List[_Statement] = []
-        section: Tuple[str, ...] = ()
-        in_array_table = False
-        i = self.blank(0)
-        while i < self.n:
-            start = i
-            if self.t[i] == "[":
-                array = self.t.startswith("[[", i)
-                key, i = self.key(i + (2 if array else 1))
-                close = "]]" if array else "]"
-                if not self.t.startswith(close, i):
-                    raise self.fail(i, f"expected {close!r}")
-                section, in_array_table = tuple(key), array
-                end = self.line_end(i + len(close))
-                out.append(_Statement("array-header" if array else "header", section, start, end))
-            else:
-                key, i = self.key(i)
-                if i >= self.n or self.t[i] != "=":
-                    raise self.fail(i, "expected '='")
-                value_start = self.ws(i + 1)
-                value_end = self.value_end(value_start)
-                end = self.line_end(value_end)
-                out.append(
-                    _Statement("kv", section + tuple(key), start, end, (value_start, value_end), in_array_table)
-                )
-            i = self.blank(end)
-        return out
-
-
-def _escaped(text: str, at: int) -> bool:
-    """Whether the character at ``at`` is escaped by an odd number of backslashes."""
-    count = 0
-    while at - count - 1 >= 0 and text[at - count - 1] == "\\":
-        count += 1
-    return count % 2 == 1
-
-
-_ESCAPES = {"b": "\b", "t": "\t", "n": "\n", "f": "\f", "r": "\r", '"': '"', "\\": "\\", "e": "\x1b"}
-
-
-def _unescape(raw: str) -> str:
-    def one(m: "re.Match[str]") -> str:
-        s = m.group(1)
-        if s[0] in "uU":
-            return chr(int(s[1:], 16))
-        return _ESCAPES[s]
-
-    return re.sub(r"\\(u[0-9A-Fa-f]{4}|U[0-9A-Fa-f]{8}|[btnfre\"\\])", one, raw)
-
-
-# -- merging ----------------------------------------------------------------------------------------
-
-
-def _key_text(path: Tuple[str, ...]) -> str:
-    # Kernel parameter names may hold dots (module.param), so Bottlerocket's documentation quotes them:
-    # ours is quoted the same way; other segments are bare where TOML allows.
-    out = []
-    for part in path:
-        bare = _BARE_KEY.fullmatch(part) and part != KERNEL_PARAMETER
-        out.append(part if bare else '"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"')
-    return ".".join(out)
-
-
-def _parse(text: str) -> Optional[Dict[str, Any]]:
-    if _toml is None:
-        return None
+def _data(text: str) -> Dict[str, Any]:
+    """What ``text`` reads as: plain data, by ``tomllib`` where there is one (else tomlkit's reading)."""
     try:
-        return _toml.loads(text)
-    except Exception as e:  # tomllib.TOMLDecodeError, or tomli's
+        return _toml.loads(text) if _toml is not None else tomlkit.parse(text).unwrap()
+    except (ValueError, TOMLKitError) as e:  # tomllib.TOMLDecodeError is a ValueError
         raise NotToml(str(e)) from None
+
+
+def _document(text: str) -> tomlkit.TOMLDocument:
+    """``text`` as tomlkit's editable document (comments, spacing and order kept)."""
+    try:
+        return tomlkit.parse(text)
+    except TOMLKitError as e:
+        raise NotToml(str(e)) from None
+
+
+def _lookup(data: Dict[str, Any], path: Tuple[str, ...]) -> Any:
+    node: Any = data
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def _with(doc: Dict[str, Any], path: Tuple[str, ...], value: Any) -> Dict[str, Any]:
@@ -322,88 +120,173 @@ def _with(doc: Dict[str, Any], path: Tuple[str, ...], value: Any) -> Dict[str, A
     return out
 
 
-def _candidates(text: str, statements: List[_Statement], path: Tuple[str, ...], value: str) -> List[str]:
-    """Texts that set ``path`` to ``value``, most local edit first (the caller keeps the first valid one)."""
-    nl = "\r\n" if "\r\n" in text else "\n"
-    out: List[str] = []
-
-    def insert(at: int, line: str) -> str:
-        head = text[:at]
-        if head and not head.endswith("\n"):
-            head += nl
-        return head + line + nl + text[at:]
-
-    for s in statements:
-        if s.kind == "array-header" and path[: len(s.path)] == s.path:
-            return []  # an array of tables on our path: nothing we can add to safely
-        if s.kind != "kv" or s.in_array_table or s.value is None:
-            continue
-        if s.path == path:  # replace the value only: key spelling, spacing and comment stay
-            a, b = s.value
-            return [text[:a] + value + text[b:]]
-        if path[: len(s.path)] == s.path:  # a prefix of our path holds a value
-            a, b = s.value
-            if text[a] != "{":
-                return []  # e.g. boot = "x": our key cannot exist there
-            return [_set_inline(text, a, b, path[len(s.path) :], value)]
-    headers = [s for s in statements if s.kind == "header" and path[: len(s.path)] == s.path and s.path != path]
-    if headers:
-        deepest = max(headers, key=lambda s: len(s.path))
-        out.append(insert(deepest.line_end, _key_text(path[len(deepest.path) :]) + " = " + value))
-    table = _key_text(path[:-1])
-    tail = text if not text or text.endswith("\n") else text + nl
-    out.append(tail + (nl if tail.strip() else "") + "[" + table + "]" + nl + _key_text(path[-1:]) + " = " + value + nl)
-    first_header = next((s.start for s in statements if s.kind != "kv"), None)
-    root_line = _key_text(path) + " = " + value
-    out.append(insert(first_header, root_line) if first_header is not None else insert(len(text), root_line))
-    return out
+# -- editing ----------------------------------------------------------------------------------------
 
 
-def _set_inline(text: str, a: int, b: int, rest: Tuple[str, ...], value: str) -> str:
-    """``text`` with ``rest`` set to ``value`` inside the inline table at ``a``..``b``: the item's value
-    replaced when it is there (also in a nested inline table), else a new first item."""
-    for key, start, end in _Scanner(text).inline_items(a):
-        key_path = tuple(key)
-        if key_path == rest:
-            return text[:start] + value + text[end:]
-        if rest[: len(key_path)] == key_path and text[start] == "{":
-            return _set_inline(text, start, end, rest[len(key_path) :], value)
-    item = _key_text(rest) + " = " + value
-    empty = not text[a + 1 : b - 1].strip()
-    return text[: a + 1] + " " + item + (" " if empty else ",") + text[a + 1 :]
+def _name(path: Tuple[str, ...]) -> str:
+    return ".".join(path)
 
 
-def _set(text: str, path: Tuple[str, ...], value_text: str, value: Any) -> str:
-    doc = _parse(text)
-    expected = _with(doc, path, value) if doc is not None else None
-    for candidate in _candidates(text, _Scanner(text).statements(), path, value_text):
-        if expected is None:
-            return candidate  # no TOML parser on this Python: the scanner's first choice
-        try:
-            if _parse(candidate) == expected:
-                return candidate
-        except NotToml:
-            continue
-    raise NotToml(f"cannot set {_key_text(path)} without rewriting the user's settings")
+def _key(path: Tuple[str, ...]) -> Key:
+    # Kernel parameter names may hold dots (module.param), so Bottlerocket's documentation quotes them:
+    # ours is quoted the same way; other segments are bare where TOML allows (tomlkit decides).
+    parts = [SingleKey(p, t=KeyType.Basic) if p == KERNEL_PARAMETER else SingleKey(p) for p in path]
+    return parts[0] if len(parts) == 1 else DottedKey(parts)
 
 
-def _lookup(doc: Optional[Dict[str, Any]], text: str, path: Tuple[str, ...]) -> Any:
-    """The user's value at ``path``: from the parsed document, or (no parser) the scanner's text."""
-    if doc is not None:
-        node: Any = doc
-        for part in path:
-            if not isinstance(node, dict) or part not in node:
-                return None
-            node = node[part]
+def _headed(node: Any) -> Any:
+    """The part of ``node`` that has its own ``[header]`` (or is an inline table), else None: a table
+    only implied by a deeper header or by dotted keys has no line of its own to add a key under."""
+    if isinstance(node, InlineTable) or (isinstance(node, Table) and not node.is_super_table()):
         return node
-    for s in _Scanner(text).statements():
-        if s.kind == "kv" and s.path == path and s.value is not None:
-            raw = text[s.value[0] : s.value[1]]
-            if raw in ("true", "false"):
-                return raw == "true"
-            m = _LIMIT_VALUE.fullmatch(raw)
-            return [m.group(1) or m.group(2)] if m else raw
+    if isinstance(node, OutOfOrderTableProxy):  # one table written as several [header] sections
+        # The proxy's parts are not public API (hence tomlkit's pinned minor release in pyproject.toml).
+        return next((t for t in node._tables if not t.is_super_table()), None)
     return None
+
+
+def _walk(document: tomlkit.TOMLDocument, path: Tuple[str, ...]) -> Tuple[Any, int, Any, int]:
+    """(the deepest table on ``path`` that exists, its depth, the deepest one with a header of its own or
+    an inline table, its depth); refuses a path through an array of tables or through a value."""
+    node: Any = document
+    depth, anchor, anchor_depth = 0, None, 0
+    for part in path[:-1]:
+        if part not in node:
+            break
+        child = node[part]
+        here = _name(path[: depth + 1])
+        if isinstance(child, AoT):
+            raise NotToml(f"{here} is an array of tables: {_name(path)} has no single place there")
+        if not isinstance(child, dict):
+            raise NotToml(f"{here} holds a value, not a table: {_name(path)} cannot be added")
+        node, depth = child, depth + 1
+        if _headed(child) is not None:
+            anchor, anchor_depth = _headed(child), depth
+    return node, depth, anchor, anchor_depth
+
+
+def _replace(document: tomlkit.TOMLDocument, path: Tuple[str, ...], value: Any) -> Optional[str]:
+    """Our key already there: its value replaced in place (key spelling, spacing and comment stay)."""
+    node, depth, _, _ = _walk(document, path)
+    if depth != len(path) - 1 or path[-1] not in node:
+        return None
+    node[path[-1]] = value
+    return document.as_string()
+
+
+def _staged(path: Tuple[str, ...], value: Any) -> Tuple[Key, Any]:
+    """The (maybe dotted) key and item tomlkit makes of ``path = value``, to be placed by the caller."""
+    staging = tomlkit.table()
+    staging.add(_key(path), value)
+    ((key, item),) = staging.value.body
+    return key, item
+
+
+def _insert_under_header(document: tomlkit.TOMLDocument, path: Tuple[str, ...], value: Any) -> Optional[str]:
+    """A new first line under the deepest ``[header]`` on the path (or first item of an inline table)."""
+    _, _, anchor, depth = _walk(document, path)
+    if anchor is None:
+        return None
+    key, item = _staged(path[depth:], value)
+    if isinstance(anchor, InlineTable):
+        item.trivia.indent = " "
+        if not anchor.value.body:
+            item.trivia.trail = " "
+    body = anchor.value
+    # tomlkit's public add() appends at the end of the table; a line right under the header is where
+    # a reader looks (and where earlier releases put it, so deployed user data keeps its bytes): the item
+    # goes in at the first position with the container's _insert_at (hence the pinned minor release).
+    if body.body:
+        body._insert_at(0, key, item)
+    else:
+        body.append(key, item)
+    return document.as_string()
+
+
+def _new_table_at_end(document: tomlkit.TOMLDocument, path: Tuple[str, ...], value: Any) -> Optional[str]:
+    """A new ``[table]`` holding the key, after everything else (a blank line before it)."""
+    node: Any = tomlkit.table()
+    node.add(_key(path[-1:]), value)
+    for part in reversed(path[1:-1]):
+        outer = tomlkit.table(is_super_table=True)
+        outer.add(part, node)
+        node = outer
+    addition = tomlkit.document()
+    addition.add(path[0], node)
+    text = document.as_string()
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return text + ("\n" if text.strip() else "") + addition.as_string()
+
+
+def _dotted_at_root(document: tomlkit.TOMLDocument, path: Tuple[str, ...], value: Any) -> Optional[str]:
+    """A dotted key at the root, on the line right before the first ``[header]``, or after the last line
+    when there is none (as earlier releases put it; tomlkit's add() would put it after the last root key,
+    before the blank lines)."""
+    first_table = next(
+        (i for i, (k, v) in enumerate(document.body) if isinstance(v, (Table, AoT)) and k and not k.is_dotted()),
+        None,
+    )
+    if first_table is not None:
+        document._insert_at(first_table, *_staged(path, value))
+        return document.as_string()
+    addition = tomlkit.document()
+    addition.add(_key(path), value)
+    text = document.as_string()
+    return text + ("\n" if text and not text.endswith("\n") else "") + addition.as_string()
+
+
+#: Where a key of ours can go, most local edit first: the first whose result reads as expected is kept.
+_EDITS: Tuple[Callable[[tomlkit.TOMLDocument, Tuple[str, ...], Any], Optional[str]], ...] = (
+    _replace,
+    _insert_under_header,
+    _new_table_at_end,
+    _dotted_at_root,
+)
+
+
+def _lines(text: str) -> List[str]:
+    return [line for line in re.split(r"(?<=\n)", text) if line]
+
+
+def _newlines_like(original: str, edited: str) -> str:
+    """``edited`` with the lines that are not the user's ending as the original's do (CRLF stays CRLF:
+    tomlkit writes new lines with LF)."""
+    if "\r\n" not in original:
+        return edited
+    before, after = _lines(original), _lines(edited)
+    out: List[str] = []
+    for tag, _, _, j1, j2 in SequenceMatcher(None, before, after, autojunk=False).get_opcodes():
+        for line in after[j1:j2]:
+            if tag != "equal" and line.endswith("\n") and not line.endswith("\r\n"):
+                line = line[:-1] + "\r\n"
+            out.append(line)
+    return "".join(out)
+
+
+def _set(text: str, data: Dict[str, Any], path: Tuple[str, ...], value: Any) -> Tuple[str, Dict[str, Any]]:
+    """``text`` with ``path`` set to ``value``, and what it now reads as; refused unless that is exactly the
+    user's settings with this one key set."""
+    expected = _with(data, path, value)
+    document = _document(text)
+    for edit in _EDITS:
+        try:
+            candidate = edit(document, path, value)
+        except NotToml:
+            raise  # our path runs through an array of tables or a value: no edit can help
+        except (TOMLKitError, ValueError):  # tomlkit would not make this edit (e.g. a key defined twice)
+            candidate = ""
+        if candidate is None:
+            continue  # this edit has no place here and left the document as it was
+        if candidate:
+            candidate = _newlines_like(text, candidate)
+            try:
+                if _data(candidate) == expected:
+                    return candidate, expected
+            except NotToml:
+                pass
+        document = _document(text)  # the edit changed the document: the next one starts afresh
+    raise NotToml(f"cannot set {_name(path)} without rewriting the user's settings")
 
 
 def merge_settings(text: str, limit: int, *, allow_lower: bool = False) -> BottlerocketMerge:
@@ -417,15 +300,14 @@ def merge_settings(text: str, limit: int, *, allow_lower: bool = False) -> Bottl
     A ``reboot-to-reconcile = false`` the user wrote is kept (a reboot is the user's choice): the
     parameter then takes effect from the node's next reboot, and ``notes`` says so.
     Raises :class:`NotToml` (a ``ValueError``) when the text is not TOML or our keys cannot be added
-    without rewriting the user's own (e.g. ``boot`` set to a string).
+    without rewriting the user's own (e.g. ``boot`` set to a string, or an array of tables on the path).
     """
     validate_backlog_limit(limit, "limit")
     if not isinstance(allow_lower, bool):
         raise ValueError(f"allow_lower must be True or False, got {allow_lower!r}")
-    _Scanner(text).statements()  # fails early, with a line number, on text the scanner cannot read
-    doc = _parse(text)
+    data = _data(text)
     notes: List[str] = []
-    existing = _lookup(doc, text, LIMIT_PATH)
+    existing = _lookup(data, LIMIT_PATH)
     if (
         isinstance(existing, list)
         and len(existing) == 1
@@ -439,13 +321,13 @@ def merge_settings(text: str, limit: int, *, allow_lower: bool = False) -> Bottl
     merged = text
     # reboot-to-reconcile first: in settings with no [settings.boot] yet, the limit then goes under the
     # table that line created rather than into a second new table.
-    if _lookup(doc, text, RECONCILE_PATH) is False:
+    if _lookup(data, RECONCILE_PATH) is False:
         notes.append(
             "kept reboot-to-reconcile = false: the kernel parameter takes effect at the node's next reboot"
         )
     else:
-        merged = _set(merged, RECONCILE_PATH, "true", True)
-    merged = _set(merged, LIMIT_PATH, f'["{limit}"]', [str(limit)])
+        merged, data = _set(merged, data, RECONCILE_PATH, True)
+    merged, data = _set(merged, data, LIMIT_PATH, [str(limit)])
     return BottlerocketMerge(merged, limit, tuple(notes))
 
 
@@ -459,13 +341,10 @@ def is_bottlerocket_toml(text: str) -> bool:
     if stripped.startswith("#!") or stripped.lower().startswith("#cloud-config"):
         return False
     try:
-        statements = _Scanner(stripped).statements()
-        doc = _parse(stripped)
+        data = _data(stripped)
     except NotToml:
         return False
-    if doc is not None:
-        return bool(doc) and set(doc) == {"settings"}
-    return bool(statements) and all(s.path[:1] == ("settings",) for s in statements)
+    return bool(data) and set(data) == {"settings"}
 
 
 def settings_toml(limit: int) -> str:

@@ -5,7 +5,8 @@ the same script the user data runs (``userdata/audit-backlog.sh``, comments stri
 its inputs read from the environment) and its boot unit, so every instance launched from the image sizes
 the backlog from its own MemTotal before auditd loads the rules, on every boot.
 
-Phases (AWSTOE component document, ``schemaVersion: 1.0``):
+Phases (AWSTOE component document, ``schemaVersion: 1.0``, built as Python data and written by PyYAML;
+each ``ExecuteBash`` step is one shipped script, ``userdata/image-builder-{build,validate,test}.sh``):
 
 - ``build``: ``CreateFile`` writes the component's parameter values to a file and the script to a
   temporary path; ``ExecuteBash`` checks every value against a strict pattern (parameters are text pasted
@@ -28,8 +29,10 @@ from __future__ import annotations
 
 import json
 import re
+from importlib import resources
 from typing import Any, Dict, List, Optional, Sequence
 
+import yaml
 from aws_cdk import aws_imagebuilder as imagebuilder
 from constructs import Construct
 
@@ -39,8 +42,12 @@ from .user_data import FEATURES, _compact_body, script_text
 
 __all__ = [
     "AuditBacklogComponent",
+    "BUILD_SCRIPT",
     "COMPONENT_DATA_LIMIT",
     "KNOWN_ACTIONS",
+    "TEST_SCRIPT",
+    "VALIDATE_SCRIPT",
+    "build_script",
     "check_component_document",
     "component_script",
 ]
@@ -62,12 +69,10 @@ _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,127}$")
 _SEMVER_RE = re.compile(r"^(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})$")
 _COMPONENT_NAME_RE = re.compile(r"^[-_A-Za-z0-9][-_A-Za-z 0-9]{0,125}[-_A-Za-z0-9]$")
 
-# Where the build phase puts things (the unit's own paths are the script's: /usr/local/sbin, /etc).
+# Where the CreateFile step writes (the build script uses the same paths; the unit's own paths are the
+# boot script's: /usr/local/sbin, /etc).
 _INPUTS_FILE = "/var/tmp/cdk-audit-backlog.inputs"
 _SCRIPT_FILE = "/var/tmp/cdk-audit-backlog.sh"
-_INSTALLED_SCRIPT = "/usr/local/sbin/cdk-audit-backlog"
-_UNIT = "cdk-audit-backlog.service"
-_OUR_RULES = "/etc/audit/rules.d/zz-cdk-audit-backlog.rules"
 
 # Parameter name -> (script input, pattern its value must match in full, description).
 _PARAMETERS = {
@@ -98,146 +103,92 @@ def component_script() -> str:
 
 # -- the document ---------------------------------------------------------------------------------
 
-
-def _scalar(value: str) -> str:
-    # JSON strings are YAML double-quoted scalars (ASCII, escaped): no YAML special character can leak.
-    return json.dumps(value)
-
-
-def _literal(value: str, indent: str) -> str:
-    """A YAML literal block (``|``) holding ``value`` exactly (it must end in one newline)."""
-    lines = value.split("\n")
-    # YAML takes the block's indentation from its first line and strips a final run of blank lines.
-    if not value.endswith("\n") or value.endswith("\n\n") or value.startswith((" ", "\n")):
-        raise ValueError("literal block text must end in one newline and not start with a space or blank line")
-    if any(line != line.rstrip() for line in lines):
-        raise ValueError("literal block text must not have trailing spaces")
-    return "|\n" + "".join((indent + l if l else "") + "\n" for l in lines[:-1])
+#: The ExecuteBash steps, one shipped script each (``userdata/``, package data, shellcheck-clean).
+BUILD_SCRIPT = "image-builder-build.sh"
+VALIDATE_SCRIPT = "image-builder-validate.sh"
+TEST_SCRIPT = "image-builder-test.sh"
 
 
-def _build_commands() -> str:
-    checks = " ".join(f"'{var}={pattern}'" for var, pattern, _ in _PARAMETERS.values())
-    return "\n".join(
-        [
-            "set -euo pipefail",
-            "say() { echo \"cdk-audit-backlog: $*\"; }",
-            "f=" + _INPUTS_FILE,
-            "# Every line must be NAME=VALUE with VALUE matching its pattern in full before the file is sourced.",
-            f"for c in {checks}; do",
-            "  n=${c%%=*}",
-            "  grep -Eqx \"$n=(${c#*=})\" \"$f\" || { say \"build: parameter for $n does not match ${c#*=}\"; exit 1; }",
-            "done",
-            "[ \"$(grep -c '' \"$f\")\" -eq " + str(len(_PARAMETERS)) + " ] || { say \"build: unexpected lines in $f\"; exit 1; }",
-            "set -a",
-            "# shellcheck disable=SC1090  # every line was matched against its pattern above",
-            ". \"$f\"",
-            "set +a",
-            "[ \"$CAB_WAIT\" != none ] || CAB_WAIT=",
-            "if [ \"$CAB_ALLOW_LOWER\" = true ]; then CAB_ALLOW_LOWER=1; else CAB_ALLOW_LOWER=0; fi",
-            "if ((CAB_FRACTION_PPM>250000||CAB_MIN>CAB_MAX||CAB_MAX>2147483647||${CAB_WAIT:-0}>60000)) ||"
-            " { [ \"$CAB_TARGET\" != auto ] && ((CAB_TARGET>2147483647)); }; then",
-            "  say \"build: parameters out of range\"",
-            "  exit 1",
-            "fi",
-            "CAB_UNIT=auto",
-            "[ \"$CAB_TARGET\" = auto ] || CAB_UNIT=fixed",
-            "export CAB_UNIT CAB_WAIT CAB_ALLOW_LOWER CAB_SOURCE=image-builder",
-            "/bin/bash " + _SCRIPT_FILE + " install",
-            "/bin/bash " + _INSTALLED_SCRIPT + " boot",
-            "rm -f \"$f\" " + _SCRIPT_FILE,
-            "",
-        ]
-    )
+def _shipped(name: str) -> str:
+    return resources.files(__package__).joinpath("userdata", name).read_text(encoding="utf-8")
 
 
-_MERGED_B = "awk '$1==\"-b\"{b=$2}END{print b}'"
+def build_script() -> str:
+    """The build phase's commands (``userdata/image-builder-build.sh``). Its ``checks`` line is the shell's
+    own copy of the parameter patterns (the values are checked there, on the build instance, before any
+    shell sees them; :meth:`AuditBacklogComponent.recipe_component` checks overrides here at synth time):
+    a script whose line differs from ``_PARAMETERS``, or that names other paths, is refused."""
+    text = _shipped(BUILD_SCRIPT)
+    checks = "checks=(" + " ".join(f"'{var}={pattern}'" for var, pattern, _ in _PARAMETERS.values()) + ")"
+    if checks not in text.splitlines():
+        raise RuntimeError(f"{BUILD_SCRIPT} must check the component parameters with the line: {checks}")
+    for path in (_INPUTS_FILE, _SCRIPT_FILE):
+        if path not in text:
+            raise RuntimeError(f"{BUILD_SCRIPT} does not use {path}, where the CreateFile step writes")
+    return text
 
-_VALIDATE_COMMANDS = "\n".join(
-    [
-        "set -euo pipefail",
-        "say() { echo \"cdk-audit-backlog: $*\"; }",
-        f"u={_UNIT}",
-        "e=$(systemctl is-enabled \"$u\" 2>&1) || :",
-        "[ \"$e\" = enabled ] || { say \"validate: $u is not enabled ($e)\"; exit 1; }",
-        f"bash -n {_INSTALLED_SCRIPT}",
-        f"[ -f {_OUR_RULES} ] || {{ say \"validate: {_OUR_RULES} missing\"; exit 1; }}",
-        "# The distribution's own augenrules merges rules.d (no load); audit.rules then holds the -b auditd loads.",
-        "augenrules >/dev/null",
-        f"m=$({_MERGED_B} /etc/audit/audit.rules)",
-        f"o=$({_MERGED_B} {_OUR_RULES})",
-        "if [ -n \"$o\" ] && [ \"$m\" != \"$o\" ]; then",
-        "  say \"validate: the rules load -b ${m:-none}, our file has -b $o\"",
-        "  exit 1",
-        "fi",
-        "say \"validate: $u enabled; the rules load -b $m${o:+ (ours)}\"",
-        "",
-    ]
-)
 
-_TEST_COMMANDS = "\n".join(
-    [
-        "set -euo pipefail",
-        "say() { echo \"cdk-audit-backlog: $*\"; }",
-        f"u={_UNIT}",
-        "a=$(systemctl is-active \"$u\" 2>&1) || :",
-        "[ \"$a\" = active ] || { say \"test: $u did not run at this boot ($a)\"; exit 1; }",
-        "k=$(auditctl -s | awk '$1==\"backlog_limit\"{print $2}')",
-        f"m=$({_MERGED_B} /etc/audit/audit.rules)",
-        "[ -n \"$k\" ] && [ \"$k\" = \"$m\" ] || { say \"test: kernel backlog_limit ${k:-?}, rules -b ${m:-none}\"; exit 1; }",
-        "say \"test: backlog_limit $k ($(grep MemTotal /proc/meminfo))\"",
-        "",
-    ]
-)
+class _ComponentDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper with text of several lines (scripts, files) as literal blocks (``|``) and
+    sequences indented under their key, as AWS writes component documents."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
+def _represent_str(dumper: _ComponentDumper, value: str) -> yaml.ScalarNode:
+    if "\n" not in value:
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value)
+    # PyYAML quotes text a literal block cannot hold (trailing spaces, control characters) without saying
+    # so; a script must stay readable in the console, so such text is refused here instead.
+    if not dumper.analyze_scalar(value).allow_block:
+        raise ValueError(f"text of several lines that a YAML literal block cannot hold: {value[:60]!r}...")
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|")
+
+
+_ComponentDumper.add_representer(str, _represent_str)
+
+
+def _bash_step(name: str, script: str) -> Dict[str, Any]:
+    return {"name": name, "action": "ExecuteBash", "inputs": {"commands": [script]}}
 
 
 def component_document(parameters: Dict[str, str], *, name: str, description: str) -> str:
     """The YAML component document with ``parameters`` (name -> default value)."""
-    out: List[str] = [
-        f"name: {_scalar(name)}",
-        f"description: {_scalar(description)}",
-        "schemaVersion: 1.0",
-        "parameters:",
-    ]
-    for param, (_, pattern, about) in _PARAMETERS.items():
-        out += [
-            f"  - {param}:",
-            "      type: string",
-            f"      default: {_scalar(parameters[param])}",
-            f"      description: {_scalar(about + ' (pattern ' + pattern + ')')}",
-        ]
     inputs = "".join(f"{var}={{{{ {param} }}}}\n" for param, (var, _, _) in _PARAMETERS.items())
-    out += [
-        "phases:",
-        "  - name: build",
-        "    steps:",
-        "      - name: WriteInputsAndScript",
-        "        action: CreateFile",
-        "        inputs:",
-        f"          - path: {_INPUTS_FILE}",
-        "            content: " + _literal(inputs, "              ").rstrip("\n"),
-        f"          - path: {_SCRIPT_FILE}",
-        "            content: " + _literal(component_script(), "              ").rstrip("\n"),
-        "      - name: InstallBootUnit",
-        "        action: ExecuteBash",
-        "        inputs:",
-        "          commands:",
-        "            - " + _literal(_build_commands(), "              ").rstrip("\n"),
-        "  - name: validate",
-        "    steps:",
-        "      - name: CheckUnitAndRules",
-        "        action: ExecuteBash",
-        "        inputs:",
-        "          commands:",
-        "            - " + _literal(_VALIDATE_COMMANDS, "              ").rstrip("\n"),
-        "  - name: test",
-        "    steps:",
-        "      - name: CheckKernelLimit",
-        "        action: ExecuteBash",
-        "        inputs:",
-        "          commands:",
-        "            - " + _literal(_TEST_COMMANDS, "              ").rstrip("\n"),
-    ]
-    return "\n".join(out) + "\n"
+    document = {
+        "name": name,
+        "description": description,
+        "schemaVersion": 1.0,
+        "parameters": [
+            {param: {"type": "string", "default": parameters[param],
+                     "description": f"{about} (pattern {rule})"}}
+            for param, (_, rule, about) in _PARAMETERS.items()
+        ],
+        "phases": [
+            {
+                "name": "build",
+                "steps": [
+                    {
+                        "name": "WriteInputsAndScript",
+                        "action": "CreateFile",
+                        "inputs": [
+                            {"path": _INPUTS_FILE, "content": inputs},
+                            {"path": _SCRIPT_FILE, "content": component_script()},
+                        ],
+                    },
+                    _bash_step("InstallBootUnit", build_script()),
+                ],
+            },
+            {"name": "validate", "steps": [_bash_step("CheckUnitAndRules", _shipped(VALIDATE_SCRIPT))]},
+            {"name": "test", "steps": [_bash_step("CheckKernelLimit", _shipped(TEST_SCRIPT))]},
+        ],
+    }
+    # yaml.safe_dump with our SafeDumper subclass; no line folding (long shell lines stay as they are).
+    text = yaml.dump(document, Dumper=_ComponentDumper, sort_keys=False, width=1 << 20)
+    if yaml.safe_load(text) != document:  # pragma: no cover - PyYAML's round trip; checked, not assumed
+        raise RuntimeError("the component document does not read back as written")
+    return text
 
 
 def check_component_document(document: Any) -> List[str]:
@@ -326,7 +277,8 @@ class AuditBacklogComponent(Construct):
 
     :param component_name: the component's name. Default: ``"cdk-audit-backlog"``.
     :param version: the component's semantic version (``MAJOR.MINOR.PATCH``); bump it when the options
-        change (Image Builder keeps every version). Default: ``"1.0.0"``.
+        change, and when a new release of this package changes the document (Image Builder keeps every
+        version and refuses new data under an existing one). Default: ``"1.1.0"``.
     :param backlog_limit: a fixed limit, 1..2147483647 (parameter ``BacklogLimit``). Default: None
         (``auto``: each instance sizes the limit from its MemTotal at every boot).
     :param policy: the policy ``auto`` applies (parameters ``MemoryFractionPpm``, ``MinimumLimit``,
@@ -344,7 +296,7 @@ class AuditBacklogComponent(Construct):
         id: str,
         *,
         component_name: str = "cdk-audit-backlog",
-        version: str = "1.0.0",
+        version: str = "1.1.0",
         backlog_limit: Optional[int] = None,
         policy: Optional[BacklogPolicy] = None,
         backlog_wait_time: Optional[int] = None,
