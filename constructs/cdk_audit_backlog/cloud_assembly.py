@@ -74,7 +74,7 @@ def read_template(path: Path) -> Dict[str, Any]:
 
 def assembly_stacks(directory: Path) -> List[SynthesizedStack]:
     """Every stack of the assembly in ``directory``, nested assemblies (Stages) included, from its
-    ``manifest.json`` (artifacts sorted by id within each manifest)."""
+    ``manifest.json`` (artifacts sorted by id within each manifest); :class:`AssemblyError` for none."""
     if not (directory / MANIFEST).is_file():
         raise AssemblyError(f"{directory} has no {MANIFEST} (run cdk synth first)")
     out: List[SynthesizedStack] = []
@@ -82,7 +82,10 @@ def assembly_stacks(directory: Path) -> List[SynthesizedStack]:
         props = artifact.get("properties") or {}
         account, region = _environment(artifact.get("environment", ""))
         template = read_template(base / props["templateFile"])
-        out.append(SynthesizedStack(artifact_id, props.get("stackName") or artifact_id, account, region, template))
+        name = props.get("stackName") or artifact_id
+        out.append(SynthesizedStack(artifact_id, name, account, region, template))
+    if not out:
+        raise AssemblyError(f"no stacks in {directory}")
     return out
 
 
@@ -113,7 +116,10 @@ def assembly_templates(directory: Path) -> List[AssemblyTemplate]:
     if not directory.is_dir():
         raise AssemblyError(f"{directory} is not a directory (run cdk synth first)")
     if not (directory / MANIFEST).is_file():
-        return [AssemblyTemplate(p, read_template(p)) for p in sorted(directory.rglob("*.template.json"))]
+        paths = sorted(directory.rglob("*.template.json"))
+        if not paths:
+            raise AssemblyError(f"no *.template.json under {directory}")
+        return [AssemblyTemplate(p, read_template(p)) for p in paths]
     found: Dict[Path, Dict[str, Any]] = {}
     pending = [
         base / artifact["properties"]["templateFile"] for base, _, artifact in _stack_artifacts(directory, 0)
@@ -125,6 +131,8 @@ def assembly_templates(directory: Path) -> List[AssemblyTemplate]:
         found[path] = read_template(path)
         resources = found[path].get("Resources") or {}
         pending.extend(Path(p) for p in nested_stack_templates(str(path), resources))
+    if not found:
+        raise AssemblyError(f"no stacks in {directory}")
     return [AssemblyTemplate(p, found[p]) for p in sorted(found)]
 
 

@@ -51,7 +51,9 @@ __all__ = [
 ]
 
 DOCUMENT = "AWS::SSM::Document"
-_SHOWN = (INSTANCE, LAUNCH_TEMPLATE, LAUNCH_CONFIGURATION, AUTO_SCALING_GROUP, NODEGROUP, ASSOCIATION_TYPE, DOCUMENT)
+_SHOWN = (
+    INSTANCE, LAUNCH_TEMPLATE, LAUNCH_CONFIGURATION, AUTO_SCALING_GROUP, NODEGROUP, ASSOCIATION_TYPE, DOCUMENT
+)
 
 # AWS::EC2::Instance properties by CloudFormation's "Update requires" (AWS::EC2::Instance reference page).
 _INSTANCE_STOP_START = frozenset(
@@ -91,12 +93,9 @@ class Impact:
 def assembly_stacks(cdk_out: Path) -> List[SynthesizedStack]:
     """Every stack of a cloud assembly, nested assemblies (Stages) included, from its ``manifest.json``."""
     try:
-        out = read_assembly_stacks(cdk_out)
+        return read_assembly_stacks(cdk_out)
     except AssemblyError as e:
         raise CliError(f"impact: {e}") from None
-    if not out:
-        raise CliError(f"impact: no stacks in {cdk_out}")
-    return out
 
 
 def template_impacts(

@@ -119,7 +119,9 @@ def launch_template_users(resources: Mapping[str, Any], logical_id: str) -> List
     return out
 
 
-def _group_uses(user: str, props: Mapping[str, Any], logical_id: str, name: Optional[str]) -> List[LaunchTemplateUse]:
+def _group_uses(
+    user: str, props: Mapping[str, Any], logical_id: str, name: Optional[str]
+) -> List[LaunchTemplateUse]:
     """An Auto Scaling group's uses of one template: its ``LaunchTemplate``, and its mixed instances policy
     (each override may name a template of its own; one that names none uses the policy's template)."""
     out: List[LaunchTemplateUse] = []
