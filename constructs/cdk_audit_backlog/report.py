@@ -60,7 +60,7 @@ def report_assembly(cdk_out: Path) -> List[ReportRow]:
         template = found_template.template
         try:
             found = {l.logical_id: l for l in testing.launches(template)}
-        except ValueError as e:  # testing.MalformedBlock
+        except ValueError as e:  # testing.MalformedBlock, or user data that is not Base64 of UTF-8
             raise CliError(f"report: {name}: {e}") from None
         for logical_id, res in (template.get("Resources") or {}).items():
             meta = (res.get("Metadata") or {}).get(METADATA_KEY)
