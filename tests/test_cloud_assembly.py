@@ -61,14 +61,23 @@ def test_stacks_come_from_the_manifests_stages_included(assembly):
     assert set(stacks[0].template["Resources"]) == {"ByMetadata", "ByUrl"}
 
 
+TEMPLATES = [
+    "Top.template.json",
+    "TopByMetadata.nested.template.json",
+    "TopByUrl.nested.template.json",
+    "assembly-Prod/ProdInner.template.json",
+]
+
+
 def test_templates_are_the_stacks_and_their_nested_stacks_not_every_file(assembly):
-    found = [str(t.path.relative_to(assembly)) for t in assembly_templates(assembly)]
-    assert found == [
-        "Top.template.json",
-        "TopByMetadata.nested.template.json",
-        "TopByUrl.nested.template.json",
-        "assembly-Prod/ProdInner.template.json",
-    ]
+    found = assembly_templates(assembly)
+    assert [t.name for t in found] == TEMPLATES
+    assert [t.path.resolve() for t in found] == [(assembly / name).resolve() for name in TEMPLATES]
+
+
+def test_templates_of_an_assembly_named_relative_to_the_working_directory(assembly, monkeypatch):
+    monkeypatch.chdir(assembly.parent)  # `cdk-audit-backlog report cdk.out`
+    assert [t.name for t in assembly_templates(Path("cdk.out"))] == TEMPLATES
 
 
 def test_nested_stacks_by_asset_metadata_and_by_template_url(assembly):

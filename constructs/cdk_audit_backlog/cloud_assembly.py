@@ -55,9 +55,11 @@ class SynthesizedStack:
 
 @dataclass(frozen=True)
 class AssemblyTemplate:
-    """One template file of a cloud assembly (a stack's or a nested stack's) and its content."""
+    """One template file of a cloud assembly (a stack's or a nested stack's): where it is, its path relative
+    to the assembly's directory (``assembly-Prod/ProdSvc.template.json``) and its content."""
 
     path: Path
+    name: str
     template: Dict[str, Any]
 
 
@@ -119,21 +121,23 @@ def assembly_templates(directory: Path) -> List[AssemblyTemplate]:
         paths = sorted(directory.rglob("*.template.json"))
         if not paths:
             raise AssemblyError(f"no *.template.json under {directory}")
-        return [AssemblyTemplate(p, read_template(p)) for p in paths]
-    found: Dict[Path, Dict[str, Any]] = {}
+        return [AssemblyTemplate(p, str(p.relative_to(directory)), read_template(p)) for p in paths]
+    root = os.path.abspath(directory)
+    found: Dict[Path, AssemblyTemplate] = {}  # by name: nested stacks come back as absolute paths
     pending = [
         base / artifact["properties"]["templateFile"] for base, _, artifact in _stack_artifacts(directory, 0)
     ]
     while pending:
         path = pending.pop()
-        if path in found:
+        name = Path(os.path.relpath(os.path.abspath(path), root))
+        if name in found:
             continue
-        found[path] = read_template(path)
-        resources = found[path].get("Resources") or {}
+        found[name] = AssemblyTemplate(path, str(name), read_template(path))
+        resources = found[name].template.get("Resources") or {}
         pending.extend(Path(p) for p in nested_stack_templates(str(path), resources))
     if not found:
         raise AssemblyError(f"no stacks in {directory}")
-    return [AssemblyTemplate(p, found[p]) for p in sorted(found)]
+    return [found[name] for name in sorted(found)]
 
 
 def nested_stack_templates(template_path: str, resources: Mapping[str, Any]) -> Iterator[str]:

@@ -56,8 +56,7 @@ def report_assembly(cdk_out: Path) -> List[ReportRow]:
         raise CliError(f"report: {e}") from None
     rows: List[ReportRow] = []
     for found_template in templates:
-        name = str(found_template.path.relative_to(cdk_out))
-        template = found_template.template
+        name, template = found_template.name, found_template.template
         try:
             found = {l.logical_id: l for l in testing.launches(template)}
         except ValueError as e:  # testing.MalformedBlock, or user data that is not Base64 of UTF-8
