@@ -22,9 +22,13 @@ from hypothesis import strategies as st
 from cdk_audit_backlog import AuditBacklog
 from cdk_audit_backlog.policy import BacklogPolicy
 from cdk_audit_backlog.testing import (
+    BLOCK_BEGIN,
+    BLOCK_END,
+    Block,
     Launch,
     MalformedBlock,
     Tuning,
+    blocks,
     decode_user_data,
     is_mime,
     launches,
@@ -232,6 +236,17 @@ def test_a_block_inside_a_base64_mime_shell_part_is_found_and_one_in_cloud_confi
 
 def test_no_block_means_no_tuning_and_a_marker_in_a_comment_is_not_a_block():
     assert tuning_of("#!/bin/bash\necho '# >>> cdk-audit-backlog >>>'\n") is None
+
+
+def test_blocks_say_whether_their_end_marker_came():
+    closed = f"{BLOCK_BEGIN}\nCAB_TARGET=8192\nCAB_TARGET=1\n{BLOCK_END}\n"
+    text = "#!/bin/bash\n" + closed + f"echo user\n{BLOCK_BEGIN}\nCAB_TARGET=auto\n{BLOCK_BEGIN}\nCAB_SOURCE=mixed\n"
+    assert blocks(text) == [
+        Block({"CAB_TARGET": "8192"}, closed=True),  # the first assignment of each name
+        Block({"CAB_TARGET": "auto"}, closed=False),  # the next begin marker starts another block
+        Block({"CAB_SOURCE": "mixed"}, closed=False),  # the script ends first
+    ]
+    assert blocks(f"#!/bin/bash\n{BLOCK_END}\necho user\n") == []
 
 
 @pytest.mark.parametrize("line", ["CAB_TARGET=lots", "CAB_TARGET=", "CAB_TARGET=-5", "CAB_TARGET=0", None])

@@ -1,4 +1,5 @@
-"""AWS plumbing shared by the commands that call AWS (``refresh-types``, ``verify``, ``impact``).
+"""AWS plumbing shared by the commands that call AWS (``refresh-types``, ``verify``, ``impact``): clients'
+retries, botocore's errors, and the template CloudFormation holds for a deployed stack.
 
 boto3 is imported lazily (``pip install 'cdk-audit-backlog[cli]'``), so ``plan`` and ``report`` work
 without it. botocore's errors become one-line :class:`CliError` s.
@@ -6,7 +7,8 @@ without it. botocore's errors become one-line :class:`CliError` s.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import json
+from typing import Any, Callable, Dict, Optional
 
 from .errors import CliError
 
@@ -71,3 +73,21 @@ def aws_errors(what: str, fn: Callable[[], Any]) -> Any:
             raise CliError(f"{what}: the AWS credentials were rejected ({code}: {msg})") from None
         raise CliError(f"{what}: {code}: {msg}") from None
 
+
+def deployed_template(cfn: Any, stack_name: str) -> Optional[Dict[str, Any]]:
+    """The template CloudFormation holds for ``stack_name`` (``TemplateStage=Original``), None if there is no
+    such stack; ValueError when it is not a JSON object (a template deployed as YAML)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        body = cfn.get_template(StackName=stack_name, TemplateStage="Original")["TemplateBody"]
+    except ClientError as e:
+        err = e.response.get("Error", {})
+        if err.get("Code") == "ValidationError" and "does not exist" in err.get("Message", ""):
+            return None
+        raise
+    if isinstance(body, str):
+        body = json.loads(body)
+    if not isinstance(body, dict):
+        raise ValueError("not a JSON object")
+    return dict(body)

@@ -53,11 +53,9 @@ Which instance types a resource launches, from the template alone:
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jsii
 from aws_cdk import (
@@ -68,9 +66,12 @@ from aws_cdk import (
     PolicyViolation,
 )
 
+from .cloud_assembly import nested_stack_templates
 from .deployed_context import ASSOCIATION_TYPE, user_data_kept
 from .policy import BacklogPolicy
+from .template_relations import LAUNCH_TEMPLATE, launch_template_of, launch_template_users
 from .testing import (
+    BLOCK_BEGIN,
     LAUNCH_TYPES,
     METADATA_KEY,
     block_settings,
@@ -233,11 +234,8 @@ class AuditBacklogCheck:
             if finding is not None:
                 findings.append(finding)
         if template_path is not None:
-            base = os.path.dirname(os.path.abspath(template_path))
-            files = _asset_files(template_path)
-            for nested in _nested_template_paths(resources, base, files):
-                if os.path.abspath(nested) != os.path.abspath(template_path):  # never loop on itself
-                    findings.extend(self.check_template(nested, template_path=nested, checked=checked))
+            for nested in nested_stack_templates(template_path, resources):
+                findings.extend(self.check_template(nested, template_path=nested, checked=checked))
         return findings
 
     def _check_launch(
@@ -258,7 +256,7 @@ class AuditBacklogCheck:
             return finding("Untuned", "It already runs, so its user data was kept, and no "
                            "AWS::SSM::Association in its template tunes it.")
         value = user_data_value(resource)
-        if value is None and _launch_template_of(resource, resources) is not None:
+        if value is None and launch_template_of(resource, resources) is not None:
             return None  # an instance without user data of its own runs its launch template's, checked there
         try:
             text = None if value is None else decode_user_data(value)
@@ -355,7 +353,7 @@ class AuditBacklogCheck:
 
 
 def _user_data_location(resource_type: str) -> str:
-    if resource_type == "AWS::EC2::LaunchTemplate":
+    if resource_type == LAUNCH_TEMPLATE:
         return "Properties/LaunchTemplateData/UserData"
     return "Properties/UserData"
 
@@ -364,12 +362,10 @@ def _block_comes_first(user_data: str) -> bool:
     """Whether the script holding the block starts with a ``#!`` line directly followed by the block."""
     for script in shell_parts(user_data):
         lines = script.lstrip("\ufeff").splitlines()
-        if _BEGIN in lines:
-            return len(lines) > 1 and lines[0].startswith("#!") and lines[1] == _BEGIN
+        if BLOCK_BEGIN in lines:
+            return len(lines) > 1 and lines[0].startswith("#!") and lines[1] == BLOCK_BEGIN
     return False
 
-
-_BEGIN = "# >>> cdk-audit-backlog >>>"
 
 #: How the user data formats cloud-init runs begin (lower case); content after them is never Windows.
 _CLOUD_INIT_HEADERS = (
@@ -402,140 +398,25 @@ def _not_linux(text: str) -> Optional[str]:
     return None
 
 
-def _ref_to(value: Any, logical_id: str, name: Optional[str]) -> bool:
-    if value == {"Ref": logical_id}:
-        return True
-    return name is not None and value == name
-
-
-def _spec_uses(spec: Any, logical_id: str, name: Optional[str], id_key: str, name_key: str) -> bool:
-    if not isinstance(spec, Mapping):
-        return False
-    return _ref_to(spec.get(id_key), logical_id, None) or (
-        name_key in spec and _ref_to(spec.get(name_key), logical_id, name)
-    )
-
-
 def _instance_types(logical_id: str, resources: Mapping[str, Any]) -> List[Optional[str]]:
     """Instance types ``logical_id`` may launch (None = not known at synth); empty = none known at all."""
     resource = resources[logical_id]
     props = resource.get("Properties") or {}
-    if resource.get("Type") != "AWS::EC2::LaunchTemplate":
+    if resource.get("Type") != LAUNCH_TEMPLATE:
         return [_type_or_none(props.get("InstanceType"))]
     data = props.get("LaunchTemplateData") or {}
     own = _type_or_none(data.get("InstanceType")) if "InstanceType" in data else None
-    name = props.get("LaunchTemplateName") if isinstance(props.get("LaunchTemplateName"), str) else None
-    out: List[Optional[str]] = []
-    used = False
-    for other in resources.values():
-        if not isinstance(other, Mapping):
-            continue
-        kind, oprops = other.get("Type"), other.get("Properties") or {}
-        if kind == "AWS::AutoScaling::AutoScalingGroup":
-            mixed = oprops.get("MixedInstancesPolicy") or {}
-            mlt = mixed.get("LaunchTemplate") or {}
-            main = mlt.get("LaunchTemplateSpecification")
-            overrides = [o for o in (mlt.get("Overrides") or []) if isinstance(o, Mapping)]
-            ids = ("LaunchTemplateId", "LaunchTemplateName")
-            if _spec_uses(oprops.get("LaunchTemplate"), logical_id, name, *ids):
-                used = True
-                out.append(own)
-            main_is_ours = _spec_uses(main, logical_id, name, *ids)
-            mine = []
-            for o in overrides:
-                spec = o.get("LaunchTemplateSpecification")
-                if (spec is None and main_is_ours) or _spec_uses(spec, logical_id, name, *ids):
-                    mine.append(o)
-            if mine:
-                used = True
-                out.extend(_type_or_none(o.get("InstanceType")) for o in mine)
-            elif main_is_ours:
-                used = True
-                out.append(own)
-        elif kind == "AWS::EKS::Nodegroup":
-            if _spec_uses(oprops.get("LaunchTemplate"), logical_id, name, "Id", "Name"):
-                used = True
-                types = oprops.get("InstanceTypes")
-                if isinstance(types, list) and types:
-                    out.extend(_type_or_none(t) for t in types)
-                else:
-                    out.append(own)
-        elif kind == "AWS::EC2::Instance":
-            if _spec_uses(oprops.get("LaunchTemplate"), logical_id, name, "LaunchTemplateId", "LaunchTemplateName"):
-                used = True
-                out.append(_type_or_none(oprops["InstanceType"]) if "InstanceType" in oprops else own)
-    if not used:
+    uses = launch_template_users(resources, logical_id)
+    if not uses:
         return [own]
+    out: List[Optional[str]] = []
+    for use in uses:
+        if use.instance_types is None:
+            out.append(own)
+        else:
+            out.extend(_type_or_none(t) for t in use.instance_types)
     return out
-
-
-def _launch_template_of(resource: Mapping[str, Any], resources: Mapping[str, Any]) -> Optional[str]:
-    """The logical id of the launch template (in the same template) an instance launches from, if any."""
-    if resource.get("Type") != "AWS::EC2::Instance":
-        return None
-    spec = (resource.get("Properties") or {}).get("LaunchTemplate")
-    if not isinstance(spec, Mapping):
-        return None
-    for key, other in resources.items():
-        if not isinstance(other, Mapping) or other.get("Type") != "AWS::EC2::LaunchTemplate":
-            continue
-        name = (other.get("Properties") or {}).get("LaunchTemplateName")
-        if _spec_uses(spec, key, name if isinstance(name, str) else None, "LaunchTemplateId", "LaunchTemplateName"):
-            return key
-    return None
 
 
 def _type_or_none(value: Any) -> Optional[str]:
     return value if isinstance(value, str) and value else None
-
-
-def _asset_files(template_path: str) -> Dict[str, str]:
-    """Asset hash -> file path (relative to the cloud assembly) from the stack's ``.assets.json``, if any.
-
-    Nested stack templates are file assets of the top-level stack; their ``TemplateURL`` ends in the
-    asset's object key ``<hash>.json``. Nested templates share their top-level stack's manifest.
-    """
-    stem = template_path
-    for suffix in (".nested.template.json", ".template.json"):
-        if stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    candidates = [stem + ".assets.json"] + [
-        os.path.join(os.path.dirname(template_path), f)
-        for f in sorted(os.listdir(os.path.dirname(template_path) or "."))
-        if f.endswith(".assets.json")
-    ]
-    out: Dict[str, str] = {}
-    for manifest in candidates:
-        if not os.path.isfile(manifest):
-            continue
-        try:
-            with open(manifest, encoding="utf-8") as f:
-                files = (json.load(f).get("files") or {}).items()
-        except (OSError, ValueError, AttributeError):
-            continue
-        for asset_hash, asset in files:
-            path = ((asset or {}).get("source") or {}).get("path")
-            if isinstance(path, str) and path.endswith(".json"):
-                out.setdefault(asset_hash, path)
-    return out
-
-
-_OBJECT_KEY_RE = re.compile(r"([0-9a-f]{64})\.json")
-
-
-def _nested_template_paths(resources: Mapping[str, Any], base: str, files: Mapping[str, str]) -> Iterable[str]:
-    """Template files of the nested stacks in ``resources`` that exist under ``base`` (the cloud assembly)."""
-    for resource in resources.values():
-        if not isinstance(resource, Mapping) or resource.get("Type") != "AWS::CloudFormation::Stack":
-            continue
-        asset_path = (resource.get("Metadata") or {}).get("aws:asset:path")
-        if not isinstance(asset_path, str):
-            url = (resource.get("Properties") or {}).get("TemplateURL")
-            text = url if isinstance(url, str) else ("" if url is None else decode_user_data(url))
-            match = _OBJECT_KEY_RE.search(text)
-            asset_path = files.get(match.group(1)) if match else None
-        if isinstance(asset_path, str) and asset_path.endswith(".json"):
-            path = os.path.join(base, asset_path)
-            if os.path.isfile(path):
-                yield path

@@ -1,7 +1,7 @@
 """The ``cdk.context.json`` key that records which Instances of a stack already run (no CDK import, so the
 CLI that writes it starts fast; :mod:`.running_instances` reads it at synthesis)."""
 
-from typing import Any, Set
+from typing import Any
 
 CONTEXT_KEY_PREFIX = "cdk-audit-backlog:deployed-instances"
 #: How the ``deployed`` value of the Metadata starts when the aspect kept a running Instance's user data.
@@ -18,22 +18,3 @@ def user_data_kept(metadata: Any) -> bool:
     """Whether a launch's ``cdk-audit-backlog`` Metadata says its user data was kept because it already runs."""
     deployed = metadata.get("deployed") if isinstance(metadata, dict) else None
     return isinstance(deployed, str) and deployed.startswith(USER_DATA_KEPT)
-
-
-def references(value: Any) -> Set[str]:
-    """Logical ids a template value refers to (``Ref``, ``Fn::GetAtt`` in list or dotted form)."""
-    found: Set[str] = set()
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if k == "Ref" and isinstance(v, str):
-                found.add(v)
-            elif k == "Fn::GetAtt" and isinstance(v, list) and v and isinstance(v[0], str):
-                found.add(v[0])
-            elif k == "Fn::GetAtt" and isinstance(v, str):
-                found.add(v.split(".", 1)[0])
-            else:
-                found |= references(v)
-    elif isinstance(value, list):
-        for v in value:
-            found |= references(v)
-    return found

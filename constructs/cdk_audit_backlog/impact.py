@@ -24,11 +24,21 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Set
 
-from .aws_api import aws_errors, boto3_module, client_config
+from .aws_api import aws_errors, boto3_module, client_config, deployed_template
+from .cloud_assembly import AssemblyError, SynthesizedStack
+from .cloud_assembly import assembly_stacks as read_assembly_stacks
+from .deployed_context import ASSOCIATION_TYPE, context_key
 from .errors import CliError
-from .deployed_context import context_key, references
+from .template_relations import (
+    AUTO_SCALING_GROUP,
+    INSTANCE,
+    LAUNCH_CONFIGURATION,
+    LAUNCH_TEMPLATE,
+    NODEGROUP,
+    references,
+)
 
 __all__ = [
     "SynthesizedStack",
@@ -40,14 +50,10 @@ __all__ = [
     "record_deployed_instances",
 ]
 
-INSTANCE = "AWS::EC2::Instance"
-LAUNCH_TEMPLATE = "AWS::EC2::LaunchTemplate"
-LAUNCH_CONFIGURATION = "AWS::AutoScaling::LaunchConfiguration"
-GROUP = "AWS::AutoScaling::AutoScalingGroup"
-NODEGROUP = "AWS::EKS::Nodegroup"
-ASSOCIATION = "AWS::SSM::Association"
 DOCUMENT = "AWS::SSM::Document"
-_SHOWN = (INSTANCE, LAUNCH_TEMPLATE, LAUNCH_CONFIGURATION, GROUP, NODEGROUP, ASSOCIATION, DOCUMENT)
+_SHOWN = (
+    INSTANCE, LAUNCH_TEMPLATE, LAUNCH_CONFIGURATION, AUTO_SCALING_GROUP, NODEGROUP, ASSOCIATION_TYPE, DOCUMENT
+)
 
 # AWS::EC2::Instance properties by CloudFormation's "Update requires" (AWS::EC2::Instance reference page).
 _INSTANCE_STOP_START = frozenset(
@@ -70,17 +76,6 @@ _GROUP_ROLLING_TRIGGERS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class SynthesizedStack:
-    """One stack of a cloud assembly: its deployed name, environment (None where agnostic) and template."""
-
-    artifact_id: str
-    stack_name: str
-    account: Optional[str]
-    region: Optional[str]
-    template: Dict[str, Any]
-
-
 @dataclass
 class Impact:
     """What the next deploy does to one resource: ``change`` (created, deleted, updated, unchanged) and
@@ -97,41 +92,10 @@ class Impact:
 
 def assembly_stacks(cdk_out: Path) -> List[SynthesizedStack]:
     """Every stack of a cloud assembly, nested assemblies (Stages) included, from its ``manifest.json``."""
-    if not (cdk_out / "manifest.json").is_file():
-        raise CliError(f"impact: {cdk_out} has no manifest.json (run cdk synth first)")
-    out: List[SynthesizedStack] = []
-    _read_manifest(cdk_out, out, depth=0)
-    if not out:
-        raise CliError(f"impact: no stacks in {cdk_out}")
-    return out
-
-
-def _read_manifest(directory: Path, out: List[SynthesizedStack], depth: int) -> None:
     try:
-        manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CliError(f"impact: {directory / 'manifest.json'}: {e}") from None
-    for artifact_id, artifact in sorted((manifest.get("artifacts") or {}).items()):
-        props = artifact.get("properties") or {}
-        if artifact.get("type") == "aws:cloudformation:stack":
-            account, region = _environment(artifact.get("environment", ""))
-            path = directory / props["templateFile"]
-            try:
-                template = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise CliError(f"impact: {path}: {e}") from None
-            name = props.get("stackName") or artifact_id
-            out.append(SynthesizedStack(artifact_id, name, account, region, template))
-        elif artifact.get("type") == "cdk:cloud-assembly" and depth < 10:
-            _read_manifest(directory / props["directoryName"], out, depth + 1)
-
-
-def _environment(env: str) -> Tuple[Optional[str], Optional[str]]:
-    """``aws://ACCOUNT/REGION``; CDK writes ``unknown-account`` / ``unknown-region`` for agnostic stacks."""
-    parts = env.replace("aws://", "", 1).split("/")
-    account = parts[0] if parts and parts[0] and parts[0] != "unknown-account" else None
-    region = parts[1] if len(parts) > 1 and parts[1] != "unknown-region" else None
-    return account, region
+        return read_assembly_stacks(cdk_out)
+    except AssemblyError as e:
+        raise CliError(f"impact: {e}") from None
 
 
 def template_impacts(
@@ -180,11 +144,11 @@ def _created(stack: str, lid: str, res: Mapping[str, Any], deployed: bool) -> Im
         INSTANCE: "new instance: boots with the user data as synthesized",
         LAUNCH_TEMPLATE: "new launch template: instances launched from it boot with its user data",
         LAUNCH_CONFIGURATION: "new launch configuration: instances launched from it boot with its user data",
-        GROUP: "new group: its instances boot from its launch template / configuration",
+        AUTO_SCALING_GROUP: "new group: its instances boot from its launch template / configuration",
         NODEGROUP: "new node group: its nodes boot from its launch template",
         DOCUMENT: "new SSM document (runs only through an association or Run Command)",
     }.get(kind, "")
-    if kind == ASSOCIATION:
+    if kind == ASSOCIATION_TYPE:
         props = _props(res)
         schedule = props.get("ScheduleExpression")
         effect = (
@@ -224,10 +188,10 @@ def _deleted(stack: str, lid: str, prev: Mapping[str, Any]) -> Impact:
     kind = prev["Type"]
     if kind == INSTANCE:
         return Impact(stack, lid, kind, "deleted", "instance terminated", interrupts=True)
-    if kind in (GROUP, NODEGROUP):
+    if kind in (AUTO_SCALING_GROUP, NODEGROUP):
         effect = "group deleted: its instances are terminated"
         return Impact(stack, lid, kind, "deleted", effect, interrupts=True)
-    if kind == ASSOCIATION:
+    if kind == ASSOCIATION_TYPE:
         return Impact(stack, lid, kind, "deleted", "association deleted: machines keep what it applied")
     return Impact(stack, lid, kind, "deleted", "deleted: running instances launched from it keep running")
 
@@ -239,7 +203,7 @@ def _updated(
     props = _changed_properties(prev, res)
     if kind == INSTANCE:
         return _instance_update(stack, lid, props, references(_props(res)) & changed)
-    if kind in (GROUP, NODEGROUP):
+    if kind in (AUTO_SCALING_GROUP, NODEGROUP):
         return _group_update(stack, lid, res, props, references(_props(res)) & changed)
     if not props:
         return Impact(stack, lid, kind, "unchanged", "nothing happens")
@@ -248,7 +212,7 @@ def _updated(
         "from now on use it",
         LAUNCH_CONFIGURATION: "launch configuration replaced by a new one: running instances unchanged; "
         "instances launched from now on use it",
-        ASSOCIATION: "association updated: applied again to its targets; no restart",
+        ASSOCIATION_TYPE: "association updated: applied again to its targets; no restart",
     }.get(kind, "updated in place")
     return Impact(stack, lid, kind, "updated", effect, properties=props)
 
@@ -307,23 +271,11 @@ def _group_update(
 # ------------------------------------------------------------------------------------ deployed side
 
 
-def deployed_template(cfn: Any, stack_name: str) -> Optional[Dict[str, Any]]:
-    """The template CloudFormation holds for ``stack_name`` (``TemplateStage=Original``), None if no stack."""
-    from botocore.exceptions import ClientError
-
+def _deployed_json(cfn: Any, stack_name: str) -> Optional[Dict[str, Any]]:
     try:
-        body = cfn.get_template(StackName=stack_name, TemplateStage="Original")["TemplateBody"]
-    except ClientError as e:
-        err = e.response.get("Error", {})
-        if err.get("Code") == "ValidationError" and "does not exist" in err.get("Message", ""):
-            return None
-        raise
-    if isinstance(body, str):
-        try:
-            body = json.loads(body)
-        except ValueError:
-            raise CliError(f"impact: the deployed template of {stack_name} is not JSON") from None
-    return dict(body)
+        return deployed_template(cfn, stack_name)
+    except ValueError:
+        raise CliError(f"impact: the deployed template of {stack_name} is not JSON") from None
 
 
 def deployed_instance_ids(template: Optional[Mapping[str, Any]]) -> List[str]:
@@ -365,7 +317,7 @@ def stack_impacts(
         kw = {"region_name": where} if where else {}
         what = f"stack {s.stack_name}"
         cfn = aws_errors(what, lambda: session.client("cloudformation", config=config, **kw))
-        before = aws_errors(what, lambda: deployed_template(cfn, s.stack_name))
+        before = aws_errors(what, lambda: _deployed_json(cfn, s.stack_name))
         account = s.account or aws_errors(
             what, lambda: session.client("sts", config=config, **kw).get_caller_identity()["Account"]
         )

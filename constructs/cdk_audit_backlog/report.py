@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from . import testing
+from .cloud_assembly import AssemblyError, assembly_templates
 from .deployed_context import user_data_kept
 from .errors import CliError
-
-METADATA_KEY = "cdk-audit-backlog"
+from .testing import METADATA_KEY
 
 
 @dataclass
@@ -46,23 +46,20 @@ class ReportRow:
 def report_assembly(cdk_out: Path) -> List[ReportRow]:
     """Rows for every launch resource of every template in a cloud assembly (nested assemblies too).
 
-    User data is decoded by :mod:`cdk_audit_backlog.testing` (the reader that shares no code with the
-    writer); the choice is read from the ``cdk-audit-backlog`` Metadata the aspect writes.
+    The templates are those :func:`.cloud_assembly.assembly_templates` finds (the stacks of the manifest and
+    their nested stacks). User data is decoded by :mod:`cdk_audit_backlog.testing` (the reader that shares
+    no code with the writer); the choice is read from the ``cdk-audit-backlog`` Metadata the aspect writes.
     """
-    from . import testing
-
-    if not cdk_out.is_dir():
-        raise CliError(f"report: {cdk_out} is not a directory (run cdk synth first)")
-    templates = sorted(cdk_out.rglob("*.template.json"))
-    if not templates:
-        raise CliError(f"report: no *.template.json under {cdk_out}")
+    try:
+        templates = assembly_templates(cdk_out)
+    except AssemblyError as e:
+        raise CliError(f"report: {e}") from None
     rows: List[ReportRow] = []
-    for path in templates:
-        name = str(path.relative_to(cdk_out))
+    for found_template in templates:
+        name, template = found_template.name, found_template.template
         try:
-            template = json.loads(path.read_text(encoding="utf-8"))
             found = {l.logical_id: l for l in testing.launches(template)}
-        except ValueError as e:  # bad JSON, or testing.MalformedBlock
+        except ValueError as e:  # testing.MalformedBlock, or user data that is not Base64 of UTF-8
             raise CliError(f"report: {name}: {e}") from None
         for logical_id, res in (template.get("Resources") or {}).items():
             meta = (res.get("Metadata") or {}).get(METADATA_KEY)

@@ -22,7 +22,8 @@ from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 from aws_cdk import CfnResource, Stack, Token
 
-from .deployed_context import ASSOCIATION_TYPE, CONTEXT_KEY_PREFIX, USER_DATA_KEPT, context_key, references
+from .deployed_context import ASSOCIATION_TYPE, CONTEXT_KEY_PREFIX, USER_DATA_KEPT, context_key
+from .template_relations import INSTANCE, LAUNCH_TEMPLATE, spec_refers_to
 
 __all__ = ["CONTEXT_KEY_PREFIX", "RUNNING_INSTANCES", "context_key", "RunningDecision", "decide"]
 
@@ -51,9 +52,9 @@ def decide(
 
     ``kind`` and ``stack``, when the caller already knows them, save a bridge call each."""
     kind = kind or resource.cfn_resource_type
-    if kind == "AWS::EC2::LaunchTemplate":
+    if kind == LAUNCH_TEMPLATE:
         return _launch_template_decision(resource, running_instances, stack)
-    if kind != "AWS::EC2::Instance":
+    if kind != INSTANCE:
         return _NEW
     stack = stack or Stack.of(resource)
     deployed = _recorded_once(stack)
@@ -117,7 +118,10 @@ def _launch_template_decision(
         return _NEW
     logical_id = stack.resolve(template.logical_id)
     name = stack.resolve(template.launch_template_name)  # type: ignore[attr-defined]
-    users = sorted(lid for lid, spec in _instance_launch_templates(stack, deployed) if _refers_to(spec, logical_id, name))
+    name = name if isinstance(name, str) else None
+    users = sorted(
+        lid for lid, spec in _instance_launch_templates(stack, deployed) if spec_refers_to(spec, logical_id, name)
+    )
     if not users:
         return _NEW
     names = ", ".join(users)
@@ -135,26 +139,26 @@ def _launch_template_decision(
 
 
 def _instance_launch_templates(stack: Stack, deployed: FrozenSet[str]) -> List[Tuple[str, Any]]:
-    """``(logical id, resolved LaunchTemplate property)`` of the recorded Instances of ``stack``."""
+    """``(logical id, LaunchTemplate property as the template spells it)`` of the recorded Instances of
+    ``stack``."""
     out = []
     for c in stack.node.find_all():
-        if not isinstance(c, CfnResource) or c.cfn_resource_type != "AWS::EC2::Instance":
+        if not isinstance(c, CfnResource) or c.cfn_resource_type != INSTANCE:
             continue
         if Stack.of(c) is stack:
             lid = stack.resolve(c.logical_id)
             spec = stack.resolve(c.launch_template) if lid in deployed else None  # type: ignore[attr-defined]
             if spec:
-                out.append((lid, spec))
+                out.append((lid, _template_spelling(spec)))
     return out
 
 
-def _refers_to(spec: Any, logical_id: str, name: Any) -> bool:
-    if logical_id in references(spec):
-        return True
-    spec_name = None
-    if isinstance(spec, dict):
-        spec_name = spec.get("launchTemplateName", spec.get("LaunchTemplateName"))
-    return isinstance(name, str) and spec_name == name
+def _template_spelling(spec: Any) -> Any:
+    """A resolved L1 struct keeps jsii's keys (``launchTemplateName``); the template spells them with a
+    capital (``LaunchTemplateName``), which is what :mod:`.template_relations` reads."""
+    if not isinstance(spec, dict):
+        return spec
+    return {k[:1].upper() + k[1:]: v for k, v in spec.items()}
 
 
 def recorded_instances(stack: Stack) -> Optional[FrozenSet[str]]:

@@ -26,7 +26,7 @@ What is decoded:
   transfer encodings undone).
 
 The tuning is read only from shell parts: a block counts when a line is exactly the begin marker
-``# >>> cdk-audit-backlog >>>``; its ``CAB_*`` lines are read up to the end marker.
+``# >>> cdk-audit-backlog >>>`` (:data:`BLOCK_BEGIN`); its ``CAB_*`` lines are read up to the end marker.
 """
 
 from __future__ import annotations
@@ -47,9 +47,13 @@ __all__ = [
     "MalformedBlock",
     "LAUNCH_TYPES",
     "METADATA_KEY",
+    "BLOCK_BEGIN",
+    "BLOCK_END",
+    "Block",
     "launches",
     "decode_user_data",
     "shell_parts",
+    "blocks",
     "block_settings",
     "tuning_of",
     "is_mime",
@@ -63,12 +67,14 @@ LAUNCH_TYPES = (
     "AWS::EC2::LaunchTemplate",
     "AWS::AutoScaling::LaunchConfiguration",
 )
+# The reader's copies of the contract's names, for every reader module (check, report, verify) to import.
+# The writer keeps its own on purpose (aspect.METADATA_KEY, user_data.BLOCK_BEGIN / BLOCK_END): the code that
+# checks the output must not share code with the code that produced it, or a slip in one would hide in both.
 #: CloudFormation Metadata key the aspect writes on every launch it saw.
 METADATA_KEY = "cdk-audit-backlog"
-
-# The block markers, spelled out here again (not imported from the writer; see the module docstring).
-_BEGIN = "# >>> cdk-audit-backlog >>>"
-_END = "# <<< cdk-audit-backlog <<<"
+#: The block's first and last lines.
+BLOCK_BEGIN = "# >>> cdk-audit-backlog >>>"
+BLOCK_END = "# <<< cdk-audit-backlog <<<"
 _ASSIGNMENT_RE = re.compile(r"^(CAB_[A-Z_]+)=(.*)$")
 _TARGET_RE = re.compile(r"^(auto|[1-9][0-9]{0,9})$")
 _SUB_VAR_RE = re.compile(r"\$\{([^}]*)\}")
@@ -324,36 +330,55 @@ def shell_parts(user_data: str) -> List[str]:
     return out
 
 
-def block_settings(user_data: str) -> List[Dict[str, str]]:
-    """The ``CAB_*`` assignments of every block in the shell parts of ``user_data``, one dict per block."""
-    blocks: List[Dict[str, str]] = []
+@dataclass(frozen=True)
+class Block:
+    """One block of a shell script: its ``CAB_*`` assignments (the first of each name) and whether its end
+    marker was found (a block that is not closed runs to the end of its script)."""
+
+    settings: Dict[str, str]
+    closed: bool
+
+
+def blocks(user_data: str) -> List[Block]:
+    """Every block in the shell parts of ``user_data``, in order."""
+    found: List[Block] = []
     for script in shell_parts(user_data):
         current: Optional[Dict[str, str]] = None
         for line in script.splitlines():
-            if line == _BEGIN:
+            if line == BLOCK_BEGIN:
+                if current is not None:
+                    found.append(Block(current, closed=False))
                 current = {}
-                blocks.append(current)
-            elif line == _END:
+            elif line == BLOCK_END:
+                if current is not None:
+                    found.append(Block(current, closed=True))
                 current = None
             elif current is not None:
                 match = _ASSIGNMENT_RE.match(line)
                 if match and match.group(1) not in current:
                     current[match.group(1)] = match.group(2)
-    return blocks
+        if current is not None:
+            found.append(Block(current, closed=False))
+    return found
+
+
+def block_settings(user_data: str) -> List[Dict[str, str]]:
+    """The ``CAB_*`` assignments of every block in the shell parts of ``user_data``, one dict per block."""
+    return [b.settings for b in blocks(user_data)]
 
 
 def tuning_of(user_data: str) -> Optional[Tuning]:
     """The tuning ``user_data`` carries (read from its first block), or None when it has no block."""
-    blocks = block_settings(user_data)
-    if not blocks:
+    found = block_settings(user_data)
+    if not found:
         return None
-    first = blocks[0]
+    first = found[0]
     target = first.get("CAB_TARGET")
     if target is None or not _TARGET_RE.match(target):
         raise MalformedBlock(f"CAB_TARGET must be 'auto' or a positive integer, got {target!r}")
     return Tuning(
         target=None if target == "auto" else int(target),
         source=first.get("CAB_SOURCE", "unknown"),
-        count=len(blocks),
+        count=len(found),
     )
 

@@ -1,17 +1,16 @@
 """``verify``: checks that every instance of a deployed stack booted with the block and the expected limit.
 
 CloudFormation gives the stack's instances, ASGs and launch templates; Auto Scaling their instances; EC2 the
-types, stored user data and console output. The user data decoder here is written independently of the code
-that produces the block (STYLE.md: the checker must not share code with the producer).
+types, stored user data and console output. The block is read with :mod:`.testing`, which is written
+independently of the code that produces it: the checker must not share code with the producer, or a bug in
+one would hide in both.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import email
 import gzip
-import json
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -19,20 +18,19 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from . import instance_memory
-from .aws_api import NotFound, aws_errors, boto3_module, client_config
+from .aws_api import NotFound, aws_errors, boto3_module, client_config, deployed_template
 from .deployed_context import user_data_kept
 from .policy import BacklogPolicy
-
-BLOCK_BEGIN = "# >>> cdk-audit-backlog >>>"
-BLOCK_END = "# <<< cdk-audit-backlog <<<"
+from .template_relations import AUTO_SCALING_GROUP, INSTANCE, LAUNCH_TEMPLATE
+from .testing import METADATA_KEY, blocks
 
 
 def decode_stored_user_data(value: Optional[str]) -> Optional[str]:
-    """Text of user data as EC2 returns it (base64; possibly gzip; possibly MIME multipart).
+    """Text of user data as EC2 returns it (base64; possibly gzip, which cloud-init undoes too). None for none.
 
-    For MIME, the text parts are joined in order, so a block inside any part is found. None for none.
-    Written independently of the code that produces the block (see STYLE.md: the checker must not share
-    code with the producer).
+    A MIME multipart document comes back whole: the block readers below take its shell parts with
+    :mod:`.testing`'s reader, the one ``check`` and ``report`` use (written independently of the code that
+    produces the block: the checker must not share code with the producer).
     """
     if not value:
         return None
@@ -42,59 +40,40 @@ def decode_stored_user_data(value: Optional[str]) -> Optional[str]:
         raw = value.encode()
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
-    text = raw.decode("utf-8", errors="replace")
-    if text.lstrip().lower().startswith(("content-type: multipart", "mime-version:")):
-        msg = email.message_from_string(text)
-        if msg.is_multipart():
-            parts = []
-            for part in msg.walk():
-                if part.is_multipart():
-                    continue
-                payload = part.get_payload(decode=True)
-                if payload is None:
-                    continue
-                if payload[:2] == b"\x1f\x8b":
-                    payload = gzip.decompress(payload)
-                parts.append(payload.decode("utf-8", errors="replace"))
-            return "\n".join(parts)
-    return text
+    return raw.decode("utf-8", errors="replace")
 
 
-_TARGET_RE = re.compile(r"^CAB_TARGET=['\"]?([0-9]+|auto)['\"]?\s*$", re.M)
+def _block_settings(user_data: Optional[str]) -> Optional[Dict[str, str]]:
+    """The ``CAB_*`` lines of the first block that has both markers, in order, or None when there is none."""
+    if not user_data:
+        return None
+    return next((b.settings for b in blocks(user_data) if b.closed), None)
+
+
+# A value as the block's shell reads it: quotes and trailing blanks allowed.
+_TARGET_RE = re.compile(r"['\"]?([0-9]+|auto)['\"]?\s*")
+_SOURCE_RE = re.compile(r"['\"]?([a-z0-9][a-z0-9.-]*)/([0-9]+)MiB['\"]?\s*")
+_MIXED_RE = re.compile(r"['\"]?mixed['\"]?\s*")
 
 
 def block_target(user_data: Optional[str]) -> Tuple[bool, Optional[str]]:
     """``(block present, CAB_TARGET)``: the block is the text between the markers (both, in order)."""
-    if not user_data:
+    settings = _block_settings(user_data)
+    if settings is None:
         return False, None
-    begin = user_data.find(BLOCK_BEGIN)
-    end = user_data.find(BLOCK_END, begin + 1) if begin >= 0 else -1
-    if begin < 0 or end < 0:
-        return False, None
-    m = _TARGET_RE.search(user_data, begin, end)
+    m = _TARGET_RE.fullmatch(settings.get("CAB_TARGET", ""))
     return True, (m.group(1) if m else None)
-
-
-_SOURCE_RE = re.compile(r"^CAB_SOURCE=['\"]?([a-z0-9][a-z0-9.-]*)/([0-9]+)MiB['\"]?\s*$", re.M)
 
 
 def block_source(user_data: Optional[str]) -> Optional[Tuple[str, int]]:
     """``(instance type, MiB)`` the block's limit was chosen for (its ``CAB_SOURCE``), or None."""
-    if not user_data:
-        return None
-    begin = user_data.find(BLOCK_BEGIN)
-    end = user_data.find(BLOCK_END, begin + 1) if begin >= 0 else -1
-    m = _SOURCE_RE.search(user_data, begin, end) if begin >= 0 and end >= 0 else None
+    m = _SOURCE_RE.fullmatch((_block_settings(user_data) or {}).get("CAB_SOURCE", ""))
     return (m.group(1), int(m.group(2))) if m else None
 
 
 def block_is_mixed(user_data: Optional[str]) -> bool:
     """Whether the block says ``CAB_SOURCE=mixed``: ``auto`` for a group whose types map to different limits."""
-    if not user_data:
-        return False
-    begin = user_data.find(BLOCK_BEGIN)
-    end = user_data.find(BLOCK_END, begin + 1) if begin >= 0 else -1
-    return begin >= 0 and end >= 0 and re.search(r"^CAB_SOURCE=['\"]?mixed['\"]?\s*$", user_data[begin:end], re.M) is not None
+    return _MIXED_RE.fullmatch((_block_settings(user_data) or {}).get("CAB_SOURCE", "")) is not None
 
 
 @dataclass(frozen=True)
@@ -136,7 +115,6 @@ def parse_console_result(console: Optional[str]) -> Optional[ConsoleResult]:
     return ConsoleResult(
         old=num(m.group("old")), new=num(m.group("new")), detail=m.group("detail") or "", line=line.strip()
     )
-
 
 
 @dataclass
@@ -212,18 +190,15 @@ def _stack_resources(cfn: Any, stack: str, depth: int = 0) -> List[Dict[str, Any
 def _kept_launches(cfn: Any, stack: str) -> Set[str]:
     """Logical ids of the stack's Instances (and their launch templates) whose user data the aspect kept
     because they already ran (their ``cdk-audit-backlog`` Metadata in the deployed template says so)."""
-    body = cfn.get_template(StackName=stack, TemplateStage="Original").get("TemplateBody")
-    if isinstance(body, str):
-        try:
-            body = json.loads(body)
-        except ValueError:
-            return set()
-    resources = body.get("Resources") if isinstance(body, dict) else None
+    try:
+        body = deployed_template(cfn, stack)
+    except ValueError:  # not JSON (a YAML template): no Metadata of the aspect in it
+        return set()
     return {
         lid
-        for lid, r in (resources or {}).items()
-        if isinstance(r, dict) and r.get("Type") in ("AWS::EC2::Instance", "AWS::EC2::LaunchTemplate")
-        and user_data_kept((r.get("Metadata") or {}).get("cdk-audit-backlog"))
+        for lid, r in ((body or {}).get("Resources") or {}).items()
+        if isinstance(r, dict) and r.get("Type") in (INSTANCE, LAUNCH_TEMPLATE)
+        and user_data_kept((r.get("Metadata") or {}).get(METADATA_KEY))
     }
 
 
@@ -270,11 +245,11 @@ def check_stack(
         if not pid:
             continue
         rtype = r.get("ResourceType")
-        if rtype == "AWS::EC2::Instance":
+        if rtype == INSTANCE:
             instance_ids[pid] = r["LogicalResourceId"]
-        elif rtype == "AWS::AutoScaling::AutoScalingGroup":
+        elif rtype == AUTO_SCALING_GROUP:
             asg_names[pid] = r["LogicalResourceId"]
-        elif rtype == "AWS::EC2::LaunchTemplate":
+        elif rtype == LAUNCH_TEMPLATE:
             lt_ids[pid] = r["LogicalResourceId"]
 
     def asg_instances() -> None:
