@@ -16,7 +16,7 @@ from cdk_audit_backlog.testing import launches, shell_parts
 
 BEGIN = "# >>> cdk-audit-backlog >>>"
 END = "# <<< cdk-audit-backlog <<<"
-APPS = ["mixed_instances", "ecs", "eks", "user_data_kinds", "l1_raw"]
+APPS = ["mixed_instances", "ecs", "eks", "user_data_kinds", "l1_raw", "fleets"]
 CFN_LINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "bin", "cfn-lint")
 
 

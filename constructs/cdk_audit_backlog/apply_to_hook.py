@@ -20,7 +20,12 @@ from aws_cdk import AspectPriority, Aspects, CfnResource, IAspect, Stack
 from constructs import Construct, IConstruct, IValidation
 
 from .association import DEFAULT_ID, LAUNCH_TYPES, AssociationOptions, AuditBacklogAssociation
-from .diagnostics import HOOK_ID, TUNES_SCOPE, warn_if_launch_is_out_of_reach
+from .diagnostics import (
+    HOOK_ID,
+    TUNES_SCOPE,
+    warn_about_inline_launch_specifications,
+    warn_if_launch_is_out_of_reach,
+)
 from .launch_decision import AspectSettings, exclusion_reason
 from .launch_reader import get, index_groups, key, launch_references, read_stack, scan
 from .launch_tuning import Tuning
@@ -123,6 +128,7 @@ def _tune_scope(hook: Hook) -> None:
                 continue
             if not _refers_to(group.cfn_resource_type, group.props, reachable):
                 warn_if_launch_is_out_of_reach(group.resource, group.cfn_resource_type, group.raw)
+            warn_about_inline_launch_specifications(group.resource, group.cfn_resource_type, group.raw)
         for launch in launches:
             if launch.cfn_resource_type == "AWS::EC2::LaunchTemplate":
                 launch.consumers = by_template.get(launch.logical_id or "", [])

@@ -27,7 +27,13 @@ from constructs import IConstruct
 
 from . import running_instances as running_instances_module
 from .apply_to_hook import Hook, add_associations
-from .diagnostics import TUNES_SCOPE, is_covered, warn_about_unreached_stages, warn_if_launch_is_out_of_reach
+from .diagnostics import (
+    TUNES_SCOPE,
+    is_covered,
+    warn_about_inline_launch_specifications,
+    warn_about_unreached_stages,
+    warn_if_launch_is_out_of_reach,
+)
 from .launch_decision import exclusion_reason
 from .launch_reader import CONSUMER_TYPES, USER_DATA_PATH, SkipMarker, skip_marker_reason
 from .launch_tuning import EC2_USER_DATA_LIMIT, METADATA_KEY, Tuning
@@ -163,7 +169,9 @@ class AuditBacklog:
             tuning.claim(self)
             tuning.attach_lazily()
         elif kind in CONSUMER_TYPES and not self._skips(node):
-            warn_if_launch_is_out_of_reach(node, kind, node._cfn_properties)
+            properties = node._cfn_properties
+            warn_if_launch_is_out_of_reach(node, kind, properties)
+            warn_about_inline_launch_specifications(node, kind, properties)
 
     def _skips(self, node: CfnResource) -> bool:
         return bool(skip_marker_reason(node, AppRegistry.of(node)) or exclusion_reason(node, self))

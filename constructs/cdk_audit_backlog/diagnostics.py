@@ -24,7 +24,13 @@ from constructs import IConstruct
 
 from .launch_reader import USER_DATA_PATH, launch_references, raw
 
-__all__ = ["HOOK_ID", "is_covered", "warn_if_launch_is_out_of_reach", "warn_about_unreached_stages"]
+__all__ = [
+    "HOOK_ID",
+    "is_covered",
+    "warn_if_launch_is_out_of_reach",
+    "warn_about_inline_launch_specifications",
+    "warn_about_unreached_stages",
+]
 
 #: Construct id of ``apply_to``'s hidden leaf under each scope and Stage it covers.
 HOOK_ID = "CdkAuditBacklog"
@@ -53,6 +59,21 @@ def warn_if_launch_is_out_of_reach(group: CfnResource, kind: str, properties: An
     if reason:
         Annotations.of(group).add_warning_v2(
             "cdk-audit-backlog:skipped", f"cdk-audit-backlog: {group.node.path} is not tuned: {reason}."
+        )
+
+
+def warn_about_inline_launch_specifications(group: CfnResource, kind: str, properties: Any) -> None:
+    """A Spot Fleet's inline launch specifications carry user data of their own, which this release does not
+    tune (its launch template configs are tuned through their templates): say so."""
+    if kind != "AWS::EC2::SpotFleet":
+        return
+    specs = raw(raw(properties, "spotFleetRequestConfigData"), "launchSpecifications")
+    if isinstance(specs, list) and specs:
+        Annotations.of(group).add_warning_v2(
+            "cdk-audit-backlog:skipped",
+            f"cdk-audit-backlog: {group.node.path} is not tuned in its {len(specs)} inline launch "
+            f"specification(s) (SpotFleetRequestConfigData.LaunchSpecifications); launch template configs "
+            f"(LaunchTemplateConfigs) with an ec2.LaunchTemplate are tuned through the template.",
         )
 
 

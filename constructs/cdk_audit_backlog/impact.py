@@ -33,10 +33,12 @@ from .deployed_context import ASSOCIATION_TYPE, context_key
 from .errors import CliError
 from .template_relations import (
     AUTO_SCALING_GROUP,
+    EC2_FLEET,
     INSTANCE,
     LAUNCH_CONFIGURATION,
     LAUNCH_TEMPLATE,
     NODEGROUP,
+    SPOT_FLEET,
     references,
 )
 
@@ -51,9 +53,13 @@ __all__ = [
 ]
 
 DOCUMENT = "AWS::SSM::Document"
+_FLEETS = (EC2_FLEET, SPOT_FLEET)
 _SHOWN = (
     INSTANCE, LAUNCH_TEMPLATE, LAUNCH_CONFIGURATION, AUTO_SCALING_GROUP, NODEGROUP, ASSOCIATION_TYPE, DOCUMENT
-)
+) + _FLEETS
+# An EC2 Fleet's properties that change in place (CloudFormation's AWS::EC2::EC2Fleet reference); every other
+# property of it, and any change of a Spot Fleet's SpotFleetRequestConfigData, "requires replacement".
+_EC2_FLEET_IN_PLACE = frozenset({"TargetCapacitySpecification", "ExcessCapacityTerminationPolicy", "Context"})
 
 # AWS::EC2::Instance properties by CloudFormation's "Update requires" (AWS::EC2::Instance reference page).
 _INSTANCE_STOP_START = frozenset(
@@ -146,6 +152,8 @@ def _created(stack: str, lid: str, res: Mapping[str, Any], deployed: bool) -> Im
         LAUNCH_CONFIGURATION: "new launch configuration: instances launched from it boot with its user data",
         AUTO_SCALING_GROUP: "new group: its instances boot from its launch template / configuration",
         NODEGROUP: "new node group: its nodes boot from its launch template",
+        EC2_FLEET: "new fleet: its instances boot from its launch templates",
+        SPOT_FLEET: "new fleet: its instances boot from its launch templates / launch specifications",
         DOCUMENT: "new SSM document (runs only through an association or Run Command)",
     }.get(kind, "")
     if kind == ASSOCIATION_TYPE:
@@ -191,6 +199,8 @@ def _deleted(stack: str, lid: str, prev: Mapping[str, Any]) -> Impact:
     if kind in (AUTO_SCALING_GROUP, NODEGROUP):
         effect = "group deleted: its instances are terminated"
         return Impact(stack, lid, kind, "deleted", effect, interrupts=True)
+    if kind in _FLEETS:
+        return Impact(stack, lid, kind, "deleted", _FLEET_GONE, interrupts=True)
     if kind == ASSOCIATION_TYPE:
         return Impact(stack, lid, kind, "deleted", "association deleted: machines keep what it applied")
     return Impact(stack, lid, kind, "deleted", "deleted: running instances launched from it keep running")
@@ -205,6 +215,8 @@ def _updated(
         return _instance_update(stack, lid, props, references(_props(res)) & changed)
     if kind in (AUTO_SCALING_GROUP, NODEGROUP):
         return _group_update(stack, lid, res, props, references(_props(res)) & changed)
+    if kind in _FLEETS:
+        return _fleet_update(stack, lid, kind, res, props, changed)
     if not props:
         return Impact(stack, lid, kind, "unchanged", "nothing happens")
     effect = {
@@ -234,6 +246,33 @@ def _instance_update(stack: str, lid: str, props: List[str], changed_refs: Set[s
     else:
         return Impact(stack, lid, INSTANCE, "updated", "updated in place, no interruption", properties=props)
     return Impact(stack, lid, INSTANCE, "updated", effect, interrupts=True, properties=props)
+
+
+_FLEET_GONE = (
+    "fleet deleted: it launches no more instances, and its running ones may be terminated with it (an "
+    "instant fleet's always are)"
+)
+
+
+def _fleet_update(
+    stack: str, lid: str, kind: str, res: Mapping[str, Any], props: List[str], changed: Set[str]
+) -> Impact:
+    """A fleet's launch template configs require replacement when they change; a config that names a changed
+    template's version through ``Fn::GetAtt`` changes with it, one that names ``$Latest`` / ``$Default`` does
+    not (the fleet launches the new version from then on)."""
+    versioned = references(_props(res), intrinsics=("Fn::GetAtt",)) & changed
+    following = (references(_props(res)) & changed) - versioned
+    in_place = kind == EC2_FLEET and all(p in _EC2_FLEET_IN_PLACE for p in props)
+    shown = sorted(set(props) | {f"{r} (new version)" for r in versioned | following})
+    if versioned or (props and not in_place):
+        effect = f"replaced: a new fleet is created and this one deleted ({_FLEET_GONE.split(': ', 1)[1]})"
+        return Impact(stack, lid, kind, "updated", effect, interrupts=True, properties=shown)
+    if following:
+        effect = "running instances keep their launch settings; instances it launches from now on boot tuned"
+        return Impact(stack, lid, kind, "updated", effect, properties=shown)
+    if props:
+        return Impact(stack, lid, kind, "updated", "updated in place; running instances unchanged", properties=shown)
+    return Impact(stack, lid, kind, "unchanged", "nothing happens")
 
 
 def _group_update(

@@ -14,7 +14,7 @@ from aws_cdk import aws_ec2 as ec2
 
 from . import bottlerocket, instance_memory
 from . import running_instances as running_instances_module
-from .launch_reader import Group, Launch, consumer_types, get
+from .launch_reader import Group, Launch, consumer_uses, get
 from .policy import BacklogPolicy
 from .splice import Unsupported, leading_text, splice_user_data, user_data_kind
 from .tuning_options import TuningOptions
@@ -185,12 +185,12 @@ def _candidate_types(launch: Launch, consumers: Sequence[Group]) -> Tuple[List[A
     own = get(launch.data, "InstanceType")
     if launch.cfn_resource_type != "AWS::EC2::LaunchTemplate":
         return [own], "the resource"
-    per_group = [consumer_types(consumer) for consumer in consumers]
-    group_types = [t for types in per_group for t in types]
+    uses = [types for consumer in consumers for types in consumer_uses(consumer, launch.logical_id or "")]
+    group_types = [t for types in uses for t in types]
     if group_types:
-        # What EC2 launches: a group's overrides (or node group types) replace the template's own type;
-        # a group without them launches the template's type (None, so auto, when it has none).
-        return group_types + ([own] if any(not types for types in per_group) else []), (
+        # What EC2 launches: a use's overrides (or node group types) replace the template's own type; a use
+        # without them launches the template's type (None, so auto, when it has none).
+        return group_types + ([own] if any(not types for types in uses) else []), (
             "the groups that use this launch template"
         )
     return ([own] if own is not None else []), "the launch template"

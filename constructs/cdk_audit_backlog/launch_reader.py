@@ -23,6 +23,7 @@ from .registry import AppRegistry
 __all__ = [
     "USER_DATA_PATH",
     "CONSUMER_TYPES",
+    "FLEET_TYPES",
     "SkipMarker",
     "Launch",
     "Group",
@@ -35,7 +36,8 @@ __all__ = [
     "launch_references",
     "index_groups",
     "groups_by_launch_template",
-    "consumer_types",
+    "consumer_uses",
+    "fleet_configs",
     "skip_marker_reason",
     "get",
     "raw",
@@ -47,7 +49,9 @@ USER_DATA_PATH = {
     "AWS::EC2::LaunchTemplate": "LaunchTemplateData.UserData",
     "AWS::AutoScaling::LaunchConfiguration": "UserData",
 }
-CONSUMER_TYPES = ("AWS::AutoScaling::AutoScalingGroup", "AWS::EKS::Nodegroup")
+#: Fleets launch from launch templates named in launch template configs, each with its own overrides.
+FLEET_TYPES = ("AWS::EC2::EC2Fleet", "AWS::EC2::SpotFleet")
+CONSUMER_TYPES = ("AWS::AutoScaling::AutoScalingGroup", "AWS::EKS::Nodegroup") + FLEET_TYPES
 # The few properties read from each kind (camelCase, as CDK keeps L1 properties before rendering).
 _GROUP_FIELDS = {
     "AWS::AutoScaling::AutoScalingGroup": (
@@ -56,6 +60,8 @@ _GROUP_FIELDS = {
         "launchConfigurationName",
     ),
     "AWS::EKS::Nodegroup": ("launchTemplate", "instanceTypes"),
+    "AWS::EC2::EC2Fleet": ("launchTemplateConfigs",),
+    "AWS::EC2::SpotFleet": ("spotFleetRequestConfigData",),
 }
 SKIP_ID = "CdkAuditBacklogSkip"
 
@@ -257,6 +263,12 @@ def launch_references(kind: str, props: Any, read: Callable[[Any, str], Any]) ->
     if kind == "AWS::EKS::Nodegroup":
         spec = read(props, "launchTemplate")
         return LaunchReferences((read(spec, "id"),), (read(spec, "name"),))
+    if kind in FLEET_TYPES:
+        specs = [read(config, "launchTemplateSpecification") for config in fleet_configs(kind, props, read)]
+        return LaunchReferences(
+            tuple(read(spec, "launchTemplateId") for spec in specs),
+            tuple(read(spec, "launchTemplateName") for spec in specs),
+        )
     own = read(props, "launchTemplate")
     mixed = read(read(read(props, "mixedInstancesPolicy"), "launchTemplate"), "launchTemplateSpecification")
     return LaunchReferences(
@@ -287,15 +299,34 @@ def groups_by_launch_template(stack: Stack) -> Dict[str, List[Group]]:
     return index_groups(groups)
 
 
-def consumer_types(consumer: Group) -> List[Any]:
-    """Instance types a group may launch; a non-string entry means "not known at synth time"."""
-    if consumer.cfn_resource_type == "AWS::EKS::Nodegroup":
+def fleet_configs(kind: str, props: Any, read: Callable[[Any, str], Any]) -> List[Any]:
+    """The launch template configs of an EC2 Fleet or a Spot Fleet (Spot Fleet keeps them, and its inline
+    launch specifications, in its request config)."""
+    if kind == "AWS::EC2::SpotFleet":
+        props = read(props, "spotFleetRequestConfigData")
+    configs = read(props, "launchTemplateConfigs")
+    return list(configs) if isinstance(configs, list) else []
+
+
+def consumer_uses(consumer: Group, template_id: str) -> List[List[Any]]:
+    """How a group launches from the launch template ``template_id`` (a logical id): one list of instance types
+    per use, an empty list where the use launches the template's own type. A non-string entry means "not known
+    at synth time" (InstanceRequirements: attribute-based selection, so auto)."""
+    kind = consumer.cfn_resource_type
+    if kind == "AWS::EKS::Nodegroup":
         types = get(consumer.props, "InstanceTypes")
-        return list(types) if isinstance(types, list) and types else []
+        return [list(types) if isinstance(types, list) and types else []]
+    if kind in FLEET_TYPES:  # one use per config naming this template, with that config's overrides
+        uses = []
+        for config in fleet_configs(kind, consumer.props, get):
+            ref = get(get(config, "LaunchTemplateSpecification"), "LaunchTemplateId")
+            if isinstance(ref, dict) and ref.get("Ref") == template_id:
+                overrides = get(config, "Overrides")
+                uses.append([get(o, "InstanceType") for o in overrides] if isinstance(overrides, list) else [])
+        return uses
     mixed = get(consumer.props, "MixedInstancesPolicy")
     overrides = get(get(mixed, "LaunchTemplate"), "Overrides")
-    # InstanceRequirements (attribute-based selection) cannot be known at synth: None, so auto.
-    return [get(o, "InstanceType") for o in overrides] if isinstance(overrides, list) else []
+    return [[get(o, "InstanceType") for o in overrides] if isinstance(overrides, list) else []]
 
 
 def get(data: Any, name: str) -> Any:

@@ -24,6 +24,9 @@ __all__ = [
     "LAUNCH_CONFIGURATION",
     "AUTO_SCALING_GROUP",
     "NODEGROUP",
+    "EC2_FLEET",
+    "SPOT_FLEET",
+    "fleet_configs",
     "LaunchTemplateUse",
     "references",
     "launch_template_name",
@@ -37,6 +40,8 @@ LAUNCH_TEMPLATE = "AWS::EC2::LaunchTemplate"
 LAUNCH_CONFIGURATION = "AWS::AutoScaling::LaunchConfiguration"
 AUTO_SCALING_GROUP = "AWS::AutoScaling::AutoScalingGroup"
 NODEGROUP = "AWS::EKS::Nodegroup"
+EC2_FLEET = "AWS::EC2::EC2Fleet"
+SPOT_FLEET = "AWS::EC2::SpotFleet"
 
 
 @dataclass(frozen=True)
@@ -55,22 +60,23 @@ class LaunchTemplateUse:
     instance_types: Optional[Tuple[Any, ...]] = None
 
 
-def references(value: Any) -> Set[str]:
-    """Logical ids a template value refers to (``Ref``, ``Fn::GetAtt`` in list or dotted form)."""
+def references(value: Any, *, intrinsics: Tuple[str, ...] = ("Ref", "Fn::GetAtt")) -> Set[str]:
+    """Logical ids a template value refers to (``Ref``, ``Fn::GetAtt`` in list or dotted form; ``intrinsics``
+    narrows it, e.g. to ``("Fn::GetAtt",)`` for the attributes, such as a launch template's version number)."""
     found: Set[str] = set()
     if isinstance(value, dict):
         for k, v in value.items():
-            if k == "Ref" and isinstance(v, str):
+            if k == "Ref" and isinstance(v, str) and k in intrinsics:
                 found.add(v)
-            elif k == "Fn::GetAtt" and isinstance(v, list) and v and isinstance(v[0], str):
+            elif k == "Fn::GetAtt" and isinstance(v, list) and v and isinstance(v[0], str) and k in intrinsics:
                 found.add(v[0])
-            elif k == "Fn::GetAtt" and isinstance(v, str):
+            elif k == "Fn::GetAtt" and isinstance(v, str) and k in intrinsics:
                 found.add(v.split(".", 1)[0])
             else:
-                found |= references(v)
+                found |= references(v, intrinsics=intrinsics)
     elif isinstance(value, list):
         for v in value:
-            found |= references(v)
+            found |= references(v, intrinsics=intrinsics)
     return found
 
 
@@ -98,7 +104,8 @@ def spec_refers_to(
 def launch_template_users(resources: Mapping[str, Any], logical_id: str) -> List[LaunchTemplateUse]:
     """Every use of the launch template ``logical_id`` by the resources of the same template, in template
     order: Auto Scaling groups (``LaunchTemplate``, or ``MixedInstancesPolicy`` whose overrides replace the
-    template's type), EKS node groups (``InstanceTypes``) and Instances (their own ``InstanceType``)."""
+    template's type), EKS node groups (``InstanceTypes``), EC2 Fleets and Spot Fleets (each launch template
+    config that names it, with its ``Overrides``) and Instances (their own ``InstanceType``)."""
     name = launch_template_name(resources.get(logical_id) or {})
     out: List[LaunchTemplateUse] = []
     for user, other in resources.items():
@@ -112,11 +119,25 @@ def launch_template_users(resources: Mapping[str, Any], logical_id: str) -> List
                 types = props.get("InstanceTypes")
                 listed = tuple(types) if isinstance(types, list) and types else None
                 out.append(LaunchTemplateUse(user, kind, listed))
+        elif kind in (EC2_FLEET, SPOT_FLEET):  # each launch template config that names it, with its overrides
+            for config in fleet_configs(kind, props):
+                if spec_refers_to(config.get("LaunchTemplateSpecification"), logical_id, name):
+                    overrides = [o for o in (config.get("Overrides") or []) if isinstance(o, Mapping)]
+                    types = tuple(o.get("InstanceType") for o in overrides) or None
+                    out.append(LaunchTemplateUse(user, kind, types))
         elif kind == INSTANCE:
             if spec_refers_to(props.get("LaunchTemplate"), logical_id, name):
                 own = (props["InstanceType"],) if "InstanceType" in props else None
                 out.append(LaunchTemplateUse(user, kind, own))
     return out
+
+
+def fleet_configs(kind: str, props: Mapping[str, Any]) -> List[Mapping[str, Any]]:
+    """The launch template configs of an EC2 Fleet, or of a Spot Fleet (inside its request config)."""
+    if kind == SPOT_FLEET:
+        props = props.get("SpotFleetRequestConfigData") or {}
+    configs = props.get("LaunchTemplateConfigs") if isinstance(props, Mapping) else None
+    return [c for c in configs if isinstance(c, Mapping)] if isinstance(configs, list) else []
 
 
 def _group_uses(
