@@ -34,6 +34,7 @@ CAB_INSTALL_AUDITD="${CAB_INSTALL_AUDITD:-0}"
 CAB_ALLOW_LOWER="${CAB_ALLOW_LOWER:-0}"
 CAB_SOURCE="${CAB_SOURCE:-unknown}"
 CAB_UNIT="${CAB_UNIT:-off}"
+CAB_CMDLINE_LIMIT="${CAB_CMDLINE_LIMIT:-}"
 # @@CAB_INPUTS_END@@
 
 # Globals, one meaning each; the ones that recur are short because the block's size is budgeted
@@ -319,7 +320,8 @@ cab_main() {
     # @@CAB_ENDIF@@
   fi
   # @@CAB_IF cmdline@@
-  [ "$CAB_KERNEL_CMDLINE" != 1 ] || cab_cmdline "$d"
+  # A compliance preset may fix the command line's value (the STIG checks for exactly 8192).
+  [ "$CAB_KERNEL_CMDLINE" != 1 ] || cab_cmdline "${CAB_CMDLINE_LIMIT:-$d}"
   # @@CAB_ENDIF@@
   # @@CAB_IF unit@@
   # A unit that cannot be installed is reported; it does not change the exit status of apply.

@@ -76,6 +76,11 @@ class AuditBacklog:
         for byte (changing it would stop and start the instance; the SSM association tunes it instead),
         ``"restart"`` tunes its user data anyway (the next deploy stops and starts it). Instances not
         recorded boot tuned either way. Default: ``"keep"``. See :mod:`.running_instances`.
+    :param compliance: a hardening benchmark's floor with memory-aware sizing above it: ``"stig"`` (exactly
+        ``audit_backlog_limit=8192`` on the kernel command line, the rules' ``-b`` at least 8192) or ``"cis"``
+        (8192 or more, both). Turns ``kernel_cmdline`` on and raises the policy's minimum to 8192; a launch
+        whose smallest type's memory the floor takes more than 5 % of at worst gets a warning. Default: None.
+        See :mod:`.compliance`.
     """
 
     def __init__(
@@ -91,6 +96,7 @@ class AuditBacklog:
         bottlerocket: bool = False,
         exclude: Optional[Callable[[CfnResource], bool]] = None,
         running_instances: str = "keep",
+        compliance: Optional[str] = None,
     ) -> None:
         #: The tuning options every launch (and an association added by ``apply_to``) is rendered with.
         self.options = TuningOptions(
@@ -101,6 +107,7 @@ class AuditBacklog:
             install_auditd=install_auditd,
             allow_lower=allow_lower,
             boot_unit=boot_unit,
+            compliance=compliance,
         )
         validate_flag("bottlerocket", bottlerocket)
         if exclude is not None and not callable(exclude):
@@ -120,6 +127,7 @@ class AuditBacklog:
     install_auditd = property(lambda self: self.options.install_auditd)
     allow_lower = property(lambda self: self.options.allow_lower)
     boot_unit = property(lambda self: self.options.boot_unit)
+    compliance = property(lambda self: self.options.compliance)
 
     # -- entry points ------------------------------------------------------------------------------
 

@@ -218,6 +218,8 @@ class AuditBacklogAssociation(Construct):
     :param allow_lower: lower a larger limit the machine has. Default: False.
     :param association_name: Default: None (CloudFormation generates one).
     :param document_name: not starting with aws, amazon or amzn. Default: None (CloudFormation generates one).
+    :param compliance: a hardening benchmark's floor, ``"stig"`` or ``"cis"`` (see ``AuditBacklog``).
+        Default: None.
     :param schedule, max_concurrency, max_errors, compliance_severity, sync_compliance, output_bucket_name,
         output_key_prefix, ssm_permissions: see :class:`AssociationOptions` (same defaults).
     """
@@ -244,6 +246,7 @@ class AuditBacklogAssociation(Construct):
         output_bucket_name: Optional[str] = None,
         output_key_prefix: Optional[str] = None,
         ssm_permissions: bool = False,
+        compliance: Optional[str] = None,
     ) -> None:
         # Validate everything before any child exists (a ValueError leaves no half-built construct behind).
         options = AssociationOptions(
@@ -276,6 +279,7 @@ class AuditBacklogAssociation(Construct):
             install_auditd=install_auditd,
             allow_lower=allow_lower,
             boot_unit=False,
+            compliance=compliance,
         )
         if association_name is not None:
             validate_document_name(association_name, "association_name")

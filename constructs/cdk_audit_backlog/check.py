@@ -67,6 +67,7 @@ from aws_cdk import (
 )
 
 from .cloud_assembly import nested_stack_templates
+from .compliance import profile, raise_policy
 from .deployed_context import ASSOCIATION_TYPE, user_data_kept
 from .policy import BacklogPolicy
 from .template_relations import LAUNCH_TEMPLATE, launch_template_of, launch_template_users
@@ -93,6 +94,7 @@ RULES: Dict[str, str] = {
     "BelowPolicy": "EC2 launch whose audit backlog limit is below the policy for its instance type.",
     "MalformedBlock": "EC2 launch whose cdk-audit-backlog block has no readable CAB_TARGET line.",
     "BlockNotFirst": "EC2 launch whose cdk-audit-backlog block does not come right after the shebang line.",
+    "BelowComplianceFloor": "EC2 launch whose audit backlog settings fail the hardening benchmark's floor.",
 }
 
 _FIX = "Tune it with cdk_audit_backlog.AuditBacklog.apply_to(app), or acknowledge it with Validations.of(construct).acknowledge()."
@@ -138,6 +140,9 @@ class AuditBacklogCheck:
     :param fail_synth: report findings as errors, which make ``cdk synth`` fail; False reports them as
         warnings (printed, synth succeeds unless run as ``cdk synth --strict``), for adopting the check
         before the whole app is tuned. Default: True.
+    :param compliance: also hold every launch to a hardening benchmark's floor, ``"stig"`` or ``"cis"`` (see
+        ``AuditBacklog``'s option of the same name): a launch short of it is a ``BelowComplianceFloor``
+        finding naming the benchmark rule, and the policy's minimum is raised to the floor. Default: None.
     """
 
     def __init__(
@@ -146,7 +151,9 @@ class AuditBacklogCheck:
         policy: Optional[BacklogPolicy] = None,
         memory_of: Optional[MemoryOf] = None,
         fail_synth: bool = True,
+        compliance: Optional[str] = None,
     ) -> None:
+        self._preset = profile(compliance)
         if not isinstance(fail_synth, bool):
             raise ValueError(f"fail_synth must be True or False, got {fail_synth!r}")
         if policy is not None and not isinstance(policy, BacklogPolicy):
@@ -154,6 +161,8 @@ class AuditBacklogCheck:
         if memory_of is not None and not callable(memory_of):
             raise ValueError(f"memory_of must be a callable taking an instance type name, got {memory_of!r}")
         self._policy = policy or BacklogPolicy()
+        if self._preset is not None:  # held to the floor: the policy's minimum is raised to it
+            self._policy = raise_policy(self._policy, self._preset)
         self._memory_of: MemoryOf = memory_of or _default_memory_of
         self._fail_synth = fail_synth
         #: Launch resources examined and findings of the last ``validate`` call (CDK leaves a plugin
@@ -284,6 +293,9 @@ class AuditBacklogCheck:
         if target is None or not (target == "auto" or (target.isdigit() and not target.startswith("0"))):
             return finding("MalformedBlock", f"Its block has CAB_TARGET={target!r}.")
 
+        short = self._short_of_floor(settings)
+        if short:
+            return finding("BelowComplianceFloor", short)
         types = _instance_types(logical_id, resources)
         required, why = self._required(types)
         if target == "auto":
@@ -307,6 +319,31 @@ class AuditBacklogCheck:
                 "BelowPolicy", f"It sets {limit}; the policy asks for {required} ({why}).", required, limit
             )
         return None
+
+    def _short_of_floor(self, settings: Mapping[str, str]) -> Optional[str]:
+        """What a block lacks for the compliance preset, naming the benchmark rule; None when it meets it."""
+        preset = self._preset
+        if preset is None:
+            return None
+        floor, target = preset.floor, settings.get("CAB_TARGET", "")
+        problems = []
+        if target == "auto":
+            minimum = settings.get("CAB_MIN", "")
+            if not minimum.isdigit() or int(minimum) < floor:
+                problems.append(f"its block computes auto with a minimum of {minimum or '?'}, below {floor}")
+        elif int(target) < floor:
+            problems.append(f"it sets {target}, below {floor}")
+        if settings.get("CAB_KERNEL_CMDLINE") != "1":
+            problems.append("it does not set audit_backlog_limit on the kernel command line")
+        elif preset.cmdline_exact:
+            on_cmdline = settings.get("CAB_CMDLINE_LIMIT") or target
+            if on_cmdline != str(floor):
+                problems.append(
+                    f"the kernel command line gets audit_backlog_limit={on_cmdline}, not exactly {floor}"
+                )
+        if not problems:
+            return None
+        return f"{preset.rule_text}: {'; '.join(problems)}. Use AuditBacklog(compliance={preset.name!r})."
 
     def _required(self, types: Sequence[Optional[str]]) -> Tuple[Optional[int], str]:
         """(limit the policy asks for or None when a type is unknown, explanation).

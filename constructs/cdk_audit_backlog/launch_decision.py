@@ -15,7 +15,8 @@ from aws_cdk import aws_ec2 as ec2
 from . import bottlerocket, instance_memory
 from . import running_instances as running_instances_module
 from .launch_reader import Group, Launch, consumer_uses, get
-from .policy import BacklogPolicy
+from .compliance import FLOOR_MEMORY_WARNING_SHARE
+from .policy import MAX_AUDIT_MESSAGE_LENGTH, BacklogPolicy
 from .splice import Unsupported, leading_text, splice_user_data, user_data_kind
 from .tuning_options import TuningOptions
 from .user_data import BlockInputs, render_block
@@ -40,7 +41,7 @@ class LaunchDecision:
 
     metadata: Dict[str, Any]
     user_data: Any  # resolved UserData value to emit
-    warning: Optional[Tuple[str, str]] = None  # (id, message)
+    warnings: Tuple[Tuple[str, str], ...] = ()  # (id, message) each
     keeps_user_data: bool = False  # skipped, or an instance already running: its own UserData stays as is
 
 
@@ -93,6 +94,8 @@ def decide(launch: Launch, aspect: AspectSettings) -> LaunchDecision:
         metadata["perType"] = sizing.per_type
     elif sizing.types and sizing.memory:
         metadata.update(instanceType=sizing.types[0], memoryMiB=sizing.memory)
+    if options.preset is not None:  # readers name the benchmark from it
+        metadata["compliance"] = options.preset.name
     # A user data change interrupts a running AWS::EC2::Instance, directly or through the launch template it
     # launches from: a launch configuration needs no look.
     running = (
@@ -105,7 +108,7 @@ def decide(launch: Launch, aspect: AspectSettings) -> LaunchDecision:
     if running is not None and running.note:
         metadata["deployed"] = running.note
     if running is not None and running.keep:  # already running: a user data change would stop and start it
-        return LaunchDecision(metadata, resolved, running.warning, keeps_user_data=True)
+        return LaunchDecision(metadata, resolved, _warnings(running.warning), keeps_user_data=True)
     require_mime = any(c.cfn_resource_type == "AWS::EKS::Nodegroup" for c in launch.consumers)
     try:
         if bottlerocket.is_bottlerocket_user_data(resolved):
@@ -123,13 +126,38 @@ def decide(launch: Launch, aspect: AspectSettings) -> LaunchDecision:
             new_user_data = splice_user_data(resolved, render_block(inputs), require_mime=require_mime)
     except Unsupported as e:
         return _skipped(launch, str(e))
-    return LaunchDecision(metadata, new_user_data, running.warning if running is not None else None)
+    found = _warnings(running.warning if running is not None else None, _floor_warning(launch, options, sizing))
+    return LaunchDecision(metadata, new_user_data, found)
 
 
 def _skipped(launch: Launch, reason: str) -> LaunchDecision:
     message = f"cdk-audit-backlog: {launch.resource.node.path} is not tuned: {reason}."
     return LaunchDecision(
         {"skipped": reason}, launch.user_data, (SKIPPED_WARNING, message), keeps_user_data=True
+    )
+
+
+def _warnings(*found: Optional[Tuple[str, str]]) -> Tuple[Tuple[str, str], ...]:
+    return tuple(w for w in found if w is not None)
+
+
+def _floor_warning(launch: Launch, options: TuningOptions, sizing: "TypeSizing") -> Optional[Tuple[str, str]]:
+    """A compliance floor that a full queue makes a large share of the smallest machine's memory: say so."""
+    preset = options.preset
+    memories = [instance_memory.memory_mib(t) for t in (sizing.per_type or sizing.types)]
+    known = [m for m in memories if m]
+    if preset is None or not known:
+        return None
+    smallest = min(known)
+    share = preset.floor_share_of(smallest)
+    if share <= FLOOR_MEMORY_WARNING_SHARE:
+        return None
+    worst = preset.floor * MAX_AUDIT_MESSAGE_LENGTH / (1024 * 1024)
+    return (
+        "cdk-audit-backlog:compliance-floor-memory",
+        f"cdk-audit-backlog: {launch.resource.node.path}: the {preset.name} floor of {preset.floor} buffers can "
+        f"take {worst:.0f} MiB of a {smallest} MiB machine ({share:.1%}) when the audit queue is full, more "
+        f"than sizing from memory would allow; the benchmark demands it.",
     )
 
 

@@ -114,8 +114,8 @@ class Tuning:
         if self._decision is None:
             self.launch = launch
             self._decision = decide(launch, self.winner)
-            if self._decision.warning:
-                Annotations.of(self.resource).add_warning_v2(*self._decision.warning)
+            for warning in self._decision.warnings:
+                Annotations.of(self.resource).add_warning_v2(*warning)
         return self._decision
 
     def write(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Dict, Optional
 
+from .compliance import ComplianceProfile, profile, raise_policy
 from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
 
 __all__ = ["TuningOptions", "validate_flag"]
@@ -39,6 +40,11 @@ class TuningOptions:
     :param boot_unit: also install the systemd unit that sizes the limit again on every later boot, before the
         audit rules load. Default: True (carriers that run on a machine only once, such as the SSM
         association, pass False).
+    :param compliance: a hardening benchmark's floor: ``"stig"`` (DISA STIG: exactly
+        ``audit_backlog_limit=8192`` on the kernel command line) or ``"cis"`` (CIS: 8192 or more there). The
+        policy's minimum becomes 8192 (the rules' ``-b`` is 8192 or the policy's limit for the memory, whichever
+        is larger), ``kernel_cmdline`` is turned on, and a fixed ``backlog_limit`` must be at least 8192.
+        Default: None (no floor beyond the policy's minimum).
     """
 
     backlog_limit: Optional[int] = None
@@ -48,6 +54,7 @@ class TuningOptions:
     install_auditd: bool = False
     allow_lower: bool = False
     boot_unit: bool = True
+    compliance: Optional[str] = None
 
     def __post_init__(self) -> None:
         # Stored normalized (numpy's integers become plain ints, None becomes the default policy), so that
@@ -62,6 +69,26 @@ class TuningOptions:
             object.__setattr__(self, "backlog_wait_time", validate_backlog_wait_time(self.backlog_wait_time))
         for name in ("kernel_cmdline", "install_auditd", "allow_lower", "boot_unit"):
             validate_flag(name, getattr(self, name))
+        preset = self.preset
+        if preset is not None:
+            object.__setattr__(self, "policy", raise_policy(self.policy, preset))  # type: ignore[arg-type]
+            object.__setattr__(self, "kernel_cmdline", True)
+            if self.backlog_limit is not None and self.backlog_limit < preset.floor:
+                raise ValueError(
+                    f"backlog_limit must be at least {preset.floor} with compliance={preset.name!r} (the "
+                    f"benchmark's floor), got {self.backlog_limit}"
+                )
+
+    @property
+    def preset(self) -> Optional[ComplianceProfile]:
+        """The compliance preset, if any."""
+        return profile(self.compliance)
+
+    @property
+    def kernel_cmdline_limit(self) -> Optional[int]:
+        """A fixed value for the kernel command line (the STIG's exact floor), or None for the machine's limit."""
+        preset = self.preset
+        return preset.floor if preset is not None and preset.cmdline_exact else None
 
     @property
     def boot_unit_mode(self) -> str:

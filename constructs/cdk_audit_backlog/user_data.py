@@ -55,6 +55,7 @@ class BlockInputs:
     allow_lower: bool = False
     source: str = "unknown"
     boot_unit: str = "off"
+    kernel_cmdline_limit: Optional[int] = None
 
     def __post_init__(self) -> None:
         # The option values are checked by TuningOptions (the one place with their error texts) and kept as
@@ -72,6 +73,9 @@ class BlockInputs:
             allow_lower=self.allow_lower,
         )
         object.__setattr__(self, "backlog_wait_time", options.backlog_wait_time)
+        if self.kernel_cmdline_limit is not None:
+            limit = validate_backlog_limit(self.kernel_cmdline_limit, "kernel_cmdline_limit")
+            object.__setattr__(self, "kernel_cmdline_limit", limit)
         if self.boot_unit not in BOOT_UNIT_MODES:
             raise ValueError(f"boot_unit must be one of {BOOT_UNIT_MODES}, got {self.boot_unit!r}")
         if not isinstance(self.source, str) or not _SOURCE_RE.match(self.source):
@@ -92,6 +96,7 @@ class BlockInputs:
             allow_lower=options.allow_lower,
             source=source,
             boot_unit=options.boot_unit_mode,
+            kernel_cmdline_limit=options.kernel_cmdline_limit,
         )
 
     def features(self) -> frozenset:
@@ -119,7 +124,10 @@ class BlockInputs:
             f"CAB_INSTALL_AUDITD={int(self.install_auditd)}",
             f"CAB_ALLOW_LOWER={int(self.allow_lower)}",
             f"CAB_SOURCE={self.source}",
-        ] + ([] if self.boot_unit == "off" else [f"CAB_UNIT={self.boot_unit}"])
+        ] + ([] if self.boot_unit == "off" else [f"CAB_UNIT={self.boot_unit}"]) + (
+            # Only a compliance preset fixes the command line's value (the STIG's exact floor).
+            [] if self.kernel_cmdline_limit is None else [f"CAB_CMDLINE_LIMIT={self.kernel_cmdline_limit}"]
+        )
 
 
 def script_text() -> str:
