@@ -133,7 +133,7 @@ def decide(launch: Launch, aspect: AspectSettings) -> LaunchDecision:
 def _skipped(launch: Launch, reason: str) -> LaunchDecision:
     message = f"cdk-audit-backlog: {launch.resource.node.path} is not tuned: {reason}."
     return LaunchDecision(
-        {"skipped": reason}, launch.user_data, (SKIPPED_WARNING, message), keeps_user_data=True
+        {"skipped": reason}, launch.user_data, ((SKIPPED_WARNING, message),), keeps_user_data=True
     )
 
 
