@@ -41,7 +41,8 @@ COMPACT_LINE = (
     "<<'CDK_AUDIT_BACKLOG' 3<<'CDK_AUDIT_BACKLOG' || true"
 )
 SHEBANG = "#!/bin/bash\n"
-DEFAULT = BlockInputs(target=8192, source="m5.large/8192MiB", boot_unit="auto")  # what the aspect writes by default
+# What the aspect writes by default for an m5.large: a known type with the boot unit.
+DEFAULT = BlockInputs(target=8192, source="m5.large/8192MiB", boot_unit="auto")
 
 
 @pytest.fixture(scope="session")
@@ -193,6 +194,7 @@ def test_user_script_of_the_largest_size_that_fits_still_runs_after_the_compact_
 
 
 PLAIN_LEN = len(render_block(DEFAULT).encode())
+ROOM_WITH_PLAIN = EC2_USER_DATA_LIMIT - PLAIN_LEN - len(SHEBANG)
 
 
 @settings(max_examples=60, deadline=None)
@@ -209,12 +211,14 @@ def test_automatic_switch_happens_exactly_at_the_limit(user_bytes):
 
 @pytest.mark.parametrize(
     "user_bytes, compact",
-    [(EC2_USER_DATA_LIMIT - PLAIN_LEN - len(SHEBANG), False), (EC2_USER_DATA_LIMIT - PLAIN_LEN - len(SHEBANG) + 1, True)],
+    [(ROOM_WITH_PLAIN, False), (ROOM_WITH_PLAIN + 1, True)],
     ids=["at-the-limit", "one-byte-over"],
 )
 def test_the_aspect_switches_at_the_limit(user_bytes, compact):
     app, stack, vpc = _stack()
-    instance = ec2.Instance(stack, "I", vpc=vpc, instance_type=ec2.InstanceType("m5.large"), machine_image=_image())
+    instance = ec2.Instance(
+        stack, "I", vpc=vpc, instance_type=ec2.InstanceType("m5.large"), machine_image=_image()
+    )
     # UserData.for_linux() is "#!/bin/bash\n" then the commands joined by "\n", with no final newline
     instance.user_data.add_commands("#" * user_bytes)
     AuditBacklog.apply_to(app)
@@ -230,7 +234,9 @@ def test_the_aspect_switches_at_the_limit(user_bytes, compact):
 
 def _synth_error(**options) -> str:
     app, stack, vpc = _stack()
-    instance = ec2.Instance(stack, "Big", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=_image())
+    instance = ec2.Instance(
+        stack, "Big", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=_image()
+    )
     instance.user_data.add_commands("echo " + "x" * 14000)
     AuditBacklog.apply_to(app, **options)
     with pytest.raises(Exception) as err:

@@ -51,7 +51,10 @@ def fit_block(
 
     def splice(compact: bool) -> FittedUserData:
         spliced = splice_user_data(
-            value, render_block(inputs, compact=compact), require_mime=require_mime, shell_as_part=shell_as_part
+            value,
+            render_block(inputs, compact=compact),
+            require_mime=require_mime,
+            shell_as_part=shell_as_part,
         )
         return FittedUserData(spliced, compact, literal_bytes(spliced))
 

@@ -131,7 +131,11 @@ def decide(launch: Launch, aspect: AspectSettings) -> LaunchDecision:
             if not fitted.fits:
                 ways = tuple(
                     ways_out(
-                        resolved, inputs, fitted, compact_block=options.compact_block, require_mime=require_mime
+                        resolved,
+                        inputs,
+                        fitted,
+                        compact_block=options.compact_block,
+                        require_mime=require_mime,
                     )
                 )
     except Unsupported as e:

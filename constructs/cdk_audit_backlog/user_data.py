@@ -200,7 +200,8 @@ _RUN_FILE = f"/bin/bash -c 'f=$(mktemp)&&cat>\"$f\"&&/bin/bash \"$f\";rm -f \"$f
 # The compact form (docs/design.md, "The compact block"): the inputs stay plain text on the block's stdin, the
 # body comes gzip-compressed and Base64-encoded on fd 3 (a second here-document with the same delimiter). Both
 # are decoded into one temporary file before anything runs (gzip checks its CRC, so a damaged body runs
-# nothing), and /bin/bash runs that file: the very text the plain block runs, so the console lines are the same.
+# nothing), and /bin/bash runs that file: the very text the plain block runs, so the console lines are the
+# same.
 _RUN_COMPACT = (
     "/bin/bash -c 'f=$(mktemp)&&{ cat;base64 -d<&3|gzip -dc;}>\"$f\"&&/bin/bash \"$f\";rm -f \"$f\"' "
     f"<<'{_HEREDOC}' 3<<'{_HEREDOC}' || true\n"
