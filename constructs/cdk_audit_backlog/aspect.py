@@ -14,7 +14,8 @@ the aspect nearest to the resource wins; the instance type (or the types of the 
 groups that use a launch template) gives the memory, the policy gives the limit (:mod:`.launch_decision`), and
 :mod:`.splice` puts the rendered block into the user data the user's code produced. Launches that cannot be tuned safely (Windows, Bottlerocket, user data
 behind a token) keep their user data byte for byte, get ``{"skipped": reason}`` Metadata and a warning with a
-stable id. User data over 16 KB with the block fails synth (a validation on that resource only).
+stable id. Where the plain block would take the user data over EC2's 16 KB, the compact block goes in; user
+data over 16 KB even so fails synth (a validation on that resource only), naming every way out.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class AuditBacklog:
         audit rules load (so a stopped, resized and started instance follows its new memory): from MemTotal
         where the limit was chosen from the instance type, or the fixed ``backlog_limit``. Only on systemd
         hosts that merge rules.d with augenrules. Default: True.
+    :param compact_block: the block's form: ``None`` plain where it fits, compact (the same script with its
+        body gzip-compressed and Base64-encoded, decoded at boot with ``base64 -d | gzip -dc``; its ``CAB_*``
+        lines and markers stay plain text) where the plain block would make the user data exceed EC2's
+        16,384 bytes; ``True`` always compact; ``False`` always plain. Default: None.
     :param bottlerocket: tune Bottlerocket launches (TOML user data) too: ``audit_backlog_limit`` goes
         into ``settings.boot.kernel-parameters`` with ``settings.boot.reboot-to-reconcile = true`` (one
         reboot during the first boot). Needs a known instance type or ``backlog_limit`` (Bottlerocket has
@@ -93,6 +98,7 @@ class AuditBacklog:
         install_auditd: bool = False,
         allow_lower: bool = False,
         boot_unit: bool = True,
+        compact_block: Optional[bool] = None,
         bottlerocket: bool = False,
         exclude: Optional[Callable[[CfnResource], bool]] = None,
         running_instances: str = "keep",
@@ -108,6 +114,7 @@ class AuditBacklog:
             allow_lower=allow_lower,
             boot_unit=boot_unit,
             compliance=compliance,
+            compact_block=compact_block,
         )
         validate_flag("bottlerocket", bottlerocket)
         if exclude is not None and not callable(exclude):
@@ -128,6 +135,7 @@ class AuditBacklog:
     allow_lower = property(lambda self: self.options.allow_lower)
     boot_unit = property(lambda self: self.options.boot_unit)
     compliance = property(lambda self: self.options.compliance)
+    compact_block = property(lambda self: self.options.compact_block)
 
     # -- entry points ------------------------------------------------------------------------------
 

@@ -352,14 +352,16 @@ class AuditBacklogAssociation(Construct):
         cls, scope: Construct, id: str, tuning: TuningOptions, fleet: Optional[AssociationOptions] = None
     ) -> "AuditBacklogAssociation":
         """An association for the stack's instances with ``tuning`` (e.g. an ``AuditBacklog``'s ``options``;
-        its ``boot_unit`` does not apply here) and how it runs (``fleet``, default ``AssociationOptions()``)."""
+        its ``boot_unit`` and ``compact_block`` do not apply here) and how it runs (``fleet``, default ``AssociationOptions()``)."""
         if not isinstance(tuning, TuningOptions):
             raise ValueError(f"tuning must be a TuningOptions, got {tuning!r}")
         fleet = AssociationOptions() if fleet is None else fleet
         if not isinstance(fleet, AssociationOptions):
             raise ValueError(f"fleet must be an AssociationOptions, got {fleet!r}")
         keywords = tuning.as_keywords()
-        del keywords["boot_unit"]
+        # Neither applies to a run command: it runs again on its schedule (no boot unit), and an SSM document
+        # holds 64 KB, so the script stays plain and readable in the console.
+        del keywords["boot_unit"], keywords["compact_block"]
         return cls(
             scope, id, **keywords, **{f.name: getattr(fleet, f.name) for f in fields(AssociationOptions)}
         )

@@ -26,7 +26,9 @@ which CDK applies to the resource it is called on and to everything beneath it):
     ``auto``, computed at boot, is right then); or the block's ``auto`` uses a weaker policy (``auto`` on a
     group passes whenever its policy is at least the check's: each machine computes its own limit).
 ``MalformedBlock``
-    a block whose ``CAB_TARGET`` line is missing or unreadable.
+    a block whose ``CAB_TARGET`` line is missing or unreadable, or a compact block whose body does not decode
+    (Base64 of gzip of text): it would run nothing at boot. A compact block is otherwise checked as a plain one
+    (its ``CAB_*`` lines and markers are plain text).
 ``BlockNotFirst``
     the block does not directly follow the ``#!`` line of its script (or MIME part): lines before it, such
     as an ``exit 0`` or a failing command under ``set -e``, can stop the script before it runs.
@@ -75,7 +77,7 @@ from .testing import (
     BLOCK_BEGIN,
     LAUNCH_TYPES,
     METADATA_KEY,
-    block_settings,
+    blocks as read_blocks,
     decode_user_data,
     shell_parts,
     template_dict,
@@ -92,7 +94,10 @@ RULES: Dict[str, str] = {
     "Untuned": "EC2 Linux launch whose user data does not set the audit backlog limit (auditctl -b).",
     "TunedMoreThanOnce": "EC2 launch whose user data carries more than one cdk-audit-backlog block.",
     "BelowPolicy": "EC2 launch whose audit backlog limit is below the policy for its instance type.",
-    "MalformedBlock": "EC2 launch whose cdk-audit-backlog block has no readable CAB_TARGET line.",
+    "MalformedBlock": (
+        "EC2 launch whose cdk-audit-backlog block has no readable CAB_TARGET line, or a compact body that "
+        "does not decode."
+    ),
     "BlockNotFirst": "EC2 launch whose cdk-audit-backlog block does not come right after the shebang line.",
     "BelowComplianceFloor": "EC2 launch whose audit backlog settings fail the hardening benchmark's floor.",
 }
@@ -273,7 +278,8 @@ class AuditBacklogCheck:
             return finding("Untuned", f"Its user data cannot be read: {e}.")
         if text is not None and _not_linux(text) is not None:
             return None
-        blocks = block_settings(text) if text else []
+        found = read_blocks(text) if text else []
+        blocks = [b.settings for b in found]
         if not blocks:
             what = "It has no user data." if text is None else "Its user data has no cdk-audit-backlog block."
             return finding("Untuned", what)
@@ -287,6 +293,10 @@ class AuditBacklogCheck:
                 "BlockNotFirst",
                 "Lines before the block may exit or fail before it runs; the block must directly follow the "
                 "'#!' line of its script.",
+            )
+        if found[0].compact and found[0].script is None:
+            return finding(
+                "MalformedBlock", "Its compact block's body is not Base64 of gzip of text: nothing would run."
             )
         settings = blocks[0]
         target = settings.get("CAB_TARGET")

@@ -24,8 +24,9 @@ from typing import Optional, Sequence
 from . import bottlerocket, instance_memory
 from .policy import BacklogPolicy
 from .tuning_options import TuningOptions
-from .splice import Unsupported, literal_text, splice_user_data
-from .user_data import BlockInputs, render_block
+from .block_fit import fit_block
+from .splice import Unsupported, literal_text
+from .user_data import BlockInputs
 
 __all__ = ["AMI_FAMILIES", "karpenter_user_data"]
 
@@ -43,6 +44,7 @@ def karpenter_user_data(
     install_auditd: bool = False,
     allow_lower: bool = False,
     user_data: Optional[str] = None,
+    compact_block: Optional[bool] = None,
 ) -> str:
     """The ``spec.userData`` text of an EC2NodeClass whose nodes size their audit backlog.
 
@@ -60,6 +62,10 @@ def karpenter_user_data(
     :param user_data: your own user data to keep, merged with ours: MIME, a shell script or
         cloud-config (AL2023/AL2: ours becomes the first part, a shell script or cloud-config a part of its
         own after ours, its bytes and order kept), TOML (Bottlerocket). Default: None.
+    :param compact_block: the block's form (AL2023/AL2): ``None`` plain, or compact (the body
+        gzip-compressed and Base64-encoded, its ``CAB_*`` lines plain) where the returned text would exceed
+        EC2's 16,384 bytes; ``True`` always compact (Karpenter adds its own part to what this returns: pass
+        True when you are close to the limit); ``False`` always plain. Default: None.
 
     Every error names this function and the option at fault.
     """
@@ -74,6 +80,7 @@ def karpenter_user_data(
                 allow_lower=allow_lower,
                 # Karpenter's nodes boot from this user data once: no boot unit, no kernel command line.
                 boot_unit=False,
+                compact_block=compact_block,
             ),
             instance_types,
             user_data,
@@ -110,14 +117,15 @@ def _node_class_user_data(
         except bottlerocket.NotToml as e:
             raise ValueError(f"user_data is not Bottlerocket TOML the merge can keep intact: {e}") from None
 
-    block = render_block(BlockInputs.for_options(tuning, target=tuning.backlog_limit, source="karpenter"))
+    inputs = BlockInputs.for_options(tuning, target=tuning.backlog_limit, source="karpenter")
     try:
-        value = splice_user_data(
+        value = fit_block(
             None if user_data is None else {"Fn::Base64": user_data},
-            block,
+            inputs,
+            compact_block=tuning.compact_block,
             require_mime=True,
             shell_as_part=True,
-        )
+        ).user_data
     except Unsupported as e:
         raise ValueError(f"user_data cannot carry the block for ami_family={ami_family!r}: {e}") from None
     text = literal_text(value)

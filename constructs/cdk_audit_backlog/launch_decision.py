@@ -14,12 +14,13 @@ from aws_cdk import aws_ec2 as ec2
 
 from . import bottlerocket, instance_memory
 from . import running_instances as running_instances_module
+from .block_fit import fit_block, ways_out
 from .launch_reader import Group, Launch, consumer_uses, get
 from .compliance import FLOOR_MEMORY_WARNING_SHARE
 from .policy import MAX_AUDIT_MESSAGE_LENGTH, BacklogPolicy
-from .splice import Unsupported, leading_text, splice_user_data, user_data_kind
+from .splice import Unsupported, leading_text, user_data_kind
 from .tuning_options import TuningOptions
-from .user_data import BlockInputs, render_block
+from .user_data import BlockInputs
 
 __all__ = ["LaunchDecision", "TypeSizing", "AspectSettings", "decide", "size_from_types", "exclusion_reason"]
 
@@ -43,6 +44,8 @@ class LaunchDecision:
     user_data: Any  # resolved UserData value to emit
     warnings: Tuple[Tuple[str, str], ...] = ()  # (id, message) each
     keeps_user_data: bool = False  # skipped, or an instance already running: its own UserData stays as is
+    # User data over EC2's limit even so: every way out with the size it gives (for the synth error).
+    ways_out: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ def decide(launch: Launch, aspect: AspectSettings) -> LaunchDecision:
     if running is not None and running.keep:  # already running: a user data change would stop and start it
         return LaunchDecision(metadata, resolved, _warnings(running.warning), keeps_user_data=True)
     require_mime = any(c.cfn_resource_type == "AWS::EKS::Nodegroup" for c in launch.consumers)
+    ways: Tuple[str, ...] = ()
     try:
         if bottlerocket.is_bottlerocket_user_data(resolved):
             # No boot-time sizing there: a mixed group's TOML gets its smallest type's limit.
@@ -123,11 +127,24 @@ def decide(launch: Launch, aspect: AspectSettings) -> LaunchDecision:
             metadata.pop("perType", None)
         else:
             inputs = BlockInputs.for_options(options, target=sizing.target, source=sizing.source)
-            new_user_data = splice_user_data(resolved, render_block(inputs), require_mime=require_mime)
+            fitted = fit_block(
+                resolved, inputs, compact_block=options.compact_block, require_mime=require_mime
+            )
+            new_user_data = fitted.user_data
+            if not fitted.fits:
+                ways = tuple(
+                    ways_out(
+                        resolved,
+                        inputs,
+                        fitted,
+                        compact_block=options.compact_block,
+                        require_mime=require_mime,
+                    )
+                )
     except Unsupported as e:
         return _skipped(launch, str(e))
     found = _warnings(running.warning if running is not None else None, _floor_warning(launch, options, sizing))
-    return LaunchDecision(metadata, new_user_data, found)
+    return LaunchDecision(metadata, new_user_data, found, ways_out=ways)
 
 
 def _skipped(launch: Launch, reason: str) -> LaunchDecision:

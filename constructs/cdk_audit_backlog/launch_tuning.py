@@ -15,6 +15,7 @@ import jsii
 from aws_cdk import Annotations, Aspects, CfnResource, IResolvable, IResolveContext, Stack, Token
 from constructs import IConstruct, IValidation
 
+from .block_fit import EC2_USER_DATA_LIMIT
 from .launch_decision import AspectSettings, LaunchDecision, decide
 from .launch_reader import (
     USER_DATA_PATH,
@@ -32,8 +33,6 @@ __all__ = ["Tuning", "METADATA_KEY", "EC2_USER_DATA_LIMIT"]
 #: CloudFormation Metadata key on every launch the aspect saw. (The reader side, which checks synthesized
 #: templates, keeps its own copy on purpose.)
 METADATA_KEY = "cdk-audit-backlog"
-#: EC2 refuses user data larger than 16 KB before Base64 encoding.
-EC2_USER_DATA_LIMIT = 16384
 
 
 def _distance_to_aspect(node: IConstruct, aspect: AspectSettings) -> int:
@@ -162,12 +161,14 @@ class _SizeValidation:
         self._tuning = tuning
 
     def validate(self) -> List[str]:
-        size = literal_bytes(self._tuning.decision().user_data)
+        decision = self._tuning.decision()
+        size = literal_bytes(decision.user_data)
         if size > EC2_USER_DATA_LIMIT:
+            ways = "; ".join(decision.ways_out) or "shorten the user data or use AuditBacklog.skip()"
             return [
                 f"cdk-audit-backlog: the user data of {self._tuning.resource.node.path} is {size} bytes with the "
                 f"audit backlog block (at least, not counting tokens); EC2 accepts at most {EC2_USER_DATA_LIMIT} "
-                f"bytes. Shorten the user data or exclude this launch with AuditBacklog.skip()."
+                f"bytes. Ways out: {ways}."
             ]
         return []
 

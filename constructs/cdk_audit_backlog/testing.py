@@ -27,6 +27,8 @@ What is decoded:
 
 The tuning is read only from shell parts: a block counts when a line is exactly the begin marker
 ``# >>> cdk-audit-backlog >>>`` (:data:`BLOCK_BEGIN`); its ``CAB_*`` lines are read up to the end marker.
+A compact block (its body gzip-compressed and Base64-encoded, decoded at boot by ``base64 -d | gzip -dc``)
+keeps its markers and ``CAB_*`` lines plain, so it is read the same way; :attr:`Block.script` decodes its body.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ import base64
 import binascii
 import email
 import email.policy
+import gzip
 import json
+import zlib
 import os
 import re
 from dataclasses import dataclass
@@ -75,6 +79,8 @@ METADATA_KEY = "cdk-audit-backlog"
 #: The block's first and last lines.
 BLOCK_BEGIN = "# >>> cdk-audit-backlog >>>"
 BLOCK_END = "# <<< cdk-audit-backlog <<<"
+# The here-document delimiter of the block's script (a compact block has two here-documents, both ending so).
+_HEREDOC = "CDK_AUDIT_BACKLOG"
 _ASSIGNMENT_RE = re.compile(r"^(CAB_[A-Z_]+)=(.*)$")
 _TARGET_RE = re.compile(r"^(auto|[1-9][0-9]{0,9})$")
 _SUB_VAR_RE = re.compile(r"\$\{([^}]*)\}")
@@ -333,32 +339,61 @@ def shell_parts(user_data: str) -> List[str]:
 @dataclass(frozen=True)
 class Block:
     """One block of a shell script: its ``CAB_*`` assignments (the first of each name) and whether its end
-    marker was found (a block that is not closed runs to the end of its script)."""
+    marker was found (a block that is not closed runs to the end of its script).
+
+    :param compact: the compact form: its second line decodes the body with ``base64 -d | gzip -dc``.
+    :param script: the text the block's ``/bin/bash`` runs (its inputs, then its body; a compact block's body
+        decoded), or None where it cannot be read: a compact body that is not Base64 of gzip of UTF-8 text,
+        or a block without its here-document delimiter.
+    """
 
     settings: Dict[str, str]
     closed: bool
+    compact: bool = False
+    script: Optional[str] = None
+
+
+def _block(lines: List[str], closed: bool) -> Block:
+    """A block from the lines between its markers."""
+    settings: Dict[str, str] = {}
+    for line in lines:
+        match = _ASSIGNMENT_RE.match(line)
+        if match and match.group(1) not in settings:
+            settings[match.group(1)] = match.group(2)
+    compact = bool(lines) and "base64 -d" in lines[0]
+    ends = [i for i, line in enumerate(lines) if line == _HEREDOC]
+    script: Optional[str] = None
+    if compact and len(ends) >= 2:
+        inputs, payload = lines[1 : ends[0]], "".join(lines[ends[0] + 1 : ends[1]])
+        try:
+            body = gzip.decompress(base64.b64decode(payload, validate=True)).decode("utf-8")
+        except (binascii.Error, ValueError, EOFError, OSError, zlib.error, UnicodeDecodeError):
+            body = None
+        if body is not None:
+            script = "".join(line + "\n" for line in inputs) + body
+    elif not compact and ends:
+        script = "".join(line + "\n" for line in lines[1 : ends[0]])
+    return Block(settings, closed, compact, script)
 
 
 def blocks(user_data: str) -> List[Block]:
     """Every block in the shell parts of ``user_data``, in order."""
     found: List[Block] = []
     for script in shell_parts(user_data):
-        current: Optional[Dict[str, str]] = None
+        current: Optional[List[str]] = None
         for line in script.splitlines():
             if line == BLOCK_BEGIN:
                 if current is not None:
-                    found.append(Block(current, closed=False))
-                current = {}
+                    found.append(_block(current, closed=False))
+                current = []
             elif line == BLOCK_END:
                 if current is not None:
-                    found.append(Block(current, closed=True))
+                    found.append(_block(current, closed=True))
                 current = None
             elif current is not None:
-                match = _ASSIGNMENT_RE.match(line)
-                if match and match.group(1) not in current:
-                    current[match.group(1)] = match.group(2)
+                current.append(line)
         if current is not None:
-            found.append(Block(current, closed=False))
+            found.append(_block(current, closed=False))
     return found
 
 

@@ -14,13 +14,23 @@ from typing import Any, Dict, Optional
 from .compliance import ComplianceProfile, profile, raise_policy
 from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
 
-__all__ = ["TuningOptions", "validate_flag"]
+__all__ = ["TuningOptions", "validate_flag", "validate_compact_block"]
 
 
 def validate_flag(name: str, value: Any) -> bool:
     """``value`` if it is True or False, else a ValueError naming ``name`` (1, "yes" or None are mistakes)."""
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def validate_compact_block(value: Any) -> Optional[bool]:
+    """``value`` if it is None, True or False, else a ValueError naming ``compact_block``."""
+    if value is not None and not isinstance(value, bool):
+        raise ValueError(
+            f"compact_block must be None (compact only where the plain block would not fit), True or False, "
+            f"got {value!r}"
+        )
     return value
 
 
@@ -45,6 +55,11 @@ class TuningOptions:
         policy's minimum becomes 8192 (the rules' ``-b`` is 8192 or the policy's limit for the memory, whichever
         is larger), ``kernel_cmdline`` is turned on, and a fixed ``backlog_limit`` must be at least 8192.
         Default: None (no floor beyond the policy's minimum).
+    :param compact_block: the block's form in user data: ``None`` plain, or compact (the same script with its
+        body gzip-compressed and Base64-encoded, about a third smaller; its ``CAB_*`` lines and markers stay
+        plain) where the plain block would make the user data exceed EC2's 16,384 bytes; ``True`` always
+        compact; ``False`` always plain. Carriers that write no user data (the SSM association, the Image
+        Builder component) ignore it. Default: None.
     """
 
     backlog_limit: Optional[int] = None
@@ -55,6 +70,7 @@ class TuningOptions:
     allow_lower: bool = False
     boot_unit: bool = True
     compliance: Optional[str] = None
+    compact_block: Optional[bool] = None
 
     def __post_init__(self) -> None:
         # Stored normalized (numpy's integers become plain ints, None becomes the default policy), so that
@@ -69,6 +85,7 @@ class TuningOptions:
             object.__setattr__(self, "backlog_wait_time", validate_backlog_wait_time(self.backlog_wait_time))
         for name in ("kernel_cmdline", "install_auditd", "allow_lower", "boot_unit"):
             validate_flag(name, getattr(self, name))
+        validate_compact_block(self.compact_block)
         preset = self.preset
         if preset is not None:
             object.__setattr__(self, "policy", raise_policy(self.policy, preset))  # type: ignore[arg-type]

@@ -7,8 +7,11 @@ once more (they end up in a root shell) and written into the script's input sect
 
 from __future__ import annotations
 
+import base64
 import functools
 import re
+import struct
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Optional
@@ -16,7 +19,15 @@ from typing import Optional
 from .policy import BacklogPolicy, validate_backlog_limit
 from .tuning_options import TuningOptions
 
-__all__ = ["BlockInputs", "render_block", "render_run_command", "BLOCK_BEGIN", "BLOCK_END", "SCRIPT_NAME"]
+__all__ = [
+    "BlockInputs",
+    "render_block",
+    "render_run_command",
+    "deterministic_gzip",
+    "BLOCK_BEGIN",
+    "BLOCK_END",
+    "SCRIPT_NAME",
+]
 
 BLOCK_BEGIN = "# >>> cdk-audit-backlog >>>"
 BLOCK_END = "# <<< cdk-audit-backlog <<<"
@@ -194,8 +205,53 @@ _RUN_STDIN = f"/bin/bash -s <<'{_HEREDOC}' || true\n"
 _RUN_FILE = f"/bin/bash -c 'f=$(mktemp)&&cat>\"$f\"&&/bin/bash \"$f\";rm -f \"$f\"' <<'{_HEREDOC}' || true\n"
 
 
-def render_block(inputs: BlockInputs) -> str:
-    """The block, from its begin marker to its end marker, each line ending in a newline."""
+# The compact form (docs/design.md, "The compact block"): the inputs stay plain text on the block's stdin, the
+# body comes gzip-compressed and Base64-encoded on fd 3 (a second here-document with the same delimiter). Both
+# are decoded into one temporary file before anything runs (gzip checks its CRC, so a damaged body runs
+# nothing), and /bin/bash runs that file: the very text the plain block runs, so the console lines are the
+# same.
+_RUN_COMPACT = (
+    "/bin/bash -c 'f=$(mktemp)&&{ cat;base64 -d<&3|gzip -dc;}>\"$f\"&&/bin/bash \"$f\";rm -f \"$f\"' "
+    f"<<'{_HEREDOC}' 3<<'{_HEREDOC}' || true\n"
+)
+# gzip's fixed header: magic, deflate, no flags, mtime 0, "maximum compression", OS unknown (255) rather than
+# the build's own OS, so the bytes do not depend on where synth runs.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+_GZIP_LEVEL = 9
+
+
+def deterministic_gzip(data: bytes) -> bytes:
+    """``data`` as a gzip member with a fixed header (mtime 0, level 9, OS unknown): the same bytes on every
+    synth with the same zlib (see docs/design.md on zlib-ng)."""
+    compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS, 9)
+    deflated = compressor.compress(data) + compressor.flush()
+    return _GZIP_HEADER + deflated + struct.pack("<II", zlib.crc32(data), len(data) & 0xFFFFFFFF)
+
+
+@functools.lru_cache(maxsize=None)
+def _compressed_body(features: frozenset) -> str:
+    """The body of :func:`_compact_body` for ``features``, gzip-compressed and Base64-encoded on one line."""
+    return base64.b64encode(deterministic_gzip(_compact_body(features).encode("utf-8"))).decode("ascii")
+
+
+def render_block(inputs: BlockInputs, *, compact: bool = False) -> str:
+    """The block, from its begin marker to its end marker, each line ending in a newline.
+
+    :param compact: the compact form: the same script with its body gzip-compressed and Base64-encoded (the
+        markers and the ``CAB_*`` lines stay plain text). Default: False.
+    """
+    if compact:
+        return "".join(
+            [
+                BLOCK_BEGIN + "\n",
+                _RUN_COMPACT,
+                "\n".join(inputs.assignments()) + "\n",
+                _HEREDOC + "\n",
+                _compressed_body(inputs.features()) + "\n",
+                _HEREDOC + "\n",
+                BLOCK_END + "\n",
+            ]
+        )
     return "".join(
         [
             BLOCK_BEGIN + "\n",

@@ -205,7 +205,7 @@ def clear_calls(root: Path) -> None:
 # Real tools the script may use, and nothing else: a command missing here fails the test loudly.
 SANDBOX_TOOLS = (
     "bash", "sh", "awk", "sed", "grep", "ls", "cat", "tr", "cp", "rm", "chmod", "mkdir", "timeout",
-    "env", "sleep", "head", "mktemp", "cmp", "ln",
+    "env", "sleep", "head", "mktemp", "cmp", "ln", "base64", "gzip",
 )  # fmt: skip
 
 
