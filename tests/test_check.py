@@ -475,7 +475,7 @@ def test_plugin_names_and_rules():
     check = AuditBacklogCheck()
     assert check.name == PLUGIN_NAME
     assert check.rule_ids == list(RULES) == [
-        "Untuned", "TunedMoreThanOnce", "BelowPolicy", "MalformedBlock", "BlockNotFirst"
+        "Untuned", "TunedMoreThanOnce", "BelowPolicy", "MalformedBlock", "BlockNotFirst", "BelowComplianceFloor"
     ]
     with pytest.raises(ValueError, match="policy"):
         AuditBacklogCheck(policy=0.01)  # type: ignore[arg-type]
