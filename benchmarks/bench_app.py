@@ -3,9 +3,10 @@
 Usage: python bench_app.py KIND COUNT MODE OUTDIR
 KIND "simple": Instances, LaunchTemplates and ASGs. KIND "mixed": also mixed-instance ASGs, ECS capacity,
 MIME and raw L1 launches. Launches are spread over stacks of at most 40 (CloudFormation's 500 resources).
-MODE: plain (no library), tuned (``AuditBacklog.apply_to(app)``), aspect (``Aspects.of(app).add(AuditBacklog())``),
-noop (a Python aspect that does nothing), nag (cdk-nag 3.x ``AwsSolutionsChecks`` as a validation plugin; its
-findings fail synth, which is caught: the time is that of the whole check).
+MODE: plain (no library), tuned (``AuditBacklog.apply_to(app)``), aspect
+(``Aspects.of(app).add(AuditBacklog())``), noop (a Python aspect that does nothing), nag (cdk-nag 3.x
+``AwsSolutionsChecks`` as a validation plugin; its findings fail synth, which is caught: the time is that of
+the whole check).
 """
 
 import os
@@ -19,7 +20,16 @@ from aws_cdk import aws_ecs as ecs
 
 from cdk_audit_backlog import AuditBacklog
 
-TYPES = ["t3.micro", "t3.large", "m5.large", "c5.xlarge", "r5.2xlarge", "m6g.medium", "c7g.large", "x2iedn.xlarge"]
+TYPES = [
+    "t3.micro",
+    "t3.large",
+    "m5.large",
+    "c5.xlarge",
+    "r5.2xlarge",
+    "m6g.medium",
+    "c7g.large",
+    "x2iedn.xlarge",
+]
 PER_STACK = 40
 IMAGE = ec2.MachineImage.generic_linux({"us-east-1": "ami-0123456789abcdef0"})
 
@@ -38,10 +48,18 @@ def add_launch(stack, vpc, i, kind, cluster):
         autoscaling.AutoScalingGroup(stack, f"G{i}", vpc=vpc, instance_type=t, machine_image=IMAGE)
     elif shape == 3:
         lt = ec2.LaunchTemplate(stack, f"M{i}", machine_image=IMAGE, user_data=ec2.UserData.for_linux())
-        autoscaling.AutoScalingGroup(stack, f"MG{i}", vpc=vpc, mixed_instances_policy=autoscaling.MixedInstancesPolicy(
-            launch_template=lt,
-            launch_template_overrides=[autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(x))
-                                       for x in ("m5.large", "c5.large")]))
+        autoscaling.AutoScalingGroup(
+            stack,
+            f"MG{i}",
+            vpc=vpc,
+            mixed_instances_policy=autoscaling.MixedInstancesPolicy(
+                launch_template=lt,
+                launch_template_overrides=[
+                    autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(x))
+                    for x in ("m5.large", "c5.large")
+                ],
+            ),
+        )
     elif shape == 4:
         cluster.add_capacity(f"C{i}", instance_type=t, machine_image=ecs.EcsOptimizedImage.amazon_linux2())
     else:
@@ -49,13 +67,18 @@ def add_launch(stack, vpc, i, kind, cluster):
         part = ec2.UserData.for_linux()
         part.add_commands(f"echo part {i}")
         mime.add_user_data_part(part, ec2.MultipartBody.SHELL_SCRIPT, True)
-        ec2.CfnLaunchTemplate(stack, f"R{i}", launch_template_data=ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(
-            instance_type=t.to_string(), user_data=cdk.Fn.base64(mime.render())))
+        ec2.CfnLaunchTemplate(
+            stack,
+            f"R{i}",
+            launch_template_data=ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(
+                instance_type=t.to_string(), user_data=cdk.Fn.base64(mime.render())
+            ),
+        )
 
 
 def count_bridge_messages(path):
-    """Counts the requests this process sends to the jsii kernel (each one a round trip to Node) and writes the
-    count to ``path`` at exit: a figure of the work that machine load does not blur, unlike wall time."""
+    """Counts the requests this process sends to the jsii kernel (each one a round trip to Node) and writes
+    the count to ``path`` at exit: a figure of the work that machine load does not blur, unlike wall time."""
     import atexit
 
     from jsii._kernel.providers import process
@@ -77,12 +100,19 @@ def count_bridge_messages(path):
 
 
 def main(kind, count, mode, outdir):
-    app = cdk.App(outdir=outdir, context={"@aws-cdk/aws-autoscaling:generateLaunchTemplateInsteadOfLaunchConfig": True})
+    app = cdk.App(
+        outdir=outdir, context={"@aws-cdk/aws-autoscaling:generateLaunchTemplateInsteadOfLaunchConfig": True}
+    )
     env = cdk.Environment(account="123456789012", region="us-east-1")
     for s in range(0, count, PER_STACK):
         stack = cdk.Stack(app, f"Bench{s // PER_STACK}", env=env)
-        vpc = ec2.Vpc(stack, "Vpc", max_azs=1, nat_gateways=0,
-                      subnet_configuration=[ec2.SubnetConfiguration(name="p", subnet_type=ec2.SubnetType.PUBLIC)])
+        vpc = ec2.Vpc(
+            stack,
+            "Vpc",
+            max_azs=1,
+            nat_gateways=0,
+            subnet_configuration=[ec2.SubnetConfiguration(name="p", subnet_type=ec2.SubnetType.PUBLIC)],
+        )
         cluster = ecs.Cluster(stack, "Cluster", vpc=vpc) if kind == "mixed" else None
         for i in range(s, min(count, s + PER_STACK)):
             add_launch(stack, vpc, i, kind, cluster)

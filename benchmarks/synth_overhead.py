@@ -1,8 +1,8 @@
 """Synth overhead of AuditBacklog, beside cdk-nag, on the same apps in one run.
 
 Each sample is a whole synthesizing process (fresh interpreter and jsii runtime), `CDK_VALIDATION=false` for
-every mode. Repetitions are interleaved (plain, tuned, aspect, noop, nag, [before], plain, tuned, ...) so machine
-load hits every mode alike; the best of each is reported, with its ratio to plain. Modes:
+every mode. Repetitions are interleaved (plain, tuned, aspect, noop, nag, [before], plain, tuned, ...) so
+machine load hits every mode alike; the best of each is reported, with its ratio to plain. Modes:
 
 - plain: the app without the library.
 - tuned: ``AuditBacklog.apply_to(app)`` (the documented way in).
@@ -29,7 +29,10 @@ sys.path.insert(0, os.path.join(REPO, "constructs"))
 from cdk_audit_backlog.user_data import BlockInputs, render_block  # noqa: E402
 
 REPEATS = int(os.environ.get("BENCH_REPEATS", "2"))
-APPS = [(k, int(n)) for k, n in (a.split(":") for a in os.environ.get("BENCH_APPS", "simple:300,mixed:500").split(","))]
+APPS = [
+    (k, int(n))
+    for k, n in (a.split(":") for a in os.environ.get("BENCH_APPS", "simple:300,mixed:500").split(","))
+]
 BEFORE = os.environ.get("BENCH_BEFORE")
 MODES = ["plain", "tuned", "aspect", "noop", "nag"] + (["before"] if BEFORE else [])
 MARKER = "# >>> cdk-audit-backlog >>>"
@@ -83,8 +86,10 @@ def main():
                     times[mode].append(t)
             best = {m: min(ts) for m, ts in times.items()}
             print(f"\n{kind} app, {count} launches:")
-            print(f"  {'mode':<15} {'best s':>7} {'ratio':>7} {'blocks':>7} {'bridge msgs':>12} {'per launch':>11}"
-                  f"  all runs (s)")
+            print(
+                f"  {'mode':<15} {'best s':>7} {'ratio':>7} {'blocks':>7} {'bridge msgs':>12} "
+                f"{'per launch':>11}  all runs (s)"
+            )
             for mode in MODES:
                 label = f"before ({BEFORE})"[:15] if mode == "before" else mode
                 shown = blocks[mode] if mode in ("tuned", "aspect", "before") else "-"
@@ -93,9 +98,11 @@ def main():
                 print(f"  {label:<15} {best[mode]:7.2f} {best[mode] / best['plain']:7.3f} {shown!s:>7} "
                       f"{messages[mode]:>12} {extra:>+11.1f}  {runs}")
             per_launch = (best["tuned"] - best["plain"]) / count * 1000
-            print(f"  tuned costs {per_launch:.2f} ms per launch over plain (goal <= 3); ratio goal <= 1.25 "
-                  f"(want <= 1.10); cdk-nag {best['nag'] / best['plain']:.3f}. 'per launch' = bridge messages "
-                  f"(jsii kernel round trips) over plain, per launch")
+            print(
+                f"  tuned costs {per_launch:.2f} ms per launch over plain (goal <= 3); ratio goal <= 1.25 "
+                f"(want <= 1.10); cdk-nag {best['nag'] / best['plain']:.3f}. 'per launch' = bridge messages "
+                f"(jsii kernel round trips) over plain, per launch"
+            )
     print(f"\nbenchmark took {time.perf_counter() - started:.0f} s")
 
 

@@ -23,7 +23,10 @@ END = "<!-- policy-table:end -->"
 
 def table() -> str:
     policy = BacklogPolicy()
-    rows = ["| instance type | memory (MiB) | limit | worst case (MiB) | % of memory |", "|---|---:|---:|---:|---:|"]
+    rows = [
+        "| instance type | memory (MiB) | limit | worst case (MiB) | % of memory |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for t in TYPES:
         mib = memory_mib(t)
         if mib is None:

@@ -38,8 +38,8 @@ APP = textwrap.dedent(
 
     app = cdk.App()
     stack = cdk.Stack(app, "AdoptExample")
-    vpc = ec2.Vpc(stack, "Vpc", max_azs=1, nat_gateways=0,
-                  subnet_configuration=[ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC)])
+    vpc = ec2.Vpc(stack, "Vpc", max_azs=1, nat_gateways=0, subnet_configuration=[
+        ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC)])
     image = ec2.MachineImage.latest_amazon_linux2023()
     web = ec2.Instance(stack, "Web", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=image)
     web.user_data.add_commands("echo web")
@@ -77,10 +77,25 @@ def test_record_then_the_cli_synth_keeps_the_running_instance_and_nothing_is_int
         server.wait_ready()
         env = demo.emulator_env(server.url)
         env.pop("ADOPT_LIBRARY", None)
-        cdk(["bootstrap", f"aws://{demo.ACCOUNT}/{demo.REGION}", "-o", str(tmp_path / "boot.out")], app_dir, env)
+        cdk(
+            ["bootstrap", f"aws://{demo.ACCOUNT}/{demo.REGION}", "-o", str(tmp_path / "boot.out")],
+            app_dir,
+            env,
+        )
         # Before: the app as deployed today, without the library.
-        cdk(["deploy", STACK, "--method=direct", "--require-approval", "never", "-o", str(tmp_path / "before")],
-            app_dir, env)
+        cdk(
+            [
+                "deploy",
+                STACK,
+                "--method=direct",
+                "--require-approval",
+                "never",
+                "-o",
+                str(tmp_path / "before"),
+            ],
+            app_dir,
+            env,
+        )
 
         adopted = dict(env, ADOPT_LIBRARY="1")
         synth_log = cdk(["synth", "-q", "-o", str(tmp_path / "first")], app_dir, adopted)
@@ -94,7 +109,9 @@ def test_record_then_the_cli_synth_keeps_the_running_instance_and_nothing_is_int
         recorded = impact(app_dir, adopted, str(tmp_path / "first"), "--record")
         assert recorded.returncode == 0, recorded.stderr
         context = json.loads((app_dir / "cdk.context.json").read_text())
-        key = f"cdk-audit-backlog:deployed-instances:account={demo.ACCOUNT}:region={demo.REGION}:stack={STACK}"
+        key = (
+            f"cdk-audit-backlog:deployed-instances:account={demo.ACCOUNT}:region={demo.REGION}:stack={STACK}"
+        )
         assert context[key] == [web_id]
 
         # The CDK CLI reads cdk.context.json: the running Instance keeps its user data.
@@ -106,7 +123,8 @@ def test_record_then_the_cli_synth_keeps_the_running_instance_and_nothing_is_int
         rows = {r["logical_id"]: r for r in json.loads(again.stdout)}
         assert (rows[web_id]["change"], rows[web_id]["interrupts"]) == ("unchanged", False)
         lt = next(r for k, r in rows.items() if k.startswith("WorkerTemplate"))
-        assert (lt["change"], lt["interrupts"]) == ("updated", False) and "new launch template version" in lt["effect"]
+        assert (lt["change"], lt["interrupts"]) == ("updated", False)
+        assert "new launch template version" in lt["effect"]
         workers = next(r for k, r in rows.items() if k.startswith("Workers"))
         assert not workers["interrupts"] and "keep their launch settings" in workers["effect"]
         association = next(r for r in rows.values() if r["resource_type"] == "AWS::SSM::Association")

@@ -1,8 +1,8 @@
 """apply_to's single hook per scope: what it must still see, and what it must not cost.
 
 apply_to adds no aspect to the app (a Python aspect on the app costs one jsii callback per construct): one
-hidden leaf per scope runs once per synthesis, after the other aspects visited the stacks. These tests pin what
-that design must keep from the per-construct aspect it replaced.
+hidden leaf per scope runs once per synthesis, after the other aspects visited the stacks. These tests pin
+what that design must keep from the per-construct aspect it replaced.
 """
 
 import json
@@ -28,7 +28,7 @@ def new_stack(app, name="S"):
 
 
 def tuned(stack):
-    return {l.logical_id: l for l in launches(assertions.Template.from_stack(stack))}
+    return {launch.logical_id: launch for launch in launches(assertions.Template.from_stack(stack))}
 
 
 @jsii.implements(cdk.IAspect)
@@ -40,7 +40,9 @@ class _AddsAnInstance:
 
     def visit(self, node):
         if isinstance(node, cdk.Stack) and node.node.try_find_child("Late") is None:
-            ec2.Instance(node, "Late", vpc=self.vpc, instance_type=ec2.InstanceType("m5.large"), machine_image=IMAGE)
+            ec2.Instance(
+                node, "Late", vpc=self.vpc, instance_type=ec2.InstanceType("m5.large"), machine_image=IMAGE
+            )
 
 
 @jsii.implements(cdk.IAspect)
@@ -66,7 +68,7 @@ def test_launch_created_by_another_aspect_is_tuned():
     Aspects.of(app).add(_AddsAnInstance(vpc))
     AuditBacklog.apply_to(app)
     found = tuned(stack)
-    late = next(l for k, l in found.items() if k.startswith("Late"))
+    late = next(launch for k, launch in found.items() if k.startswith("Late"))
     assert late.tuning.target == 8192 and late.tuning.count == 1
 
 
@@ -80,7 +82,11 @@ def test_user_data_line_added_by_another_aspect_is_kept_after_the_block():
     (launch,) = tuned(stack).values()
     body = launch.user_data
     assert launch.tuning.count == 1
-    assert body.index("# <<< cdk-audit-backlog <<<") < body.index("echo mine") < body.index("echo added-by-an-aspect")
+    assert (
+        body.index("# <<< cdk-audit-backlog <<<")
+        < body.index("echo mine")
+        < body.index("echo added-by-an-aspect")
+    )
 
 
 def test_apply_to_before_the_stacks_exist_still_tunes_them():
@@ -95,13 +101,15 @@ def test_apply_to_before_the_stacks_exist_still_tunes_them():
 def test_plain_aspect_nearer_than_apply_to_wins_and_tunes_once():
     app = cdk.App()
     stack, vpc = new_stack(app)
-    near = ec2.Instance(stack, "Near", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=IMAGE)
+    near = ec2.Instance(
+        stack, "Near", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=IMAGE
+    )
     ec2.Instance(stack, "Far", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=IMAGE)
     Aspects.of(near).add(AuditBacklog(backlog_limit=65536))
     AuditBacklog.apply_to(app)
     found = tuned(stack)
-    near_l = next(l for k, l in found.items() if k.startswith("Near"))
-    far_l = next(l for k, l in found.items() if k.startswith("Far"))
+    near_l = next(launch for k, launch in found.items() if k.startswith("Near"))
+    far_l = next(launch for k, launch in found.items() if k.startswith("Far"))
     assert near_l.tuning.target == 65536 and near_l.tuning.count == 1
     assert near_l.metadata["reason"] == "backlog_limit set on the aspect"
     assert far_l.tuning.target == 1024 and far_l.tuning.count == 1

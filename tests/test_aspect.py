@@ -30,7 +30,11 @@ def decode(value) -> str:
 
 def user_data_of(resource: dict) -> str:
     props = resource["Properties"]
-    value = props["LaunchTemplateData"].get("UserData") if "LaunchTemplateData" in props else props.get("UserData")
+    value = (
+        props["LaunchTemplateData"].get("UserData")
+        if "LaunchTemplateData" in props
+        else props.get("UserData")
+    )
     return decode(value)
 
 
@@ -89,7 +93,9 @@ def test_launch_template_with_user_data_and_type():
     app, stack, _ = new_stack()
     ud = ec2.UserData.for_linux()
     ud.add_commands("echo hi")
-    ec2.LaunchTemplate(stack, "LT", instance_type=ec2.InstanceType("m5.large"), machine_image=IMAGE, user_data=ud)
+    ec2.LaunchTemplate(
+        stack, "LT", instance_type=ec2.InstanceType("m5.large"), machine_image=IMAGE, user_data=ud
+    )
     AuditBacklog.apply_to(app)
     lt = only(stack, "AWS::EC2::LaunchTemplate")
     text = user_data_of(lt)
@@ -154,7 +160,8 @@ def test_per_type_limits_follow_the_aspects_policy():
 def test_group_whose_types_all_map_to_one_limit_keeps_the_fixed_number():
     app, stack, vpc = new_stack()
     mixed_group(stack, vpc, ["m5.large", "t3.large"], name="Same")  # both 8 GiB
-    mixed_group(stack, vpc, ["r5.8xlarge", "x2iedn.8xlarge"], name="Capped")  # 256 GiB, 1 TiB: both the maximum
+    # 256 GiB, 1 TiB: both the maximum
+    mixed_group(stack, vpc, ["r5.8xlarge", "x2iedn.8xlarge"], name="Capped")
     AuditBacklog.apply_to(app)
     metas = {k: r["Metadata"][METADATA_KEY] for k, r in resources(stack, "AWS::EC2::LaunchTemplate").items()}
     same = next(m for k, m in metas.items() if k.startswith("SameLt"))
@@ -195,12 +202,21 @@ def test_unknown_instance_type_resolves_to_auto_never_a_guess():
     ec2.Instance(stack, "I", vpc=vpc, instance_type=ec2.InstanceType("zz9.plural"), machine_image=IMAGE)
     AuditBacklog.apply_to(app)
     meta = only(stack, "AWS::EC2::Instance")["Metadata"][METADATA_KEY]
-    assert meta["limit"] == "auto" and "memoryMiB" not in meta and "instanceType" not in meta and "zz9.plural" in meta["reason"]
+    assert (
+        meta["limit"] == "auto"
+        and "memoryMiB" not in meta
+        and "instanceType" not in meta
+        and "zz9.plural" in meta["reason"]
+    )
 
 
 def test_asg_with_launch_configuration_is_tuned():
-    app, stack, vpc = new_stack(flags={"@aws-cdk/aws-autoscaling:generateLaunchTemplateInsteadOfLaunchConfig": False})
-    asg = autoscaling.AutoScalingGroup(stack, "G", vpc=vpc, instance_type=ec2.InstanceType("m5.xlarge"), machine_image=IMAGE)
+    app, stack, vpc = new_stack(
+        flags={"@aws-cdk/aws-autoscaling:generateLaunchTemplateInsteadOfLaunchConfig": False}
+    )
+    asg = autoscaling.AutoScalingGroup(
+        stack, "G", vpc=vpc, instance_type=ec2.InstanceType("m5.xlarge"), machine_image=IMAGE
+    )
     asg.add_user_data("echo from-asg")
     AuditBacklog.apply_to(app)
     lc = only(stack, "AWS::AutoScaling::LaunchConfiguration")
@@ -210,8 +226,12 @@ def test_asg_with_launch_configuration_is_tuned():
 
 
 def test_asg_with_generated_launch_template_is_tuned():
-    app, stack, vpc = new_stack(flags={"@aws-cdk/aws-autoscaling:generateLaunchTemplateInsteadOfLaunchConfig": True})
-    autoscaling.AutoScalingGroup(stack, "G", vpc=vpc, instance_type=ec2.InstanceType("t3.large"), machine_image=IMAGE)
+    app, stack, vpc = new_stack(
+        flags={"@aws-cdk/aws-autoscaling:generateLaunchTemplateInsteadOfLaunchConfig": True}
+    )
+    autoscaling.AutoScalingGroup(
+        stack, "G", vpc=vpc, instance_type=ec2.InstanceType("t3.large"), machine_image=IMAGE
+    )
     AuditBacklog.apply_to(app)
     assert cab_target(user_data_of(only(stack, "AWS::EC2::LaunchTemplate"))) == "8192"
 
@@ -248,7 +268,9 @@ def test_synthesizing_twice_gives_the_same_template():
 
 def test_user_data_over_16_kib_fails_synth_naming_resource_and_size():
     app, stack, vpc = new_stack()
-    inst = ec2.Instance(stack, "Big", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=IMAGE)
+    inst = ec2.Instance(
+        stack, "Big", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=IMAGE
+    )
     inst.user_data.add_commands("echo " + "x" * 16000)  # fits alone, not with the block
     AuditBacklog.apply_to(app)
     with pytest.raises(Exception) as err:
@@ -326,14 +348,26 @@ def test_eks_node_group_with_types_of_different_limits_runs_auto_in_its_mime_par
     from aws_cdk import aws_eks as eks
 
     app, stack, _ = new_stack()
-    lt = ec2.CfnLaunchTemplate(stack, "NodeLt", launch_template_data=ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(
-        user_data=cdk.Fn.base64(
-            'Content-Type: multipart/mixed; boundary="//"\nMIME-Version: 1.0\n\n--//\n'
-            'Content-Type: text/x-shellscript; charset="us-ascii"\n\n#!/bin/bash\necho node\n--//--\n')))
+    lt = ec2.CfnLaunchTemplate(
+        stack,
+        "NodeLt",
+        launch_template_data=ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(
+            user_data=cdk.Fn.base64(
+                'Content-Type: multipart/mixed; boundary="//"\nMIME-Version: 1.0\n\n--//\n'
+                'Content-Type: text/x-shellscript; charset="us-ascii"\n\n#!/bin/bash\necho node\n--//--\n'
+            )
+        ),
+    )
     eks.CfnNodegroup(
-        stack, "Nodes", cluster_name="c", node_role="arn:aws:iam::123456789012:role/n", subnets=["subnet-1"],
+        stack,
+        "Nodes",
+        cluster_name="c",
+        node_role="arn:aws:iam::123456789012:role/n",
+        subnets=["subnet-1"],
         instance_types=["m5.large", "r5.4xlarge"],
-        launch_template=eks.CfnNodegroup.LaunchTemplateSpecificationProperty(id=lt.ref, version=lt.attr_latest_version_number),
+        launch_template=eks.CfnNodegroup.LaunchTemplateSpecificationProperty(
+            id=lt.ref, version=lt.attr_latest_version_number
+        ),
     )
     AuditBacklog.apply_to(app)
     lt_res = only(stack, "AWS::EC2::LaunchTemplate")
@@ -373,5 +407,7 @@ def test_boot_unit_false_renders_the_block_without_the_unit():
     ec2.Instance(stack, "I", vpc=vpc, instance_type=ec2.InstanceType("m5.large"), machine_image=IMAGE)
     AuditBacklog.apply_to(app, boot_unit=False)
     text = user_data_of(only(stack, "AWS::EC2::Instance"))
-    assert "CAB_UNIT" not in block_settings(text) and "cab_unit" not in text and "cab_limit_for_kib" not in text
+    assert (
+        "CAB_UNIT" not in block_settings(text) and "cab_unit" not in text and "cab_limit_for_kib" not in text
+    )
     assert "/bin/bash -s <<'CDK_AUDIT_BACKLOG' || true" in text

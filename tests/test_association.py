@@ -188,8 +188,8 @@ def test_document_commands_tune_a_running_al2_layout_from_memtotal_and_exit_0(
     r = _sh_run(tmp_path, document_lines, root, sandbox)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (
-        "cdk-audit-backlog: backlog_limit 320 -> 8192 (ssm-association, MemTotal 8000000 kB; method auditctl; lost 0)"
-        in r.stdout.splitlines()
+        "cdk-audit-backlog: backlog_limit 320 -> 8192 (ssm-association, MemTotal 8000000 kB; "
+        "method auditctl; lost 0)" in r.stdout.splitlines()
     )
     assert fx.kernel(root)["backlog_limit"] == 8192 and fx.kernel(root)["loads"] == loads  # no reload
     assert fakes.boot(root)["backlog_limit"] == 8192
@@ -256,7 +256,9 @@ def test_every_option_reaches_the_template():
         "Targets": [{"Key": "tag:karpenter.sh/nodepool", "Values": ["default", "batch"]}],
         "ScheduleExpression": "cron(0 3 ? * SUN *)",
         "MaxConcurrency": "10", "MaxErrors": "0", "ComplianceSeverity": "HIGH", "SyncCompliance": "MANUAL",
-        "OutputLocation": {"S3Location": {"OutputS3BucketName": "audit-logs.example", "OutputS3KeyPrefix": "ssm/"}},
+        "OutputLocation": {
+            "S3Location": {"OutputS3BucketName": "audit-logs.example", "OutputS3KeyPrefix": "ssm/"}
+        },
     })  # fmt: skip
 
 
@@ -319,7 +321,7 @@ def test_apply_to_adds_one_association_per_stack_with_a_launch_stages_included()
     app = cdk.App()
     top = _stack(app, "Top")
     _launches(top)
-    _stack(app, "NoLaunches").node  # a stack without EC2 launches gets none
+    _stack(app, "NoLaunches")  # a stack without EC2 launches gets none
     cdk.aws_sns.Topic(app.node.find_child("NoLaunches"), "Topic")
     stage = cdk.Stage(app, "Prod")
     inner = _stack(stage, "Inner")

@@ -33,7 +33,6 @@ from tests.test_boot_script import (
     mutating,
     result_line,
     run,
-    sandbox,  # noqa: F401  (the session fixture)
     state,
 )
 
@@ -41,6 +40,13 @@ pytestmark = pytest.mark.skipif(
     not (fx.audit4_tools_available() and fx.real_tools_available()),
     reason="needs Debian 13's auditd 4.0.2 (and Debian 12's tools) unpacked by `make boot-tools`",
 )
+
+
+# Declared here rather than imported from test_boot_script: an imported fixture is an unused import that the
+# tests' parameters then shadow. pytest gave this module its own instance of the imported one all the same.
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory):
+    return fx.make_sandbox(tmp_path_factory.mktemp("sandbox"))
 
 
 def _unit(path) -> configparser.ConfigParser:
@@ -67,7 +73,11 @@ def test_audit4_loads_rules_in_audit_rules_service_and_the_fixture_layout_says_s
     # Debian 13's unit, like Debian 12's, does not refuse a manual stop (upstream's 3.x unit did).
     assert "RefuseManualStop" not in auditd["Unit"]
     layout = fx.LAYOUTS["debian13"]
-    assert (layout.rules_service, layout.refuse_manual_stop, layout.loader) == ("audit-rules", False, "augenrules")
+    assert (layout.rules_service, layout.refuse_manual_stop, layout.loader) == (
+        "audit-rules",
+        False,
+        "augenrules",
+    )
     # ... and Debian 12's 3.0.9 unit is the other generation: the load is auditd.service's ExecStartPost.
     old = _unit(fx.BOOT_TOOLS / "lib/systemd/system/auditd.service")
     assert old["Service"]["ExecStartPost"] == "-/sbin/augenrules --load"
@@ -94,7 +104,10 @@ def test_debian13_with_the_real_augenrules_4_raises_persists_and_the_next_boot_l
     fx.use_real_augenrules(root)
     assert "check_immutable" in (root / "sbin/augenrules").read_text()  # really the 4.0.2 script
     r = run(root, sandbox, target=65536, wait=6000, source="r5.4xlarge/131072MiB")
-    assert result_line(r.stdout) == f"{PREFIX}backlog_limit 8192 -> 65536 (r5.4xlarge/131072MiB; method auditctl; lost 0)"
+    assert (
+        result_line(r.stdout)
+        == f"{PREFIX}backlog_limit 8192 -> 65536 (r5.4xlarge/131072MiB; method auditctl; lost 0)"
+    )
     assert_no_reload(root, fx.calls(root))
     # (the real augenrules regenerated audit.rules; it logs no call of its own, only its `auditctl -s`)
     assert mutating(fx.calls(root)) == ["auditctl -b 65536", "auditctl --backlog_wait_time 6000"]
@@ -140,7 +153,9 @@ def test_immutable_on_audit4_persists_and_the_real_augenrules_loads_it_next_boot
     assert state(root)["persisted"] == "yes"
     # The real 4.0.2 augenrules, run now, refuses to touch anything (its own immutable check) ...
     before = (root / "etc/audit/audit.rules").read_text()
-    p = subprocess.run([str(root / "sbin/augenrules")], env=fx.script_env(root, sandbox), capture_output=True, text=True)
+    p = subprocess.run(
+        [str(root / "sbin/augenrules")], env=fx.script_env(root, sandbox), capture_output=True, text=True
+    )
     assert p.returncode == 0 and "immutable mode" in p.stdout, p.stdout
     assert (root / "etc/audit/audit.rules").read_text() == before
     # ... and at the next boot it merges and loads our -b, with -e 2 still last.
@@ -174,7 +189,9 @@ def _status(generation: str) -> str | None:
                     reason="needs a kernel that answers `auditctl -s`")  # fmt: skip
 def test_auditctl_4_status_has_the_same_keys_and_the_parser_reads_it(tmp_path, sandbox):
     real4, real3 = _status("4"), _status("3")
-    assert [line.split(" ")[0] for line in real4.splitlines()] == [line.split(" ")[0] for line in real3.splitlines()]
+    assert [line.split(" ")[0] for line in real4.splitlines()] == [
+        line.split(" ")[0] for line in real3.splitlines()
+    ]
     values = dict(line.split(" ", 1) for line in real4.splitlines())
     root = tmp_path / "real4"
     wrapper = root / "sbin/auditctl"
@@ -183,8 +200,9 @@ def test_auditctl_4_status_has_the_same_keys_and_the_parser_reads_it(tmp_path, s
     wrapper.write_text(f'#!/bin/sh\n[ "$*" = -s ] || exit 99\nexec {argv} -s\n')
     wrapper.chmod(0o755)
     program = _function("st") + 'st\necho "$en|$lo|$bw|$bl"\n'
-    out = subprocess.run([str(sandbox / "bash"), "-euo", "pipefail", "-c", program], env=fx.script_env(root, sandbox),
-                         capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    out = subprocess.run([str(sandbox / "bash"), "-euo", "pipefail", "-c", program],
+                         env=fx.script_env(root, sandbox), capture_output=True, text=True,
+                         check=True).stdout.strip()  # fmt: skip
     assert out == "|".join(values[k] for k in ("enabled", "lost", "backlog_wait_time", "backlog_limit"))
 
 

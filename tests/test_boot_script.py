@@ -369,7 +369,9 @@ def test_hypothesis_never_lower_with_0_as_the_largest_limit(tmp_path_factory, sa
     # kernel keeps a larger limit (0 included) unless allow_lower; the next boot loads what was persisted.
     root = tmp_path_factory.mktemp("never-lower") / "al2"
     fx.build(root, "al2")
-    (root / "etc/audit/rules.d/audit.rules").write_text("-D\n" + ("" if rules is None else f"-b {rules}\n") + "-f 1\n")
+    (root / "etc/audit/rules.d/audit.rules").write_text(
+        "-D\n" + ("" if rules is None else f"-b {rules}\n") + "-f 1\n"
+    )
     fakes.boot(root)
     fx.set_kernel(root, backlog_limit=kernel)
     r = run(root, sandbox, target=target, allow_lower=int(allow_lower))
@@ -418,7 +420,8 @@ def test_a_later_rules_file_that_wins_the_merge_is_reported(tmp_path, sandbox):
 
 @pytest.mark.parametrize(
     "name,wait",
-    [("al2", None), ("al1", 6000), ("rhel9", 15000), ("debian12", None), ("sles15", None), ("ubuntu2204-no-auditd", None)],
+    [("al2", None), ("al1", 6000), ("rhel9", 15000), ("debian12", None), ("sles15", None),
+     ("ubuntu2204-no-auditd", None)],
 )  # fmt: skip
 def test_rerun_changes_no_file_and_calls_nothing_that_changes_state(tmp_path, sandbox, name, wait):
     root = tmp_path / name
@@ -458,7 +461,9 @@ def _unshare_works() -> bool:
     return r.returncode == 0
 
 
-@pytest.mark.skipif(not _unshare_works(), reason="needs a private mount namespace (unshare -m) for a read-only bind mount")
+@pytest.mark.skipif(
+    not _unshare_works(), reason="needs a private mount namespace (unshare -m) for a read-only bind mount"
+)
 @pytest.mark.parametrize("name,ro_dir", [("al2", "etc/audit/rules.d"), ("al1", "etc/audit")])
 def test_read_only_rules_dir_still_applies_for_this_boot(tmp_path, sandbox, name, ro_dir):
     root = tmp_path / name
@@ -466,7 +471,8 @@ def test_read_only_rules_dir_still_applies_for_this_boot(tmp_path, sandbox, name
     d = root / ro_dir
     env = fx.script_env(root, sandbox, target=8192)
     r = subprocess.run(
-        [shutil.which("unshare"), "-m", shutil.which("sh"), "-c", '"$1" --bind -o ro "$2" "$2" && exec "$3" "$4"', "_",
+        [shutil.which("unshare"), "-m", shutil.which("sh"), "-c",
+         '"$1" --bind -o ro "$2" "$2" && exec "$3" "$4"', "_",
          shutil.which("mount"), str(d), str(sandbox / "bash"), str(fx.SCRIPT)],
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
@@ -481,7 +487,9 @@ def test_read_only_rules_dir_still_applies_for_this_boot(tmp_path, sandbox, name
 # -- exit status: what an SSM association reads (SyncCompliance AUTO: non-zero -> NON_COMPLIANT) ----------
 
 
-def test_exit_status_is_zero_when_applied_and_persisted_and_on_the_rerun_with_nothing_to_do(tmp_path, sandbox):
+def test_exit_status_is_zero_when_applied_and_persisted_and_on_the_rerun_with_nothing_to_do(
+    tmp_path, sandbox
+):
     root = tmp_path / "al2"
     fx.build(root, "al2")
     r = fx.run_script(root, sandbox, target=8192)
@@ -602,7 +610,8 @@ def test_wait_time_the_kernel_refuses_is_reported(tmp_path, sandbox):
 
 @pytest.mark.parametrize(
     "name,tool,where",
-    [("al2", "grubby", None), ("debian12", "update-grub", "boot/grub/grub.cfg"), ("sles15", "grub2-mkconfig", "boot/grub2/grub.cfg")],
+    [("al2", "grubby", None), ("debian12", "update-grub", "boot/grub/grub.cfg"),
+     ("sles15", "grub2-mkconfig", "boot/grub2/grub.cfg")],
 )  # fmt: skip
 def test_kernel_cmdline_is_set_for_all_kernels(tmp_path, sandbox, name, tool, where):
     root = tmp_path / name
@@ -627,7 +636,11 @@ def test_kernel_cmdline_replaces_an_older_value(tmp_path, sandbox):
     root = tmp_path / "debian12"
     fx.build(root, "debian12")
     grub = root / "etc/default/grub"
-    grub.write_text(grub.read_text().replace('GRUB_CMDLINE_LINUX=""', 'GRUB_CMDLINE_LINUX="audit_backlog_limit=320 net.ifnames=0"'))
+    grub.write_text(
+        grub.read_text().replace(
+            'GRUB_CMDLINE_LINUX=""', 'GRUB_CMDLINE_LINUX="audit_backlog_limit=320 net.ifnames=0"'
+        )
+    )
     run(root, sandbox, target=16384, kernel_cmdline=1)
     line = [x for x in grub.read_text().splitlines() if x.startswith("GRUB_CMDLINE_LINUX=")]
     assert line == ['GRUB_CMDLINE_LINUX=" net.ifnames=0 audit_backlog_limit=16384"']
@@ -692,7 +705,9 @@ def test_block_variables_and_traps_do_not_reach_the_user_script(tmp_path, sandbo
     root = tmp_path / "al2"
     fx.build(root, "al2")
     block = render_block(BlockInputs(target=8192))
-    extra = 'test -z "${CAB_TARGET:-}" && test -z "${R:-}" && echo clean-env\ntrap -p ERR | grep -q . && exit 9\n'
+    extra = (
+        'test -z "${CAB_TARGET:-}" && test -z "${R:-}" && echo clean-env\ntrap -p ERR | grep -q . && exit 9\n'
+    )
     r = fx.run_user_data(root, sandbox, _user_data(block, "#!/bin/bash", extra))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "clean-env" in r.stdout.splitlines()
@@ -753,10 +768,14 @@ def test_fake_auditctl_help_behaves_like_the_real_one(tmp_path):
     real = fx.real_auditctl_help()
     root = tmp_path / "rhel9"
     fx.build(root, "rhel9")
-    fake = subprocess.run([str(root / "sbin/auditctl"), "-h"], env={"CAB_ROOT": str(root)}, capture_output=True, text=True)
+    fake = subprocess.run(
+        [str(root / "sbin/auditctl"), "-h"], env={"CAB_ROOT": str(root)}, capture_output=True, text=True
+    )
     assert real.returncode == fake.returncode == 255
     for r in (real, fake):
-        assert re.search(r"^ +--backlog_wait_time +Set the kernel backlog_wait_time$", r.stdout, re.M), r.stdout
+        assert re.search(r"^ +--backlog_wait_time +Set the kernel backlog_wait_time$", r.stdout, re.M), (
+            r.stdout
+        )
 
 
 @needs_real_tools
@@ -773,12 +792,15 @@ def test_wait_time_probe_with_the_real_auditctl_help(tmp_path, sandbox):
 def _real_status():
     if not fx.real_tools_available():
         return None
-    r = subprocess.run([str(fx.REAL_AUDITCTL), "-s"], env={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": fx.REAL_LIBS},
+    r = subprocess.run([str(fx.REAL_AUDITCTL), "-s"],
+                       env={"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": fx.REAL_LIBS},
                        capture_output=True, text=True, timeout=20)  # fmt: skip
     return r.stdout if r.returncode == 0 else None
 
 
-@pytest.mark.skipif(_real_status() is None, reason="needs the real auditctl and a kernel that answers `auditctl -s`")
+@pytest.mark.skipif(
+    _real_status() is None, reason="needs the real auditctl and a kernel that answers `auditctl -s`"
+)
 @pytest.mark.parametrize("awk", ["mawk", "gawk", "busybox"])
 def test_status_parser_reads_the_real_auditctl_s(tmp_path, sandbox, awk):
     """`st` on the real (read-only) `auditctl -s` of this machine's kernel, and the fake's format matches."""
@@ -787,7 +809,10 @@ def test_status_parser_reads_the_real_auditctl_s(tmp_path, sandbox, awk):
     root = tmp_path / "real"
     wrapper = root / "sbin/auditctl"
     wrapper.parent.mkdir(parents=True)
-    wrapper.write_text(f'#!/bin/sh\n[ "$*" = -s ] || exit 99\nLD_LIBRARY_PATH="{fx.REAL_LIBS}" exec "{fx.REAL_AUDITCTL}" -s\n')
+    wrapper.write_text(
+        f'#!/bin/sh\n[ "$*" = -s ] || exit 99\n'
+        f'LD_LIBRARY_PATH="{fx.REAL_LIBS}" exec "{fx.REAL_AUDITCTL}" -s\n'
+    )
     wrapper.chmod(0o755)
     sb = sandbox if awk == "mawk" else fx.make_awk_sandbox(tmp_path / awk, awk)
     program = _function("st") + 'st\necho "$en|$lo|$bw|$bl"\n'
@@ -795,7 +820,9 @@ def test_status_parser_reads_the_real_auditctl_s(tmp_path, sandbox, awk):
                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     assert out == "|".join(values[k] for k in ("enabled", "lost", "backlog_wait_time", "backlog_limit"))
     fake = fakes.status_text(dict(fakes.KERNEL_DEFAULTS, backlog_wait_time=15000), {"version": "3.0.9"})
-    assert [line.split(" ")[0] for line in fake.splitlines()] == [line.split(" ")[0] for line in real.splitlines()]
+    assert [line.split(" ")[0] for line in fake.splitlines()] == [
+        line.split(" ")[0] for line in real.splitlines()
+    ]
 
 
 @needs_real_tools
@@ -823,7 +850,9 @@ def test_same_results_with_gawk_and_busybox_awk(tmp_path, sandbox, awk, name, in
         root = tmp_path / label / name
         fx.build(root, name, **({"status_format": "legacy"} if name == "al1" else {}))
         r = run(root, sb, **inputs)
-        files = {k: v[0] for k, v in fx.tree_digest(root).items() if not k.startswith("sbin/") and "bin/" not in k}
+        files = {
+            k: v[0] for k, v in fx.tree_digest(root).items() if not k.startswith("sbin/") and "bin/" not in k
+        }
         files = {k: v.replace(str(root).encode(), b"ROOT") for k, v in files.items()}
         results.append((r.stdout, fx.calls(root), files, fx.kernel(root)))
     assert results[0] == results[1]
@@ -838,9 +867,9 @@ def _function(name: str) -> str:
 
 
 RULE_LINES = st.sampled_from(
-    ["-D", "-b 320", "-b 8192", "-b8192", "-b 65536", "-f 1", "-f 2", "-e 2", "-e 1", "--backlog_wait_time 60000",
-     "-a task,never", "-a always,exit -F arch=b64 -S openat -k files", "-w /etc/passwd -p wa -k identity",
-     "## a comment -b 1", "", "-D -k old"]
+    ["-D", "-b 320", "-b 8192", "-b8192", "-b 65536", "-f 1", "-f 2", "-e 2", "-e 1",
+     "--backlog_wait_time 60000", "-a task,never", "-a always,exit -F arch=b64 -S openat -k files",
+     "-w /etc/passwd -p wa -k identity", "## a comment -b 1", "", "-D -k old"]
 )  # fmt: skip
 RULE_FILES = st.dictionaries(
     st.sampled_from(["audit.rules", "10-base-config.rules", "99-finalize.rules", "9-x.rules", "Z.rules",
@@ -863,7 +892,9 @@ def _real_merge_b(root, files: dict, sandbox, generation: str = "3") -> str:
     p = subprocess.run([str(root / "sbin/augenrules")], env=fx.script_env(root, sandbox),
                        capture_output=True, text=True)  # fmt: skip
     assert p.returncode == 0, p.stdout + p.stderr
-    real_b = [line for line in (root / "etc/audit/audit.rules").read_text().splitlines() if line.startswith("-b")]
+    real_b = [
+        line for line in (root / "etc/audit/audit.rules").read_text().splitlines() if line.startswith("-b")
+    ]
     assert len(real_b) <= 1
     return str(int(real_b[0][2:])) if real_b else ""
 
@@ -871,7 +902,8 @@ def _real_merge_b(root, files: dict, sandbox, generation: str = "3") -> str:
 def _script_merge_b(root, sandbox, skip: str, mb_function: str | None = None) -> str:
     program = 'E="$CAB_ROOT/etc/audit"\n' + _function("lb") + (mb_function or _function("mb")) + 'mb "$1"\n'
     return subprocess.run([str(sandbox / "bash"), "-euo", "pipefail", "-c", program, "mb", skip],
-                          env=fx.script_env(root, sandbox), capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+                          env=fx.script_env(root, sandbox), capture_output=True, text=True,
+                          check=True).stdout.strip()  # fmt: skip
 
 
 @needs_real_tools
@@ -912,7 +944,9 @@ def test_fake_systemctl_refuses_restart_like_refuse_manual_stop(tmp_path, sandbo
     root = tmp_path / name
     fx.build(root, name)
     env = fx.script_env(root, sandbox)
-    r = subprocess.run([str(root / "usr/bin/systemctl"), "restart", "auditd"], env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [str(root / "usr/bin/systemctl"), "restart", "auditd"], env=env, capture_output=True, text=True
+    )
     assert (r.returncode != 0) == refused
     if refused:
         assert "Operation refused" in r.stderr and "refuse manual start/stop" in r.stderr

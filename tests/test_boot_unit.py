@@ -175,7 +175,8 @@ def test_rerunning_the_user_data_installs_nothing_twice(tmp_path, sandbox):
 
 
 def test_install_mode_installs_the_unit_and_exits(tmp_path, sandbox):
-    """``audit-backlog.sh install`` (an image build step): the unit, its inputs and the script, nothing else."""
+    """``audit-backlog.sh install`` (an image build step): the unit, its inputs and the script, nothing
+    else."""
     root = tmp_path / "al2"
     fx.build(root, "al2")
     rules_before = {p: p.read_text() for p in (root / "etc/audit").rglob("*") if p.is_file()}
@@ -202,7 +203,9 @@ def test_install_mode_keeps_a_fixed_target_and_reports_a_host_without_systemd(tm
     fx.build(root, "al1")
     r = fx.run_script(root, sandbox, target="auto", args=("install",))
     # exit status 6: an image build step fails loudly rather than shipping an image without the unit
-    assert r.returncode == 6 and said(r.stdout) == ["unit: not installed (needs systemd, augenrules, a script file)"]
+    assert r.returncode == 6 and said(r.stdout) == [
+        "unit: not installed (needs systemd, augenrules, a script file)"
+    ]
 
 
 def test_unknown_mode_is_refused(tmp_path, sandbox):
@@ -402,7 +405,9 @@ def unit_dir(tmp_path, sandbox):
     assert "ExecStart=/sbin/auditd\n" in auditd and "ExecStartPost=-/sbin/augenrules --load\n" in auditd
     auditd = re.sub(r"(?m)^(ExecStart(Post)?=-?)/sbin/\S+.*$", r"\1/bin/true", auditd)
     (d / "auditd.service").write_text(auditd)
-    (d / "audit-rules.service").write_text(AUDIT_RULES_SERVICE.replace("/sbin/augenrules --load", "/bin/true"))
+    (d / "audit-rules.service").write_text(
+        AUDIT_RULES_SERVICE.replace("/sbin/augenrules --load", "/bin/true")
+    )
     return d
 
 

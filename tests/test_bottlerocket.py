@@ -89,7 +89,9 @@ string_value = st.one_of(
 scalar = st.one_of(string_value, st.integers(-5, 10**6).map(str), st.sampled_from(["true", "false", "1.5"]))
 array = st.one_of(
     st.lists(string_value, max_size=3).map(lambda xs: "[" + ", ".join(xs) + "]"),
-    st.lists(string_value, min_size=1, max_size=3).map(lambda xs: "[\n  " + ",\n  # item\n  ".join(xs) + ",\n]"),
+    st.lists(string_value, min_size=1, max_size=3).map(
+        lambda xs: "[\n  " + ",\n  # item\n  ".join(xs) + ",\n]"
+    ),
 )
 inline = st.dictionaries(words, scalar, max_size=2).map(
     lambda d: "{ " + ", ".join(f"{k} = {v}" for k, v in d.items()) + " }" if d else "{}"
@@ -135,7 +137,9 @@ def boot_shape(draw):
     elif shape == 2:  # [settings.boot.kernel-parameters], maybe [settings.boot] too
         lines = [f"{k} = {v}" for k, v in params]
         if limit_line:
-            lines.insert(draw(st.integers(0, len(lines))), f"{limit_line[0]} = {limit_line[1]}{limit_line[2]}")
+            lines.insert(
+                draw(st.integers(0, len(lines))), f"{limit_line[0]} = {limit_line[1]}{limit_line[2]}"
+            )
         sections.append(("[settings.boot.kernel-parameters]", lines))
         if rec:
             sections.append(("[settings.boot]", [f"reboot-to-reconcile = {rec}"]))
@@ -199,7 +203,9 @@ def bottlerocket_toml(draw):
     return text
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]
+)
 @given(text=bottlerocket_toml(), limit=st.sampled_from([320, 1024, 8192, 262144]))
 def test_merge_keeps_every_user_setting_in_order_and_sets_the_parameter_once(text, limit):
     before = tomllib.loads(text)
@@ -226,12 +232,17 @@ def test_settings_without_boot_get_a_new_table_at_the_end():
     text = '# my node\n[settings.kubernetes]\napi-server = "https://x" # the API\n'
     merged = merge_settings(text, 8192)
     assert merged.text == (
-        text + '\n[settings.boot]\nkernel-parameters."audit_backlog_limit" = ["8192"]\nreboot-to-reconcile = true\n'
+        text
+        + '\n[settings.boot]\nkernel-parameters."audit_backlog_limit" = ["8192"]\n'
+        "reboot-to-reconcile = true\n"
     )
 
 
 def test_existing_kernel_parameters_table_gains_one_line_right_after_its_header():
-    text = '[settings.boot.kernel-parameters]\n"console" = ["tty0", "ttyS0"]\n\n[settings.boot]\nreboot-to-reconcile = true\n'
+    text = (
+        '[settings.boot.kernel-parameters]\n"console" = ["tty0", "ttyS0"]\n\n'
+        "[settings.boot]\nreboot-to-reconcile = true\n"
+    )
     merged = merge_settings(text, 1024)
     assert merged.text == (
         '[settings.boot.kernel-parameters]\n"audit_backlog_limit" = ["1024"]\n"console" = ["tty0", "ttyS0"]\n'
@@ -242,7 +253,9 @@ def test_existing_kernel_parameters_table_gains_one_line_right_after_its_header(
 def test_an_existing_smaller_limit_is_replaced_in_place_keeping_key_spelling_and_comment():
     text = "[settings.boot.kernel-parameters]\naudit_backlog_limit   =  ['320']   # old\n"
     merged = merge_settings(text, 8192)
-    assert merged.text.startswith("[settings.boot.kernel-parameters]\naudit_backlog_limit   =  [\"8192\"]   # old\n")
+    assert merged.text.startswith(
+        '[settings.boot.kernel-parameters]\naudit_backlog_limit   =  ["8192"]   # old\n'
+    )
 
 
 def test_a_larger_limit_the_user_set_is_kept_unless_allow_lower():
@@ -266,13 +279,20 @@ def test_inline_kernel_parameters_gain_an_item():
 
 
 def test_limit_inside_an_inline_table_is_replaced_there():
-    merged = merge_settings('[settings.boot]\nkernel-parameters = { quiet = [], audit_backlog_limit = ["320"] }\n', 4096)
+    merged = merge_settings(
+        '[settings.boot]\nkernel-parameters = { quiet = [], audit_backlog_limit = ["320"] }\n', 4096
+    )
     assert 'kernel-parameters = { quiet = [], audit_backlog_limit = ["4096"] }' in merged.text
 
 
 @pytest.mark.parametrize(
     "text",
-    ['[settings.boot]\nkernel-parameters = "quiet"\n', "[[settings.boot]]\nx = 1\n", "[settings\n", 'a = "x\n'],
+    [
+        '[settings.boot]\nkernel-parameters = "quiet"\n',
+        "[[settings.boot]]\nx = 1\n",
+        "[settings\n",
+        'a = "x\n',
+    ],
 )
 def test_settings_where_our_keys_cannot_go_are_refused(text):
     with pytest.raises(NotToml):
@@ -310,7 +330,8 @@ def test_crlf_settings_stay_crlf(text):
     "text, expected",
     [
         (
-            'settings.boot.kernel-parameters."audit_backlog_limit" = ["320"]\n\n[settings.ecs]\ncluster = "c"\n',
+            'settings.boot.kernel-parameters."audit_backlog_limit" = ["320"]\n\n'
+            '[settings.ecs]\ncluster = "c"\n',
             'settings.boot.kernel-parameters."audit_backlog_limit" = ["1024"]\n\n'
             'settings.boot.reboot-to-reconcile = true\n[settings.ecs]\ncluster = "c"\n',
         ),
@@ -358,7 +379,9 @@ def test_what_reads_as_bottlerocket(text, expected):
 
 def test_settings_toml_alone_parses():
     assert tomllib.loads(settings_toml(2048)) == {
-        "settings": {"boot": {"kernel-parameters": {"audit_backlog_limit": ["2048"]}, "reboot-to-reconcile": True}}
+        "settings": {
+            "boot": {"kernel-parameters": {"audit_backlog_limit": ["2048"]}, "reboot-to-reconcile": True}
+        }
     }
 
 
@@ -401,7 +424,10 @@ def test_aspect_with_bottlerocket_merges_the_limit_of_the_instance_type():
     (launch,) = launches(Template.from_stack(stack))
     doc = tomllib.loads(launch.user_data)
     assert doc["settings"]["kubernetes"] == {"cluster-name": "c"}
-    assert doc["settings"]["boot"] == {"kernel-parameters": {"audit_backlog_limit": ["8192"]}, "reboot-to-reconcile": True}
+    assert doc["settings"]["boot"] == {
+        "kernel-parameters": {"audit_backlog_limit": ["8192"]},
+        "reboot-to-reconcile": True,
+    }
     assert launch.metadata["limit"] == 8192 and "Bottlerocket" in launch.metadata["reason"]
     assert launch.tuning is None  # no shell block: the limit lives in the TOML
 
@@ -415,7 +441,9 @@ def test_aspect_with_bottlerocket_and_no_instance_type_skips_naming_backlog_limi
     AuditBacklog.apply_to(app2, bottlerocket=True, backlog_limit=4096)
     app2.synth()
     (launch,) = launches(Template.from_stack(stack2))
-    assert tomllib.loads(launch.user_data)["settings"]["boot"]["kernel-parameters"] == {"audit_backlog_limit": ["4096"]}
+    assert tomllib.loads(launch.user_data)["settings"]["boot"]["kernel-parameters"] == {
+        "audit_backlog_limit": ["4096"]
+    }
 
 
 def test_bottlerocket_option_is_validated():
@@ -430,10 +458,19 @@ def test_aspect_with_bottlerocket_gives_a_mixed_group_its_smallest_types_limit()
 
     app = cdk.App()
     stack = cdk.Stack(app, "BrMixed", env=cdk.Environment(account="123456789012", region="us-east-1"))
-    network = ec2.Vpc(stack, "Vpc", max_azs=1, nat_gateways=0,
-                      subnet_configuration=[ec2.SubnetConfiguration(name="p", subnet_type=ec2.SubnetType.PUBLIC)])
-    lt = ec2.LaunchTemplate(stack, "Lt", user_data=ec2.UserData.custom('[settings.ecs]\ncluster = "c"\n'),
-                            machine_image=ec2.MachineImage.generic_linux({"us-east-1": "ami-0123456789abcdef0"}))
+    network = ec2.Vpc(
+        stack,
+        "Vpc",
+        max_azs=1,
+        nat_gateways=0,
+        subnet_configuration=[ec2.SubnetConfiguration(name="p", subnet_type=ec2.SubnetType.PUBLIC)],
+    )
+    lt = ec2.LaunchTemplate(
+        stack,
+        "Lt",
+        user_data=ec2.UserData.custom('[settings.ecs]\ncluster = "c"\n'),
+        machine_image=ec2.MachineImage.generic_linux({"us-east-1": "ami-0123456789abcdef0"}),
+    )
     autoscaling.AutoScalingGroup(
         stack, "Group", vpc=network,
         mixed_instances_policy=autoscaling.MixedInstancesPolicy(
@@ -446,6 +483,12 @@ def test_aspect_with_bottlerocket_gives_a_mixed_group_its_smallest_types_limit()
     )
     AuditBacklog.apply_to(app, bottlerocket=True)
     app.synth()
-    (launch,) = [l for l in launches(Template.from_stack(stack)) if l.resource_type == "AWS::EC2::LaunchTemplate"]
-    assert tomllib.loads(launch.user_data)["settings"]["boot"]["kernel-parameters"] == {"audit_backlog_limit": ["4096"]}
+    (launch,) = [
+        each
+        for each in launches(Template.from_stack(stack))
+        if each.resource_type == "AWS::EC2::LaunchTemplate"
+    ]
+    assert tomllib.loads(launch.user_data)["settings"]["boot"]["kernel-parameters"] == {
+        "audit_backlog_limit": ["4096"]
+    }
     assert launch.metadata["limit"] == 4096 and "perType" not in launch.metadata

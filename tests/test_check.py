@@ -113,9 +113,15 @@ def test_auto_with_a_weaker_policy_than_the_check_is_below_policy():
     weak = BacklogPolicy(memory_fraction=0.001, minimum=64)
     found = findings(instance_stack("m5.large", script(block(None, policy=weak))))
     assert [f.rule for f in found] == ["BelowPolicy"]
-    assert "CAB_FRACTION_PPM=1000 (policy 10000)" in found[0].message and "CAB_MIN=64 (policy 320)" in found[0].message
+    assert (
+        "CAB_FRACTION_PPM=1000 (policy 10000)" in found[0].message
+        and "CAB_MIN=64 (policy 320)" in found[0].message
+    )
     # The same block meets a check configured with that weaker policy.
-    assert rules(instance_stack("m5.large", script(block(None, policy=weak))), AuditBacklogCheck(policy=weak)) == []
+    assert (
+        rules(instance_stack("m5.large", script(block(None, policy=weak))), AuditBacklogCheck(policy=weak))
+        == []
+    )
 
 
 def test_unknown_instance_type_needs_auto_or_the_policy_maximum():
@@ -169,13 +175,19 @@ def test_windows_l2_user_data_is_not_a_violation():
 
 
 def test_cloud_config_without_a_block_is_untuned():
-    assert rules(instance_stack("m5.large", ec2.UserData.custom("#cloud-config\nruncmd: [ls]\n"))) == ["Untuned"]
+    assert rules(instance_stack("m5.large", ec2.UserData.custom("#cloud-config\nruncmd: [ls]\n"))) == [
+        "Untuned"
+    ]
 
 
 def test_linux_user_data_mentioning_windows_tags_is_still_checked():
-    page = "#cloud-config\nwrite_files:\n- path: /var/www/index.html\n  content: '<script>alert(1)</script>'\n"
+    page = (
+        "#cloud-config\nwrite_files:\n- path: /var/www/index.html\n  content: '<script>alert(1)</script>'\n"
+    )
     assert rules(instance_stack("m5.large", ec2.UserData.custom(page))) == ["Untuned"]
-    assert rules(instance_stack("m5.large", ec2.UserData.custom("#!/bin/sh\necho '<powershell>'\n"))) == ["Untuned"]
+    assert rules(instance_stack("m5.large", ec2.UserData.custom("#!/bin/sh\necho '<powershell>'\n"))) == [
+        "Untuned"
+    ]
 
 
 def test_a_launch_the_user_opted_out_is_not_a_violation():
@@ -236,7 +248,10 @@ def test_auto_on_a_mixed_group_needs_a_policy_at_least_as_strong():
     assert [(f.rule, f.found) for f in found] == [("BelowPolicy", "auto")]
     assert "CAB_FRACTION_PPM=5000 (policy 10000)" in found[0].message
     strong = BacklogPolicy(memory_fraction=0.02, minimum=1024, maximum=1 << 20)
-    assert rules(mixed_stack(None, ["m5.large", "r5.4xlarge"], script(block(None, "mixed", policy=strong)))) == []
+    assert (
+        rules(mixed_stack(None, ["m5.large", "r5.4xlarge"], script(block(None, "mixed", policy=strong))))
+        == []
+    )
 
 
 def test_types_that_share_one_limit_keep_a_fixed_limit():
@@ -248,7 +263,9 @@ def test_types_that_share_one_limit_keep_a_fixed_limit():
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), 8192.0, True, "8192", 10**100, -1])
 def test_memory_of_returning_a_bad_number_names_memory_of(bad):
     check = AuditBacklogCheck(memory_of=lambda t: bad)
-    with pytest.raises(ValueError, match=r"memory_of\('m5.large'\) must return None or a whole number of MiB"):
+    with pytest.raises(
+        ValueError, match=r"memory_of\('m5.large'\) must return None or a whole number of MiB"
+    ):
         findings(instance_stack("m5.large", script(block(8192))), check)
 
 
@@ -262,7 +279,9 @@ def test_memory_of_may_return_any_integer_type():
 def test_overrides_replace_the_launch_template_type():
     # EC2 launches the override types, not the template's r5.4xlarge (128 GiB): 1024 is enough.
     assert rules(mixed_stack("r5.4xlarge", ["t3.micro"], script(block(1024)))) == []
-    assert [f.required for f in findings(mixed_stack("t3.micro", ["m5.xlarge"], script(block(1024))))] == [16384]
+    assert [f.required for f in findings(mixed_stack("t3.micro", ["m5.xlarge"], script(block(1024))))] == [
+        16384
+    ]
 
 
 def test_attribute_based_instance_selection_needs_auto():
@@ -273,11 +292,17 @@ def test_attribute_based_instance_selection_needs_auto():
 def test_launch_template_with_its_own_type_and_a_plain_group():
     stack = _stack()
     template = ec2.LaunchTemplate(
-        stack, "Lt", machine_image=IMAGE, instance_type=ec2.InstanceType("m5.xlarge"), user_data=script(block(8192))
+        stack,
+        "Lt",
+        machine_image=IMAGE,
+        instance_type=ec2.InstanceType("m5.xlarge"),
+        user_data=script(block(8192)),
     )
     autoscaling.AutoScalingGroup(stack, "Asg", vpc=_vpc(stack), launch_template=template)
     found = findings(stack)
-    assert [(f.rule, f.resource_type, f.required) for f in found] == [("BelowPolicy", "AWS::EC2::LaunchTemplate", 16384)]
+    assert [(f.rule, f.resource_type, f.required) for f in found] == [
+        ("BelowPolicy", "AWS::EC2::LaunchTemplate", 16384)
+    ]
 
 
 def test_launch_template_without_user_data_is_untuned():
@@ -301,7 +326,9 @@ def _instance_from_template(instance_type: Optional[str]) -> Stack:
         stack,
         "FromLt",
         instance_type=instance_type,
-        launch_template=ec2.CfnInstance.LaunchTemplateSpecificationProperty(launch_template_id=lt.ref, version="1"),
+        launch_template=ec2.CfnInstance.LaunchTemplateSpecificationProperty(
+            launch_template_id=lt.ref, version="1"
+        ),
     )
     return stack
 
@@ -335,7 +362,9 @@ def test_launch_configuration_of_an_asg_is_checked():
 
 @settings(max_examples=80, deadline=None)
 @given(
-    memory=st.dictionaries(st.sampled_from([f"f{i}.large" for i in range(8)]), st.integers(1, 4_000_000), max_size=8),
+    memory=st.dictionaries(
+        st.sampled_from([f"f{i}.large" for i in range(8)]), st.integers(1, 4_000_000), max_size=8
+    ),
     overrides=st.lists(st.sampled_from([f"f{i}.large" for i in range(8)]), min_size=1, max_size=4),
     target=st.one_of(st.none(), st.integers(1, 2**20)),
 )
@@ -344,14 +373,19 @@ def test_required_limit_is_the_largest_policy_limit_among_the_overrides(memory, 
         "Resources": {
             "Lt": {
                 "Type": "AWS::EC2::LaunchTemplate",
-                "Properties": {"LaunchTemplateData": {"UserData": {"Fn::Base64": "#!/bin/bash\n" + block(target)}}},
+                "Properties": {
+                    "LaunchTemplateData": {"UserData": {"Fn::Base64": "#!/bin/bash\n" + block(target)}}
+                },
             },
             "Asg": {
                 "Type": "AWS::AutoScaling::AutoScalingGroup",
                 "Properties": {
                     "MixedInstancesPolicy": {
                         "LaunchTemplate": {
-                            "LaunchTemplateSpecification": {"LaunchTemplateId": {"Ref": "Lt"}, "Version": "1"},
+                            "LaunchTemplateSpecification": {
+                                "LaunchTemplateId": {"Ref": "Lt"},
+                                "Version": "1",
+                            },
                             "Overrides": [{"InstanceType": t} for t in overrides],
                         }
                     }
@@ -364,7 +398,9 @@ def test_required_limit_is_the_largest_policy_limit_among_the_overrides(memory, 
         assert found == []
     elif all(t in memory for t in overrides):
         required = max(POLICY.limit_for_memory(memory[t]) for t in overrides)  # each machine meets its own
-        assert [(f.rule, f.required) for f in found] == ([("BelowPolicy", required)] if target < required else [])
+        assert [(f.rule, f.required) for f in found] == (
+            [("BelowPolicy", required)] if target < required else []
+        )
     else:  # a type without known memory: only auto or the policy maximum is sure to be enough
         assert [f.rule for f in found] == (["BelowPolicy"] if target < POLICY.maximum else [])
 
@@ -381,7 +417,9 @@ def _report(outdir: Path) -> dict:
 
 def _violations(outdir: Path):
     return sorted(
-        (v["ruleName"], c["constructPath"]) for v in _report(outdir)["violations"] for c in v["violatingConstructs"]
+        (v["ruleName"], c["constructPath"])
+        for v in _report(outdir)["violations"]
+        for c in v["violatingConstructs"]
     )
 
 
@@ -391,7 +429,14 @@ def _app_with_launches(outdir: Path):
     vpc = _vpc(stack)
     user_data = ec2.UserData.for_linux()
     user_data.add_commands("echo hello")
-    ec2.Instance(stack, "Web", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=IMAGE, user_data=user_data)
+    ec2.Instance(
+        stack,
+        "Web",
+        vpc=vpc,
+        instance_type=ec2.InstanceType("t3.micro"),
+        machine_image=IMAGE,
+        user_data=user_data,
+    )
     template = ec2.LaunchTemplate(stack, "Lt", machine_image=IMAGE)
     autoscaling.AutoScalingGroup(
         stack,
@@ -500,7 +545,9 @@ def test_nag_app_reports_both_plugins_and_passes_once_tuned(tmp_path):
     report = json.loads((tmp_path / "untuned" / "validation-report.json").read_text())
     by_plugin = {r["pluginName"]: r for r in report["pluginReports"]}
     assert set(by_plugin) == {"AwsSolutions", PLUGIN_NAME}
-    nag_suppressed = {f"AwsSolutions::{s['ruleName']}" for s in by_plugin["AwsSolutions"]["suppressedViolations"]}
+    nag_suppressed = {
+        f"AwsSolutions::{s['ruleName']}" for s in by_plugin["AwsSolutions"]["suppressedViolations"]
+    }
     assert nag_suppressed == set(nag_app.NAG_ACKNOWLEDGED)
     assert by_plugin["AwsSolutions"]["conclusion"] == "success"
     assert sorted(v["ruleName"] for v in by_plugin[PLUGIN_NAME]["violations"]) == ["Untuned", "Untuned"]
@@ -541,7 +588,14 @@ def _zoo(tuned: bool, extra=None) -> Stack:
     vpc = _vpc(stack)
     linux = ec2.UserData.for_linux()
     linux.add_commands("echo one")
-    ec2.Instance(stack, "L2Instance", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=IMAGE, user_data=linux)
+    ec2.Instance(
+        stack,
+        "L2Instance",
+        vpc=vpc,
+        instance_type=ec2.InstanceType("t3.micro"),
+        machine_image=IMAGE,
+        user_data=linux,
+    )
     ec2.Instance(
         stack,
         "WindowsBox",
@@ -550,7 +604,13 @@ def _zoo(tuned: bool, extra=None) -> Stack:
         machine_image=ec2.MachineImage.generic_windows({"us-east-1": "ami-0123456789abcdef0"}),
     )
     ec2.LaunchTemplate(stack, "BareTemplate")
-    ec2.CfnInstance(stack, "RawLiteral", instance_type="c5.2xlarge", image_id="ami-1", user_data=Fn.base64("#!/bin/sh\necho raw\n"))
+    ec2.CfnInstance(
+        stack,
+        "RawLiteral",
+        instance_type="c5.2xlarge",
+        image_id="ami-1",
+        user_data=Fn.base64("#!/bin/sh\necho raw\n"),
+    )
     queue_ref = CfnParameter(stack, "Greeting", default="hi")
     ec2.CfnInstance(
         stack,
@@ -562,8 +622,16 @@ def _zoo(tuned: bool, extra=None) -> Stack:
     type_param = CfnParameter(stack, "TypeParam", default="m5.large")
     ec2.CfnInstance(stack, "TokenType", instance_type=type_param.value_as_string, image_id="ami-1")
     ud_param = CfnParameter(stack, "UserDataParam", default="")
-    ec2.CfnInstance(stack, "OpaqueUserData", instance_type="m5.large", image_id="ami-1", user_data=ud_param.value_as_string)
-    autoscaling.AutoScalingGroup(stack, "Lc", vpc=vpc, instance_type=ec2.InstanceType("r5.large"), machine_image=IMAGE)
+    ec2.CfnInstance(
+        stack,
+        "OpaqueUserData",
+        instance_type="m5.large",
+        image_id="ami-1",
+        user_data=ud_param.value_as_string,
+    )
+    autoscaling.AutoScalingGroup(
+        stack, "Lc", vpc=vpc, instance_type=ec2.InstanceType("r5.large"), machine_image=IMAGE
+    )
     lt = ec2.LaunchTemplate(stack, "MixedTemplate", machine_image=IMAGE)
     autoscaling.AutoScalingGroup(
         stack,
@@ -603,13 +671,15 @@ def test_check_is_loud_on_every_linux_launch_before_the_aspect_and_silent_after(
     # The aspect skipped (and warned about) the user data it cannot see into; the check honours that.
     from cdk_audit_backlog.testing import launches
 
-    skipped = {l.logical_id for l in launches(Template.from_stack(tuned)) if l.skipped}
+    skipped = {launch.logical_id for launch in launches(Template.from_stack(tuned)) if launch.skipped}
     assert "OpaqueUserData" in skipped
 
 
 def test_aspect_and_check_agree_when_overrides_replace_the_template_type():
     def extra(stack, vpc):
-        lt = ec2.LaunchTemplate(stack, "TypedTemplate", machine_image=IMAGE, instance_type=ec2.InstanceType("t3.micro"))
+        lt = ec2.LaunchTemplate(
+            stack, "TypedTemplate", machine_image=IMAGE, instance_type=ec2.InstanceType("t3.micro")
+        )
         autoscaling.AutoScalingGroup(
             stack,
             "TypedMixed",

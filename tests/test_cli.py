@@ -246,12 +246,13 @@ def test_block_target_needs_both_markers_in_order():
 
 # ------------------------------------------------------------------------------- console parsing
 
-SERIAL = """\
-[  OK  ] Started cloud-final.service - Execute cloud user/final scripts.
-[   41.902113] cloud-init[1123]: cdk-audit-backlog: target 8192 (m5.large/8192MiB)
-[   42.118040] cloud-init[1123]: cdk-audit-backlog: backlog_limit 320 -> 8192 (m5.large/8192MiB; method augenrules; lost 0)\r
-ci-info: no authorized SSH keys fingerprints found for user ec2-user.
-"""
+SERIAL = (
+    "[  OK  ] Started cloud-final.service - Execute cloud user/final scripts.\n"
+    "[   41.902113] cloud-init[1123]: cdk-audit-backlog: target 8192 (m5.large/8192MiB)\n"
+    "[   42.118040] cloud-init[1123]: cdk-audit-backlog: backlog_limit 320 -> 8192 (m5.large/8192MiB; "
+    "method augenrules; lost 0)\r\n"
+    "ci-info: no authorized SSH keys fingerprints found for user ec2-user.\n"
+)
 
 
 def test_console_result_line_from_a_serial_log():
@@ -297,7 +298,7 @@ _noise = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories
 @settings(max_examples=200, deadline=None)
 @given(_noise, st.integers(0, 2**31 - 1), st.integers(1, 2**31 - 1), st.lists(_noise, max_size=5))
 def test_console_parser_finds_the_line_in_any_noise(prefix, old, new, other_lines):
-    lines = [l for l in other_lines if "cdk-audit-backlog: backlog_limit" not in l]
+    lines = [line for line in other_lines if "cdk-audit-backlog: backlog_limit" not in line]
     result = f"{prefix}cdk-audit-backlog: backlog_limit {old} -> {new} (t/1MiB; lost 0)"
     log = "\n".join(lines + [result] + lines)
     r = cli.parse_console_result(log)
@@ -383,8 +384,13 @@ def test_verify_accepts_a_running_instance_whose_user_data_was_kept_but_not_a_pl
     # The launch template a running Instance launches from (require_imdsv2): kept as well.
     template["Resources"]["OldLt"] = {
         "Type": "AWS::EC2::LaunchTemplate",
-        "Metadata": {"cdk-audit-backlog": {"limit": "auto", "deployed": "user data kept: the running "
-                                           "instance(s) Old launch from it; a new version would replace them"}},
+        "Metadata": {
+            "cdk-audit-backlog": {
+                "limit": "auto",
+                "deployed": "user data kept: the running "
+                "instance(s) Old launch from it; a new version would replace them",
+            }
+        },
         "Properties": {"LaunchTemplateData": {"MetadataOptions": {"HttpTokens": "required"}}},
     }
     cfn.create_stack(StackName="Adopted", TemplateBody=json.dumps(template))
@@ -393,7 +399,10 @@ def test_verify_accepts_a_running_instance_whose_user_data_was_kept_but_not_a_pl
     rows = {r["resource"].split()[1]: r for r in json.loads(out)}
     assert rows["(Old)"]["status"] == "kept" and not rows["(Old)"]["failed"]
     assert "the SSM association tunes it" in rows["(Old)"]["note"]
-    assert rows["(OldLt)"]["status"] == "kept" and "a running instance launches from it" in rows["(OldLt)"]["note"]
+    assert (
+        rows["(OldLt)"]["status"] == "kept"
+        and "a running instance launches from it" in rows["(OldLt)"]["note"]
+    )
     assert rows["(New)"]["status"] == "untuned"
     assert "3 checked, 1 untuned" in err
 
@@ -453,11 +462,14 @@ def test_report_reads_metadata_and_decoded_user_data_of_a_synthesized_app(tmp_pa
     ec2.LaunchTemplate(stack, "NoType", machine_image=image, user_data=ec2.UserData.for_linux())
     mixed = ec2.LaunchTemplate(stack, "Mixed", machine_image=image, user_data=ec2.UserData.for_linux())
     autoscaling.AutoScalingGroup(
-        stack, "Group", vpc=vpc,
+        stack,
+        "Group",
+        vpc=vpc,
         mixed_instances_policy=autoscaling.MixedInstancesPolicy(
             launch_template=mixed,
             launch_template_overrides=[
-                autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t)) for t in ("m5.large", "r5.4xlarge")
+                autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t))
+                for t in ("m5.large", "r5.4xlarge")
             ],
         ),
     )
@@ -475,7 +487,9 @@ def test_report_reads_metadata_and_decoded_user_data_of_a_synthesized_app(tmp_pa
     group = next(v for k, v in rows.items() if k.startswith("Mixed"))
     assert group["limit"] == "auto" and group["per_type"] == {"m5.large": 8192, "r5.4xlarge": 131072}
     rc, out, err = run(["report", str(tmp_path / "cdk.out")], capsys)
-    assert rc == 0 and "auto: m5.large=8192 r5.4xlarge=131072" in next(l for l in out.splitlines() if "Mixed" in l)
+    assert rc == 0 and "auto: m5.large=8192 r5.4xlarge=131072" in next(
+        line for line in out.splitlines() if "Mixed" in line
+    )
 
 
 def test_report_flags_launches_without_the_block(tmp_path, capsys):
@@ -497,8 +511,8 @@ def test_report_flags_launches_without_the_block(tmp_path, capsys):
     lines = out.splitlines()[2:]
     assert len(lines) == 2  # the bucket is not a launch
     assert "running instance(s) keep" not in err
-    assert "NO" in next(l for l in lines if "Bare" in l)
-    assert "skipped" in next(l for l in lines if "Skipped" in l)
+    assert "NO" in next(line for line in lines if "Bare" in line)
+    assert "skipped" in next(line for line in lines if "Skipped" in line)
     assert "without the block" in err
     assert run(["report", str(out_dir), "--strict"], capsys)[0] == 1
 
@@ -587,7 +601,9 @@ def test_verify_a_fleet_of_150_checks_every_instance_with_bounded_concurrency(mo
 
 @mock_aws
 def test_verify_skips_an_instance_terminated_meanwhile(capsys):
-    stack = _deploy({"Keep": ("t3.micro", shell("1024")), "Gone": ("t3.micro", shell("1024"))}, with_asg=False)
+    stack = _deploy(
+        {"Keep": ("t3.micro", shell("1024")), "Gone": ("t3.micro", shell("1024"))}, with_asg=False
+    )
     cfn = boto3.client("cloudformation", region_name="us-east-1")
     summaries = cfn.list_stack_resources(StackName=stack)["StackResourceSummaries"]
     gone = next(r["PhysicalResourceId"] for r in summaries if r["LogicalResourceId"] == "Gone")
@@ -630,16 +646,27 @@ def test_verify_holds_a_mixed_group_machine_to_its_own_type(capsys):
     # leaves a larger machine below the policy for its own memory: reported, with the reason and the fix.
     small_block = shell("8192")  # CAB_SOURCE=m5.large/8192MiB
     mixed_auto = shell("auto").replace("CAB_SOURCE=m5.large/8192MiB", "CAB_SOURCE=mixed")
-    stack = _deploy({"Big": ("m5.2xlarge", small_block), "Wrong": ("m5.2xlarge", shell("8192").replace(
-        "CAB_SOURCE=m5.large/8192MiB", "CAB_SOURCE=m5.2xlarge/32768MiB")), "Auto": ("m5.2xlarge", mixed_auto)},
-        with_asg=False)
+    stack = _deploy(
+        {
+            "Big": ("m5.2xlarge", small_block),
+            "Wrong": (
+                "m5.2xlarge",
+                shell("8192").replace("CAB_SOURCE=m5.large/8192MiB", "CAB_SOURCE=m5.2xlarge/32768MiB"),
+            ),
+            "Auto": ("m5.2xlarge", mixed_auto),
+        },
+        with_asg=False,
+    )
     rc, out, _ = run(["verify", "--stack", stack, "--region", "us-east-1", "--format", "json"], capsys)
     rows = {r["resource"].split()[1]: r for r in json.loads(out)}
     assert rows["(Big)"]["status"] == "below-policy"
     assert "chosen for m5.large (8192 MiB), a smaller type of its group" in rows["(Big)"]["problem"]
     assert "auto" in rows["(Big)"]["problem"]
     assert rows["(Wrong)"]["status"] == "below-policy"  # chosen for its own type, yet below that policy
-    assert rows["(Auto)"]["status"] == "auto" and rows["(Auto)"]["note"] == "a mixed group: sized at boot from MemTotal"
+    assert (
+        rows["(Auto)"]["status"] == "auto"
+        and rows["(Auto)"]["note"] == "a mixed group: sized at boot from MemTotal"
+    )
     assert rc == 1
 
 

@@ -86,10 +86,24 @@ def test_nested_stacks_by_asset_metadata_and_by_template_url(assembly):
     assert sorted(Path(p).name for p in nested_stack_templates(str(top), resources)) == [
         "TopByMetadata.nested.template.json", "TopByUrl.nested.template.json"]
     # A nested stack whose file is not there (or is the template itself) is not followed.
-    assert list(nested_stack_templates(str(top), {"Self": {"Type": "AWS::CloudFormation::Stack",
-                                                           "Metadata": {"aws:asset:path": "Top.template.json"}},
-                                                  "Gone": {"Type": "AWS::CloudFormation::Stack",
-                                                           "Metadata": {"aws:asset:path": "Gone.json"}}})) == []
+    assert (
+        list(
+            nested_stack_templates(
+                str(top),
+                {
+                    "Self": {
+                        "Type": "AWS::CloudFormation::Stack",
+                        "Metadata": {"aws:asset:path": "Top.template.json"},
+                    },
+                    "Gone": {
+                        "Type": "AWS::CloudFormation::Stack",
+                        "Metadata": {"aws:asset:path": "Gone.json"},
+                    },
+                },
+            )
+        )
+        == []
+    )
 
 
 def test_a_directory_of_template_files_without_a_manifest(tmp_path):

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.cli
 
 def _rows(stdout: str):
     lines = stdout.splitlines()
-    start = next(i for i, l in enumerate(lines) if l.startswith("resource "))
+    start = next(i for i, line in enumerate(lines) if line.startswith("resource "))
     header = lines[start].split()
     rows = []
     for line in lines[start + 2:]:
@@ -30,7 +30,7 @@ def _rows(stdout: str):
 
 def _impact_rows(stdout: str):
     lines = stdout.splitlines()
-    start = next(i for i, l in enumerate(lines) if l.startswith("stack ") and "interrupts" in l)
+    start = next(i for i, line in enumerate(lines) if line.startswith("stack ") and "interrupts" in line)
     header = ["stack", "resource", "type", "change", "interrupts"]
     rows = []
     for line in lines[start + 2:]:

@@ -24,19 +24,21 @@ def _env(**extra):
 @pytest.fixture(scope="module")
 def example_template(tmp_path_factory):
     out = tmp_path_factory.mktemp("cdk.out")
-    subprocess.run([sys.executable, "app.py"], cwd=REPO, env=_env(CDK_OUTDIR=str(out)), check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "app.py"], cwd=REPO, env=_env(CDK_OUTDIR=str(out)), check=True, timeout=300
+    )
     with open(out / f"{STACK}.template.json") as f:
         return json.load(f), out / f"{STACK}.template.json"
 
 
 def test_every_launch_in_the_example_carries_the_block_once(example_template):
     template, _ = example_template
-    found = {l.logical_id: l for l in launches(template)}
-    kinds = sorted(l.resource_type for l in found.values())
+    found = {launch.logical_id: launch for launch in launches(template)}
+    kinds = sorted(launch.resource_type for launch in found.values())
     assert kinds == ["AWS::EC2::Instance", "AWS::EC2::LaunchTemplate"]
-    targets = {l.resource_type: l.tuning.target for l in found.values()}
+    targets = {launch.resource_type: launch.tuning.target for launch in found.values()}
     assert targets == {"AWS::EC2::Instance": 1024, "AWS::EC2::LaunchTemplate": 8192}
-    assert all(l.tuning.count == 1 for l in found.values())
+    assert all(launch.tuning.count == 1 for launch in found.values())
 
 
 def test_example_template_snapshot(example_template, snapshot):
@@ -46,7 +48,9 @@ def test_example_template_snapshot(example_template, snapshot):
 
 def test_cfn_lint_finds_no_errors(example_template):
     _, path = example_template
-    result = subprocess.run([os.path.join(VENV_BIN, "cfn-lint"), str(path)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [os.path.join(VENV_BIN, "cfn-lint"), str(path)], capture_output=True, text=True, timeout=300
+    )
     # cfn-lint's exit code is a bit mask: 2 = error, 4 = warning, 8 = informational.
     assert result.returncode & 2 == 0, result.stdout + result.stderr
 
@@ -81,7 +85,9 @@ def test_moto_creates_the_document_skips_the_association_and_tags_the_instance(e
     with mock_aws():
         boto3.client("cloudformation").create_stack(StackName=STACK, TemplateBody=json.dumps(template),
                                                     Capabilities=["CAPABILITY_IAM"])
-        docs = boto3.client("ssm").list_documents(Filters=[{"Key": "Owner", "Values": ["Self"]}])["DocumentIdentifiers"]
+        docs = boto3.client("ssm").list_documents(Filters=[{"Key": "Owner", "Values": ["Self"]}])[
+            "DocumentIdentifiers"
+        ]
         assert [(d["DocumentType"], d["SchemaVersion"]) for d in docs] == [("Command", "2.2")]
         found = boto3.client("ec2").describe_instances(
             Filters=[{"Name": "tag:aws:cloudformation:stack-name", "Values": [STACK]}])["Reservations"]
@@ -93,7 +99,9 @@ def test_moto_creates_the_document_skips_the_association_and_tags_the_instance(e
 
 @pytest.mark.cli
 def test_real_cdk_cli_synthesizes_the_example(tmp_path):
-    npx = subprocess.run(["npx", "--no-install", "cdk", "--version"], cwd=REPO, capture_output=True, text=True, env=_env())
+    npx = subprocess.run(
+        ["npx", "--no-install", "cdk", "--version"], cwd=REPO, capture_output=True, text=True, env=_env()
+    )
     assert npx.returncode == 0, "the CDK CLI is not installed: run `make setup` (npm ci)\n" + npx.stderr
     result = subprocess.run(
         ["npx", "--no-install", "cdk", "synth", "--no-notices", "--quiet", "-o", str(tmp_path)],
@@ -102,5 +110,5 @@ def test_real_cdk_cli_synthesizes_the_example(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     with open(tmp_path / f"{STACK}.template.json") as f:
         template = json.load(f)
-    assert {l.tuning.target for l in launches(template)} == {1024, 8192}
+    assert {launch.tuning.target for launch in launches(template)} == {1024, 8192}
 

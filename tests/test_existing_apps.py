@@ -11,13 +11,15 @@ import pytest
 import yaml
 from aws_cdk import Aspects, assertions
 
-from cdk_audit_backlog import METADATA_KEY, AuditBacklog
+from cdk_audit_backlog import AuditBacklog
 from cdk_audit_backlog.testing import launches, shell_parts
 
 BEGIN = "# >>> cdk-audit-backlog >>>"
 END = "# <<< cdk-audit-backlog <<<"
 APPS = ["mixed_instances", "ecs", "eks", "user_data_kinds", "l1_raw", "fleets"]
-CFN_LINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "bin", "cfn-lint")
+CFN_LINT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "bin", "cfn-lint"
+)
 
 
 def synth(module, tuned: bool):
@@ -78,7 +80,7 @@ def test_every_linux_launch_is_tuned_once_and_user_content_kept(app_case):
     name, module, _, before, after = app_case
     seen = set()
     for stack_name, template in after.items():
-        originals = {l.logical_id: l for l in launches(before[stack_name])}
+        originals = {launch.logical_id: launch for launch in launches(before[stack_name])}
         for launch in launches(template):
             expected = expected_for(module, launch.logical_id)
             seen.add(launch.logical_id)
@@ -94,7 +96,11 @@ def test_every_linux_launch_is_tuned_once_and_user_content_kept(app_case):
             assert_user_content_kept(original, launch.user_data)
             for part in shell_parts(launch.user_data):
                 subprocess.run(["bash", "-n"], input=part, text=True, check=True)
-    missing = [k for k in module.EXPECTED if not any(expected_for(module, s) is module.EXPECTED[k] and s.startswith(k) for s in seen)]
+    missing = [
+        k
+        for k in module.EXPECTED
+        if not any(expected_for(module, s) is module.EXPECTED[k] and s.startswith(k) for s in seen)
+    ]
     assert not missing, f"launches expected but not found: {missing}"
 
 
@@ -118,7 +124,10 @@ def test_skipped_and_unreachable_launches_warn_with_the_reason():
     (stack,) = module.build(app)
     AuditBacklog.apply_to(app)
     annotations = assertions.Annotations.from_stack(stack)
-    warnings = [w.entry.data for w in annotations.find_warning("*", assertions.Match.string_like_regexp("cdk-audit-backlog"))]
+    warnings = [
+        w.entry.data
+        for w in annotations.find_warning("*", assertions.Match.string_like_regexp("cdk-audit-backlog"))
+    ]
     text = "\n".join(map(str, warnings))
     assert "Raw/FromParameter is not tuned: user data is a token the library cannot see into" in text
     assert "Raw/ImportedGroup/ASG is not tuned: its launch template is imported" in text
@@ -127,7 +136,7 @@ def test_skipped_and_unreachable_launches_warn_with_the_reason():
 def test_ecs_lines_keep_working():
     module = importlib.import_module("tests.apps.ecs")
     _, after = synth(module, tuned=True)
-    al2 = next(l for l in launches(after["Ecs"]) if l.logical_id.startswith("ClusterAl2"))
+    al2 = next(launch for launch in launches(after["Ecs"]) if launch.logical_id.startswith("ClusterAl2"))
     body = strip_block(al2.user_data)
     assert "ECS_CLUSTER=" in body and body.index("ECS_CLUSTER=") > 0
     assert al2.user_data.index(END) < al2.user_data.index("ECS_CLUSTER=")
@@ -136,7 +145,9 @@ def test_ecs_lines_keep_working():
 def test_cfn_init_and_signal_still_run_after_the_block():
     module = importlib.import_module("tests.apps.user_data_kinds")
     _, after = synth(module, tuned=True)
-    with_init = next(l for l in launches(after["Kinds"]) if l.logical_id.startswith("WithInit"))
+    with_init = next(
+        launch for launch in launches(after["Kinds"]) if launch.logical_id.startswith("WithInit")
+    )
     text = with_init.user_data
     assert text.index(END) < text.index("cfn-init") < text.index("cfn-signal")
 
@@ -156,7 +167,9 @@ def test_apply_to_reaches_stages_and_nested_stacks():
     module.build(app)
     AuditBacklog.apply_to(app)
     templates = _stage_templates(app)
-    tuned = {path: [l.tuning.target for l in launches(t)] for path, t in templates.items() if launches(t)}
+    tuned = {
+        path: [launch.tuning.target for launch in launches(t)] for path, t in templates.items() if launches(t)
+    }
     assert tuned == {
         "Beta/Service": [1024],
         "Beta/Service/Nested": [8192],
@@ -171,7 +184,7 @@ def test_plain_app_aspect_warns_that_stages_are_not_reached():
     module.build(app)
     Aspects.of(app).add(AuditBacklog())
     templates = _stage_templates(app)
-    assert all(l.tuning is None for t in templates.values() for l in launches(t))
+    assert all(launch.tuning is None for t in templates.values() for launch in launches(t))
     pipeline = next(c for c in app.node.children if isinstance(c, cdk.Stack))
     warnings = assertions.Annotations.from_stack(pipeline).find_warning(
         "*", assertions.Match.string_like_regexp("NOT tuned"))
@@ -184,10 +197,10 @@ def test_exclude_predicate_leaves_a_launch_alone_and_says_so():
     (stack,) = module.build(app)
     AuditBacklog.apply_to(app, exclude=lambda r: r.node.path.startswith("Mixed/LtReq"))
     template = assertions.Template.from_stack(stack).to_json()
-    by_id = {l.logical_id: l for l in launches(template)}
+    by_id = {launch.logical_id: launch for launch in launches(template)}
     req = next(l for k, l in by_id.items() if k.startswith("LtReq"))  # noqa
     assert req.tuning is None and req.metadata == {"skipped": "excluded by the aspect's exclude predicate"}
-    other = next(l for k, l in by_id.items() if k.startswith("Lt") and not k.startswith("LtReq"))
+    other = next(launch for k, launch in by_id.items() if k.startswith("Lt") and not k.startswith("LtReq"))
     # t3.medium, m5.xlarge and c5.2xlarge map to different limits: auto, with the limits per type.
     assert other.tuning.is_mixed and other.metadata["limit"] == "auto"
     assert other.per_type == {"t3.medium": 4096, "c5.2xlarge": 16384, "m5.xlarge": 16384}

@@ -102,7 +102,10 @@ def test_document_passes_the_public_schema_checks_and_fits_inline(synthesized, c
     assert [p["name"] for p in document["phases"]] == ["build", "validate", "test"]
     assert len(data) <= COMPONENT_DATA_LIMIT
     with capsys.disabled():
-        print(f"\ncomponent document: {len(data)} characters ({len(data.encode())} bytes) of {COMPONENT_DATA_LIMIT}")
+        print(
+            f"\ncomponent document: {len(data)} characters ({len(data.encode())} bytes) of "
+            f"{COMPONENT_DATA_LIMIT}"
+        )
 
 
 def test_parameters_are_typed_strings_with_the_options_as_defaults():
@@ -182,7 +185,7 @@ def test_build_script_checks_the_patterns_the_component_declares(tmp_path):
     """bash itself reads the build script's checks: the same names and patterns, in the same order, as the
     parameters the document declares (and recipe overrides are checked against)."""
     script = (Path(ROOT) / "userdata" / BUILD_SCRIPT).read_text()
-    (line,) = [l for l in script.splitlines() if l.startswith("checks=(")]
+    (line,) = [text for text in script.splitlines() if text.startswith("checks=(")]
     printed = line + '\nprintf "%s\\n" "${checks[@]}"'
     r = subprocess.run(["bash", "-c", printed], capture_output=True, text=True, check=True)
     declared = [f"{var}={pattern}" for var, pattern, _ in image_builder._PARAMETERS.values()]
@@ -218,7 +221,9 @@ def test_installed_script_passes_bash_n_and_shellcheck(tmp_path):
     # As for the block: comments, so the script's in-place `# shellcheck disable=` directives, are not
     # rendered; exactly those checks are excluded.
     excluded = sorted(set(re.findall(r"#\s*shellcheck disable=(SC[0-9]+)", script_text())))
-    r = subprocess.run([SHELLCHECK, "-S", "style", "-e", ",".join(excluded), str(path)], capture_output=True, text=True)
+    r = subprocess.run(
+        [SHELLCHECK, "-S", "style", "-e", ",".join(excluded), str(path)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stdout
 
 
@@ -332,7 +337,10 @@ def test_bad_options_name_the_option(options, option):
         build_stack(**options)
 
 
-@pytest.mark.parametrize("overrides, message", [({"Limit": "1"}, "unknown component parameter"), ({"BacklogLimit": "0"}, "BacklogLimit must match")])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [({"Limit": "1"}, "unknown component parameter"), ({"BacklogLimit": "0"}, "BacklogLimit must match")],
+)
 def test_recipe_overrides_are_checked(overrides, message):
     _, _, component = build_stack()
     with pytest.raises(ValueError, match=message):
@@ -344,7 +352,11 @@ def test_recipe_overrides_are_checked(overrides, message):
 from tests.boot import fakes  # noqa: E402
 from tests.boot import fixtures as fx  # noqa: E402
 
-PATHS = ("/var/tmp/cdk-audit-backlog.inputs", "/var/tmp/cdk-audit-backlog.sh", "/usr/local/sbin/cdk-audit-backlog")
+PATHS = (
+    "/var/tmp/cdk-audit-backlog.inputs",
+    "/var/tmp/cdk-audit-backlog.sh",
+    "/usr/local/sbin/cdk-audit-backlog",
+)
 
 
 def run_build_phase(root, sandbox, document, values=DEFAULTS):
@@ -391,7 +403,10 @@ def test_build_phase_installs_a_unit_that_follows_memory_at_every_boot(tmp_path,
     _, _, component = build_stack()
     r = run_build_phase(root, sandbox, yaml.safe_load(component.document))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert not (root / "var/tmp/cdk-audit-backlog.sh").exists() and not (root / "var/tmp/cdk-audit-backlog.inputs").exists()
+    assert (
+        not (root / "var/tmp/cdk-audit-backlog.sh").exists()
+        and not (root / "var/tmp/cdk-audit-backlog.inputs").exists()
+    )
     for wants in ("auditd", "audit-rules"):
         assert (root / f"etc/systemd/system/{wants}.service.wants/cdk-audit-backlog.service").is_symlink()
     assert "CAB_TARGET=auto" in (root / "etc/cdk-audit-backlog.env").read_text()
@@ -408,7 +423,9 @@ def test_build_phase_with_a_fixed_limit_keeps_it_across_memory_sizes(tmp_path):
     root = tmp_path / "root"
     fx.build(root, "al2")
     _, _, component = build_stack()
-    r = run_build_phase(root, sandbox, yaml.safe_load(component.document), {**DEFAULTS, "BacklogLimit": "16384"})
+    r = run_build_phase(
+        root, sandbox, yaml.safe_load(component.document), {**DEFAULTS, "BacklogLimit": "16384"}
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     for kib in (1000000, 8006068):
         set_mem(root, kib)

@@ -95,7 +95,9 @@ def test_launch_template_change_is_a_new_version_and_a_plain_group_keeps_its_ins
     t = one(before, after, "Lt")
     assert (t.change, t.interrupts) == ("updated", False) and "new launch template version" in t.effect
     g = one(before, after, "Asg")
-    assert not g.interrupts and "keep their launch settings" in g.effect and "Lt (new version)" in g.properties
+    assert (
+        not g.interrupts and "keep their launch settings" in g.effect and "Lt (new version)" in g.properties
+    )
 
 
 def test_group_rolling_update_policy_replaces_running_instances():
@@ -173,8 +175,13 @@ def synth_example(outdir, *, tuned, context=None, association=False):
     app = cdk.App(outdir=str(outdir), context={**azs, **(context or {})})
     stack = cdk.Stack(app, "ImpactExample", env=ENV,
                       synthesizer=cdk.DefaultStackSynthesizer(generate_bootstrap_version_rule=False))
-    vpc = ec2.Vpc(stack, "Vpc", max_azs=1, nat_gateways=0,
-                  subnet_configuration=[ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC)])
+    vpc = ec2.Vpc(
+        stack,
+        "Vpc",
+        max_azs=1,
+        nat_gateways=0,
+        subnet_configuration=[ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC)],
+    )
     image = ec2.MachineImage.generic_linux({"us-east-1": "ami-0123456789abcdef0"})
     web = ec2.Instance(stack, "Web", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=image)
     web.user_data.add_commands("echo web")
@@ -217,7 +224,9 @@ def run(argv, capsys):
     return rc, captured.out, captured.err
 
 
-def test_adopting_the_library_without_a_record_would_stop_and_start_the_running_instance(deployed_before, capsys):
+def test_adopting_the_library_without_a_record_would_stop_and_start_the_running_instance(
+    deployed_before, capsys
+):
     after = synth_example(deployed_before / "after", tuned=True, association=True)
     rc, out, err = run(["impact", str(after), "--format", "json"], capsys)
     assert rc == 1, err
@@ -263,7 +272,9 @@ def test_table_output_and_a_stack_that_is_not_deployed(tmp_path, dummy_aws, caps
         assert rc == 0, err
         assert out.splitlines()[0].split()[:5] == ["stack", "resource", "type", "change", "interrupts"]
         assert "stack ImpactExample is not deployed in 123456789012/us-east-1" in err
-        rc, _, err = run(["impact", str(after), "--record", "--context-file", str(tmp_path / "c.json")], capsys)
+        rc, _, err = run(
+            ["impact", str(after), "--record", "--context-file", str(tmp_path / "c.json")], capsys
+        )
         assert rc == 0
         recorded = json.loads((tmp_path / "c.json").read_text())
         assert recorded == {context_key("123456789012", "us-east-1", "ImpactExample"): []}
@@ -284,14 +295,22 @@ _KINDS = st.sampled_from(
 )
 _VALUES = st.recursive(
     st.one_of(st.text(max_size=8), st.integers(), st.booleans()),
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 _RESOURCES = st.dictionaries(
     st.from_regex(r"[A-Z][A-Za-z0-9]{0,6}", fullmatch=True),
-    st.builds(lambda kind, props: {"Type": kind, "Properties": props}, _KINDS,
-              st.dictionaries(st.sampled_from(["UserData", "InstanceType", "Tags", "LaunchTemplate", "ImageId"]),
-                              _VALUES, max_size=3)),
+    st.builds(
+        lambda kind, props: {"Type": kind, "Properties": props},
+        _KINDS,
+        st.dictionaries(
+            st.sampled_from(["UserData", "InstanceType", "Tags", "LaunchTemplate", "ImageId"]),
+            _VALUES,
+            max_size=3,
+        ),
+    ),
     max_size=6,
 )
 
@@ -311,7 +330,11 @@ def test_any_changed_user_data_of_a_deployed_instance_interrupts_it(resources, d
     lid = data.draw(st.sampled_from(sorted(resources)))
     after = json.loads(json.dumps(resources))
     after[lid]["Properties"]["UserData"] = ["changed", resources[lid]["Properties"].get("UserData")]
-    (found,) = [f for f in template_impacts("S", {"Resources": resources}, {"Resources": after}) if f.logical_id == lid]
+    (found,) = [
+        f
+        for f in template_impacts("S", {"Resources": resources}, {"Resources": after})
+        if f.logical_id == lid
+    ]
     assert found.interrupts and "UserData" in found.properties
 
 

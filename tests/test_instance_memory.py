@@ -125,7 +125,10 @@ def test_report_types_in_botocore_model_that_the_table_lacks():
     enum = botocore.session.get_session().get_service_model("ec2").shape_for("InstanceType").enum
     missing = sorted(set(enum) - set(im.all_types()))
     if missing:
-        warnings.warn(f"{len(missing)} EC2 instance types (botocore model) lack a memory figure: {missing}")
+        warnings.warn(
+            f"{len(missing)} EC2 instance types (botocore model) lack a memory figure: {missing}",
+            stacklevel=1,
+        )
     # 42 were missing from moto's data; the supplement sources 34 of them. A regression (a refresh that
     # drops types, a broken supplement) pushes this up.
     assert len(missing) <= 8, missing

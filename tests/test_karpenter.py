@@ -18,7 +18,9 @@ from cdk_audit_backlog.testing import block_settings, shell_parts
 from cdk_audit_backlog.user_data import BLOCK_BEGIN, BLOCK_END
 from tests.boot import fixtures as fx
 
-SHELLCHECK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "bin", "shellcheck")
+SHELLCHECK = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "bin", "shellcheck"
+)
 
 # Karpenter's AL2023 example: a NodeConfig part and a shell part of the user's own.
 USER_MIME = (
@@ -62,7 +64,9 @@ def test_shell_families_get_one_mime_part_running_the_block_in_auto_mode(family)
 
 def test_a_fixed_limit_and_policy_reach_the_block():
     (settings,) = block_settings(
-        karpenter_user_data("AL2023", backlog_limit=16384, policy=BacklogPolicy(memory_fraction=0.02, minimum=1024))
+        karpenter_user_data(
+            "AL2023", backlog_limit=16384, policy=BacklogPolicy(memory_fraction=0.02, minimum=1024)
+        )
     )
     assert settings["CAB_TARGET"] == "16384"
     assert (settings["CAB_FRACTION_PPM"], settings["CAB_MIN"]) == ("20000", "1024")
@@ -79,8 +83,8 @@ def test_users_parts_are_kept_after_ours_byte_for_byte():
 
 def test_karpenters_al2023_merge_puts_its_node_config_first_then_ours_before_the_users_shell():
     """What the node receives: Karpenter's NodeConfig part, then the parts of our document in order
-    (Karpenter's documented merge). cloud-init runs the shell parts in that order in its final stage; nodeadm-run starts the
-    kubelet after cloud-final, so our part has run by then."""
+    (Karpenter's documented merge). cloud-init runs the shell parts in that order in its final stage;
+    nodeadm-run starts the kubelet after cloud-final, so our part has run by then."""
     ours_doc = parts(karpenter_user_data("AL2023", user_data=USER_MIME))
     karpenter_node_config = email.message_from_string(
         "Content-Type: application/node.eks.aws\n\napiVersion: node.eks.aws/v1alpha1\nkind: NodeConfig\n"
@@ -108,7 +112,8 @@ def test_a_users_shell_script_becomes_its_own_part_after_ours(family):
 
 
 def test_a_users_shell_part_runs_after_ours_on_a_fixture(tmp_path):
-    """Both parts as cloud-init runs them, in order: ours tunes the limit, then the user's script runs whole."""
+    """Both parts as cloud-init runs them, in order: ours tunes the limit, then the user's script runs
+    whole."""
     sandbox = fx.make_sandbox(tmp_path / "sandbox")
     root = tmp_path / "root"
     fx.build(root, "al2023-fedora-file", mem_kib=8006068)
@@ -145,14 +150,24 @@ def test_shell_part_passes_bash_n_and_shellcheck(family, tmp_path):
     path.write_text(script)
     subprocess.run(["bash", "-n", str(path)], check=True)
     # Style level like the block's own tests; SC2034 for inputs the rendered parts do not read.
-    r = subprocess.run([SHELLCHECK, "-S", "style", "-e", "SC2012,SC2034", str(path)], capture_output=True, text=True)
+    r = subprocess.run(
+        [SHELLCHECK, "-S", "style", "-e", "SC2012,SC2034", str(path)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stdout
 
 
-@pytest.mark.parametrize("layout, mem_kib, expected", [("al2023-fedora-file", 8006068, 8192), ("al2023-fedora-file", 1990000, 2048), ("al2023-rhel-file", 1000000, 8192)])
+@pytest.mark.parametrize(
+    "layout, mem_kib, expected",
+    [
+        ("al2023-fedora-file", 8006068, 8192),
+        ("al2023-fedora-file", 1990000, 2048),
+        ("al2023-rhel-file", 1000000, 8192),
+    ],
+)
 def test_al2023_shell_part_runs_on_the_al2023_fixtures(tmp_path, layout, mem_kib, expected):
-    """The part itself, run as cloud-init runs it, on both candidate AL2023 rules layouts (which one AL2023 ships is unverified):
-    Fedora's file (kernel 64) is raised to MemTotal's limit; RHEL's 8192 on a small node is kept."""
+    """The part itself, run as cloud-init runs it, on both candidate AL2023 rules layouts (which one AL2023
+    ships is unverified): Fedora's file (kernel 64) is raised to MemTotal's limit; RHEL's 8192 on a small node
+    is kept."""
     sandbox = fx.make_sandbox(tmp_path / "sandbox")
     root = tmp_path / "root"
     fx.build(root, layout, mem_kib=mem_kib)
@@ -166,7 +181,9 @@ def test_al2023_shell_part_runs_on_the_al2023_fixtures(tmp_path, layout, mem_kib
 def test_bottlerocket_gets_toml_with_the_smallest_types_limit():
     text = karpenter_user_data("Bottlerocket", instance_types=["m5.xlarge", "t3.medium", "r5.large"])
     assert tomllib.loads(text) == {
-        "settings": {"boot": {"kernel-parameters": {"audit_backlog_limit": ["4096"]}, "reboot-to-reconcile": True}}
+        "settings": {
+            "boot": {"kernel-parameters": {"audit_backlog_limit": ["4096"]}, "reboot-to-reconcile": True}
+        }
     }
     fixed = tomllib.loads(karpenter_user_data("Bottlerocket", backlog_limit=2048))
     assert fixed["settings"]["boot"]["kernel-parameters"]["audit_backlog_limit"] == ["2048"]
@@ -246,7 +263,10 @@ def test_readme_recipe_puts_the_user_data_into_the_node_class_manifest():
 
 
 def test_user_data_sizes(capsys):
-    sizes = {f: len(karpenter_user_data(f, backlog_limit=None if f != "Bottlerocket" else 8192).encode()) for f in ("AL2023", "AL2", "Bottlerocket")}
+    sizes = {
+        f: len(karpenter_user_data(f, backlog_limit=None if f != "Bottlerocket" else 8192).encode())
+        for f in ("AL2023", "AL2", "Bottlerocket")
+    }
     with capsys.disabled():
         print(f"\nKarpenter userData bytes: {sizes}")
     assert sizes["AL2023"] < 16384 - 2048  # leaves Karpenter's NodeConfig and the user's parts room

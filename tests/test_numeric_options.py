@@ -59,23 +59,27 @@ INT_OPTIONS = [
               lambda p: (p, type(p.minimum), p.limit_for_memory(8192)), 1, KERNEL_MAX_BACKLOG_LIMIT),
     IntOption("maximum", lambda v: BacklogPolicy(minimum=1, maximum=v),
               lambda p: (p, type(p.maximum), p.limit_for_memory(8192)), 1, KERNEL_MAX_BACKLOG_LIMIT),
-    IntOption("backlog_limit", lambda v: AuditBacklog(backlog_limit=v), _aspect_inputs, 1, KERNEL_MAX_BACKLOG_LIMIT),
+    IntOption("backlog_limit", lambda v: AuditBacklog(backlog_limit=v), _aspect_inputs, 1,
+              KERNEL_MAX_BACKLOG_LIMIT),
     IntOption("backlog_wait_time", lambda v: AuditBacklog(backlog_wait_time=v), _aspect_inputs, 0,
               MAX_BACKLOG_WAIT_TIME),
     IntOption("target", lambda v: BlockInputs(target=v), render_block, 1, KERNEL_MAX_BACKLOG_LIMIT),
-    IntOption("backlog_wait_time", lambda v: BlockInputs(backlog_wait_time=v), render_block, 0, MAX_BACKLOG_WAIT_TIME),
+    IntOption("backlog_wait_time", lambda v: BlockInputs(backlog_wait_time=v), render_block, 0,
+              MAX_BACKLOG_WAIT_TIME),
     IntOption("backlog_limit", lambda v: _association(backlog_limit=v), lambda a: a.run_command, 1,
               KERNEL_MAX_BACKLOG_LIMIT),
     IntOption("backlog_wait_time", lambda v: _association(backlog_wait_time=v), lambda a: a.run_command, 0,
               MAX_BACKLOG_WAIT_TIME),
     IntOption("memory_mib", lambda v: BacklogPolicy().limit_for_memory(v), lambda n: (n, type(n)), 0, 2**42),
-    IntOption("memory_bytes", lambda v: BacklogPolicy().limit_for_memory_bytes(v), lambda n: (n, type(n)), 0, 2**62),
+    IntOption("memory_bytes", lambda v: BacklogPolicy().limit_for_memory_bytes(v), lambda n: (n, type(n)), 0,
+              2**62),
     IntOption("limit", BacklogPolicy.worst_case_bytes, lambda n: (n, type(n)), 0, KERNEL_MAX_BACKLOG_LIMIT),
 ]
 INT_IDS = [
-    "BacklogPolicy.minimum", "BacklogPolicy.maximum", "AuditBacklog.backlog_limit", "AuditBacklog.backlog_wait_time",
-    "BlockInputs.target", "BlockInputs.backlog_wait_time", "AuditBacklogAssociation.backlog_limit",
-    "AuditBacklogAssociation.backlog_wait_time", "limit_for_memory", "limit_for_memory_bytes",
+    "BacklogPolicy.minimum", "BacklogPolicy.maximum", "AuditBacklog.backlog_limit",
+    "AuditBacklog.backlog_wait_time", "BlockInputs.target", "BlockInputs.backlog_wait_time",
+    "AuditBacklogAssociation.backlog_limit", "AuditBacklogAssociation.backlog_wait_time", "limit_for_memory",
+    "limit_for_memory_bytes",
     "worst_case_bytes",
 ]
 assert len(INT_IDS) == len(INT_OPTIONS)
@@ -84,7 +88,8 @@ assert len(INT_IDS) == len(INT_OPTIONS)
 BAD_FOR_INTEGERS = [
     float("nan"), float("inf"), float("-inf"), 8192.0, 0.5, -0.0,
     np.float64("nan"), np.float64("inf"), np.float32(8192), np.longdouble("inf"),
-    Decimal("8192"), Decimal("NaN"), Decimal("sNaN"), Decimal("Infinity"), Decimal("-Infinity"), Decimal("1e999999999"),
+    Decimal("8192"), Decimal("NaN"), Decimal("sNaN"), Decimal("Infinity"), Decimal("-Infinity"),
+    Decimal("1e999999999"),
     Fraction(8192), Fraction(1, 2),
     True, False, np.bool_(True), np.bool_(False),
     "8192", "", " 8192", "0x2000", "8_192", b"8192", complex(8192), [8192], (8192,), {8192}, object(),
@@ -106,20 +111,25 @@ class Size(enum.IntEnum):  # an int subclass users may hold their sizes in
 @pytest.mark.parametrize("option", INT_OPTIONS, ids=INT_IDS)
 @pytest.mark.parametrize("bad", BAD_FOR_INTEGERS, ids=_id)
 def test_bad_values_of_every_integer_option_name_it(option, bad):
-    with pytest.raises(ValueError, match=rf"^{option.name} must be an integer from {option.low} to {option.high}"):
+    with pytest.raises(
+        ValueError, match=rf"^{option.name} must be an integer from {option.low} to {option.high}"
+    ):
         option.make(bad)
 
 
 @pytest.mark.parametrize("option", INT_OPTIONS, ids=INT_IDS)
 def test_just_outside_the_range_names_the_option(option):
     for bad in (option.low - 1, option.high + 1, np.int64(option.low - 1)):
-        with pytest.raises(ValueError, match=rf"^{option.name} must be an integer from {option.low} to {option.high}"):
+        with pytest.raises(
+            ValueError, match=rf"^{option.name} must be an integer from {option.low} to {option.high}"
+        ):
             option.make(bad)
 
 
 @pytest.mark.parametrize("option", INT_OPTIONS, ids=INT_IDS)
 def test_integer_types_behave_like_the_int(option):
-    for n in {option.low, option.high, min(max(option.low, 8192), option.high), min(max(option.low, 320), option.high)}:
+    for n in {option.low, option.high, min(max(option.low, 8192), option.high),
+              min(max(option.low, 320), option.high)}:
         expected = option.observe(option.make(n))
         kinds = [np.int64(n), np.uint64(n), Size.BIG if n == 8192 else n]
         kinds += [np.int32(n)] if n < 2**31 else []
@@ -135,7 +145,9 @@ def test_hypothesis_integers_in_range_are_taken_and_out_of_range_are_refused(dat
     n = data.draw(st.integers(option.low, option.high))
     as_numpy = np.int64(n) if n < 2**63 else n
     assert option.observe(option.make(as_numpy)) == option.observe(option.make(n))
-    outside = data.draw(st.one_of(st.integers(max_value=option.low - 1), st.integers(min_value=option.high + 1)))
+    outside = data.draw(
+        st.one_of(st.integers(max_value=option.low - 1), st.integers(min_value=option.high + 1))
+    )
     with pytest.raises(ValueError, match=rf"^{option.name} must be an integer"):
         option.make(outside)
 
@@ -180,7 +192,9 @@ BAD_FRACTIONS = [
 
 @pytest.mark.parametrize("bad", BAD_FRACTIONS, ids=_id)
 def test_bad_memory_fractions_name_the_option(bad):
-    with pytest.raises(ValueError, match=r"^memory_fraction must be a number with 0 < memory_fraction <= 0.25"):
+    with pytest.raises(
+        ValueError, match=r"^memory_fraction must be a number with 0 < memory_fraction <= 0.25"
+    ):
         BacklogPolicy(memory_fraction=bad)
 
 
@@ -261,8 +275,9 @@ def test_cli_policy_arguments_name_the_flag(flag, value, capsys):
 
 
 @pytest.mark.parametrize(
-    "flag, value", [("--minimum", "0x10"), ("--minimum", "1e3"), ("--maximum", "8192.0"), ("--memory-fraction", "1/100"),
-                    ("--minimum", "9" * 5000)],
+    "flag, value",
+    [("--minimum", "0x10"), ("--minimum", "1e3"), ("--maximum", "8192.0"), ("--memory-fraction", "1/100"),
+     ("--minimum", "9" * 5000)],
 )
 def test_cli_policy_arguments_that_are_not_numbers_are_usage_errors(flag, value, capsys):
     with pytest.raises(SystemExit) as exc:

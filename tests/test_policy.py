@@ -11,8 +11,16 @@ GIB = 1024
 
 @pytest.mark.parametrize(
     "memory_mib, limit",
-    [(512, 512), (1 * GIB, 1024), (8 * GIB, 8192), (64 * GIB, 65536), (256 * GIB, 262144), (24 * 1024 * GIB, 262144),
-     (128, 320), (0, 320)],
+    [
+        (512, 512),
+        (1 * GIB, 1024),
+        (8 * GIB, 8192),
+        (64 * GIB, 65536),
+        (256 * GIB, 262144),
+        (24 * 1024 * GIB, 262144),
+        (128, 320),
+        (0, 320),
+    ],
 )
 def test_documented_examples(memory_mib, limit):
     assert BacklogPolicy().limit_for_memory(memory_mib) == limit
@@ -40,7 +48,11 @@ def test_limit_is_bounded_and_a_power_of_two_unless_clamped(policy, memory):
 
 
 @settings(max_examples=300, deadline=None)
-@given(policy=policies, a=st.integers(min_value=0, max_value=1 << 30), b=st.integers(min_value=0, max_value=1 << 30))
+@given(
+    policy=policies,
+    a=st.integers(min_value=0, max_value=1 << 30),
+    b=st.integers(min_value=0, max_value=1 << 30),
+)
 def test_limit_is_monotone_in_memory(policy, a, b):
     lo, hi = sorted((a, b))
     assert policy.limit_for_memory(lo) <= policy.limit_for_memory(hi)

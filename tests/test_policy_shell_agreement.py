@@ -27,7 +27,9 @@ MEM_KIB = st.one_of(
     st.integers(min_value=400_000, max_value=25 * 2**30),
 )
 POLICIES = st.builds(
-    lambda ppm, lo, span: BacklogPolicy(memory_fraction=ppm / 1_000_000, minimum=lo, maximum=min(lo + span, KERNEL_MAX_BACKLOG_LIMIT)),
+    lambda ppm, lo, span: BacklogPolicy(
+        memory_fraction=ppm / 1_000_000, minimum=lo, maximum=min(lo + span, KERNEL_MAX_BACKLOG_LIMIT)
+    ),
     st.integers(min_value=1, max_value=250_000),
     st.integers(min_value=1, max_value=KERNEL_MAX_BACKLOG_LIMIT),
     st.integers(min_value=0, max_value=KERNEL_MAX_BACKLOG_LIMIT),
@@ -91,7 +93,9 @@ def test_agreement_at_power_of_two_edges(policy, exponent):
 
 def test_the_rendered_auto_block_carries_the_same_function():
     body = _compact_body(BlockInputs().features())
-    compact = "\n".join(line.strip() for line in shell_function().splitlines() if not line.strip().startswith("#"))
+    compact = "\n".join(
+        line.strip() for line in shell_function().splitlines() if not line.strip().startswith("#")
+    )
     assert compact + "\n" in body
     # and that compacted text computes the same numbers
     policy = BacklogPolicy(memory_fraction=0.02, minimum=256, maximum=65536)
@@ -104,7 +108,10 @@ def test_the_rendered_auto_block_carries_the_same_function():
     [
         (("l*2<=fit", "l*2<fit"), 7_176_000),  # 7,176,000 kB: budget/8970 is exactly 8192
         (("$1*1024", "$1*1000"), 14_400_000),
-        (("ppm*(b/1000000)", "ppm*b/1000000"), 2**50),  # the unsplit product overflows 64 bits  # kB taken as 1000 bytes: 16384 becomes 8192
+        (
+            ("ppm*(b/1000000)", "ppm*b/1000000"),
+            2**50,
+        ),  # the unsplit product overflows 64 bits  # kB taken as 1000 bytes: 16384 becomes 8192
         (("l>CAB_MAX?CAB_MAX", "l>CAB_MIN?CAB_MAX"), 16_000_000),
     ],
 )
@@ -117,7 +124,9 @@ def test_a_broken_twin_would_be_caught(mutation, kib):
     assert shell_limits(policy, [kib], broken) != python_limits(policy, [kib])
 
 
-@pytest.mark.parametrize("mib,expected", [(256, 320), (512, 512), (1024, 1024), (8192, 8192), (16384, 16384), (786432, 262144)])
+@pytest.mark.parametrize(
+    "mib,expected", [(256, 320), (512, 512), (1024, 1024), (8192, 8192), (16384, 16384), (786432, 262144)]
+)
 def test_known_instance_sizes(mib, expected):
     policy = BacklogPolicy()
     assert shell_limits(policy, [mib * 1024]) == [expected] == [policy.limit_for_memory(mib)]

@@ -49,7 +49,9 @@ def lt_of(stack):
 
 
 def warnings(stack, id_):
-    found = assertions.Annotations.from_stack(stack).find_warning("*", assertions.Match.string_like_regexp(".*"))
+    found = assertions.Annotations.from_stack(stack).find_warning(
+        "*", assertions.Match.string_like_regexp(".*")
+    )
     return [w for w in found if f"[ack: {id_}]" in str(w.entry.data) or id_ in str(w.entry.data)]
 
 

@@ -51,7 +51,14 @@ def test_missing_user_data_for_eks_becomes_mime():
 
 
 def test_tokens_after_the_shebang_line_stay_in_place():
-    value = {"Fn::Base64": {"Fn::Join": ["", ["#!/bin/bash\necho ECS_CLUSTER=", {"Ref": "Cluster"}, " >> /etc/ecs/ecs.config"]]}}
+    value = {
+        "Fn::Base64": {
+            "Fn::Join": [
+                "",
+                ["#!/bin/bash\necho ECS_CLUSTER=", {"Ref": "Cluster"}, " >> /etc/ecs/ecs.config"],
+            ]
+        }
+    }
     out = splice_user_data(value, BLOCK)
     parts = out["Fn::Base64"]["Fn::Join"][1]
     assert parts[0] == "#!/bin/bash\n" + BLOCK + "echo ECS_CLUSTER="
@@ -83,7 +90,11 @@ def test_mime_gets_our_part_first_and_keeps_every_part():
     )
     out = _text(splice_user_data({"Fn::Base64": original}, BLOCK))
     parts = email.message_from_string(out).get_payload()
-    assert [p.get_content_type() for p in parts] == ["text/x-shellscript", "text/x-shellscript", "application/node.eks.aws"]
+    assert [p.get_content_type() for p in parts] == [
+        "text/x-shellscript",
+        "text/x-shellscript",
+        "application/node.eks.aws",
+    ]
     assert parts[0].get_payload() == "#!/bin/bash\n" + BLOCK
     original_parts = email.message_from_string(original).get_payload()
     assert [p.as_string() for p in parts[1:]] == [p.as_string() for p in original_parts]
@@ -127,11 +138,20 @@ def test_literal_bytes_counts_utf8_and_skips_tokens():
     assert literal_bytes({"Fn::Base64": {"Fn::Join": ["", ["é", {"Ref": "X"}, "ab"]]}}) == 4
 
 
-_lines = st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x00"), max_size=30), max_size=8)
+_lines = st.lists(
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n\x00"), max_size=30
+    ),
+    max_size=8,
+)
 
 
 @settings(max_examples=150, deadline=None)
-@given(lines=_lines, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=5), shebang=st.sampled_from(["#!/bin/bash", "#!/bin/sh -e", "#!/usr/bin/env bash"]))
+@given(
+    lines=_lines,
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=5),
+    shebang=st.sampled_from(["#!/bin/bash", "#!/bin/sh -e", "#!/usr/bin/env bash"]),
+)
 def test_user_bytes_survive_any_join_split(lines, cuts, shebang):
     """Whatever way CDK splits the script into Fn::Join parts, removing the block gives the original back."""
     text = shebang + "\n" + "\n".join(lines)
@@ -142,7 +162,9 @@ def test_user_bytes_survive_any_join_split(lines, cuts, shebang):
         last = p
     parts.append(text[last:])
     out = splice_user_data({"Fn::Base64": {"Fn::Join": ["", parts]}}, BLOCK)
-    decoded = out["Fn::Base64"] if isinstance(out["Fn::Base64"], str) else "".join(out["Fn::Base64"]["Fn::Join"][1])
+    decoded = (
+        out["Fn::Base64"] if isinstance(out["Fn::Base64"], str) else "".join(out["Fn::Base64"]["Fn::Join"][1])
+    )
     assert decoded.startswith(shebang + "\n" + BLOCK)
     assert _without_block(decoded) == text
 

@@ -74,7 +74,9 @@ def test_a_mixed_policy_without_overrides_of_its_own_launches_the_templates_type
     mixed = {"MixedInstancesPolicy": {"LaunchTemplate": {"LaunchTemplateSpecification": BY_ID, "Overrides": [
         {"InstanceType": "c7g.large", "LaunchTemplateSpecification": {"LaunchTemplateId": {"Ref": "Arm"}}}]}}}
     resources = {"Lt": lt(), "Group": {"Type": "AWS::AutoScaling::AutoScalingGroup", "Properties": mixed}}
-    assert launch_template_users(resources, "Lt") == [LaunchTemplateUse("Group", "AWS::AutoScaling::AutoScalingGroup")]
+    assert launch_template_users(resources, "Lt") == [
+        LaunchTemplateUse("Group", "AWS::AutoScaling::AutoScalingGroup")
+    ]
 
 
 def test_an_instance_finds_its_template_by_name_as_require_imdsv2_writes_it():
@@ -82,10 +84,15 @@ def test_an_instance_finds_its_template_by_name_as_require_imdsv2_writes_it():
     resources = {
         "Other": lt("ApiLaunchTemplate"),
         "Web": lt("WebLaunchTemplate"),
-        "Box": {"Type": "AWS::EC2::Instance", "Properties": {"InstanceType": "t3.micro", "LaunchTemplate": spec}},
+        "Box": {
+            "Type": "AWS::EC2::Instance",
+            "Properties": {"InstanceType": "t3.micro", "LaunchTemplate": spec},
+        },
     }
     assert launch_template_of(resources["Box"], resources) == "Web"
-    assert launch_template_users(resources, "Web") == [LaunchTemplateUse("Box", "AWS::EC2::Instance", ("t3.micro",))]
+    assert launch_template_users(resources, "Web") == [
+        LaunchTemplateUse("Box", "AWS::EC2::Instance", ("t3.micro",))
+    ]
     assert launch_template_users(resources, "Other") == []
     assert launch_template_of({"Type": "AWS::EC2::Instance", "Properties": {}}, resources) is None
     assert launch_template_of(resources["Web"], resources) is None  # only an Instance launches from one

@@ -96,7 +96,12 @@ def test_fn_join_puts_the_delimiter_between_parts(parts, delimiter):
 
 
 @settings(deadline=None)
-@given(st.lists(st.one_of(script_text.filter(lambda s: "${" not in s), st.sampled_from(["REF", "GETATT", "REGION"])), max_size=8))
+@given(
+    st.lists(
+        st.one_of(script_text.filter(lambda s: "${" not in s), st.sampled_from(["REF", "GETATT", "REGION"])),
+        max_size=8,
+    )
+)
 def test_tokens_become_stable_placeholders_in_order(items):
     tokens = {
         "REF": ({"Ref": "MyQueue4C5D6E7F"}, "${Ref:MyQueue4C5D6E7F}"),
@@ -168,7 +173,9 @@ def _mime(parts):
     return archive.as_string()
 
 
-ascii_script = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126) | st.just("\n"), max_size=200)
+ascii_script = st.text(
+    alphabet=st.characters(min_codepoint=32, max_codepoint=126) | st.just("\n"), max_size=200
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -191,7 +198,11 @@ def test_shell_parts_returns_every_shell_part_in_order_whatever_the_transfer_enc
 
 
 @settings(deadline=None)
-@given(script_text.filter(lambda s: not s.lower().lstrip("\ufeff").startswith(("content-type:", "mime-version:"))))
+@given(
+    script_text.filter(
+        lambda s: not s.lower().lstrip("\ufeff").startswith(("content-type:", "mime-version:"))
+    )
+)
 def test_a_plain_script_is_its_own_single_shell_part(text):
     assert shell_parts(text) == [text]
 
@@ -203,7 +214,11 @@ block_inputs = st.builds(
     target=st.one_of(st.none(), st.integers(1, 2**31 - 1)),
     source=st.one_of(
         st.just("unknown"),
-        st.builds(lambda t, m: f"{t}/{m}MiB", st.sampled_from(["m5.large", "t3.micro", "x2iedn.32xlarge"]), st.integers(1, 4_000_000)),
+        st.builds(
+            lambda t, m: f"{t}/{m}MiB",
+            st.sampled_from(["m5.large", "t3.micro", "x2iedn.32xlarge"]),
+            st.integers(1, 4_000_000),
+        ),
     ),
 )
 
@@ -240,7 +255,11 @@ def test_no_block_means_no_tuning_and_a_marker_in_a_comment_is_not_a_block():
 
 def test_blocks_say_whether_their_end_marker_came():
     closed = f"{BLOCK_BEGIN}\nCAB_TARGET=8192\nCAB_TARGET=1\n{BLOCK_END}\n"
-    text = "#!/bin/bash\n" + closed + f"echo user\n{BLOCK_BEGIN}\nCAB_TARGET=auto\n{BLOCK_BEGIN}\nCAB_SOURCE=mixed\n"
+    text = (
+        "#!/bin/bash\n"
+        + closed
+        + f"echo user\n{BLOCK_BEGIN}\nCAB_TARGET=auto\n{BLOCK_BEGIN}\nCAB_SOURCE=mixed\n"
+    )
     assert blocks(text) == [
         Block({"CAB_TARGET": "8192"}, closed=True),  # the first assignment of each name
         Block({"CAB_TARGET": "auto"}, closed=False),  # the next begin marker starts another block
@@ -252,7 +271,11 @@ def test_blocks_say_whether_their_end_marker_came():
 @pytest.mark.parametrize("line", ["CAB_TARGET=lots", "CAB_TARGET=", "CAB_TARGET=-5", "CAB_TARGET=0", None])
 def test_an_unreadable_target_is_reported_as_malformed(line):
     body = "" if line is None else line + "\n"
-    text = "#!/bin/bash\n# >>> cdk-audit-backlog >>>\n" + body + "CAB_SOURCE=unknown\n# <<< cdk-audit-backlog <<<\n"
+    text = (
+        "#!/bin/bash\n# >>> cdk-audit-backlog >>>\n"
+        + body
+        + "CAB_SOURCE=unknown\n# <<< cdk-audit-backlog <<<\n"
+    )
     with pytest.raises(MalformedBlock):
         tuning_of(text)
 
@@ -267,8 +290,18 @@ def test_launches_lists_every_launch_type_with_user_data_and_metadata():
             "Bucket": {"Type": "AWS::S3::Bucket"},
             "Inst": {
                 "Type": "AWS::EC2::Instance",
-                "Properties": {"InstanceType": "t3.micro", "UserData": {"Fn::Base64": "#!/bin/bash\n" + block}},
-                "Metadata": {"cdk-audit-backlog": {"limit": 1024, "instanceType": "t3.micro", "memoryMiB": 1024, "reason": "r"}},
+                "Properties": {
+                    "InstanceType": "t3.micro",
+                    "UserData": {"Fn::Base64": "#!/bin/bash\n" + block},
+                },
+                "Metadata": {
+                    "cdk-audit-backlog": {
+                        "limit": 1024,
+                        "instanceType": "t3.micro",
+                        "memoryMiB": 1024,
+                        "reason": "r",
+                    }
+                },
             },
             "Lt": {"Type": "AWS::EC2::LaunchTemplate", "Properties": {"LaunchTemplateData": {}}},
             "Lc": {
@@ -279,7 +312,7 @@ def test_launches_lists_every_launch_type_with_user_data_and_metadata():
         }
     }
     found = launches(template)
-    assert [(l.logical_id, l.resource_type) for l in found] == [
+    assert [(launch.logical_id, launch.resource_type) for launch in found] == [
         ("Inst", "AWS::EC2::Instance"),
         ("Lt", "AWS::EC2::LaunchTemplate"),
         ("Lc", "AWS::AutoScaling::LaunchConfiguration"),
@@ -327,22 +360,26 @@ def test_launches_reads_a_tuned_app_from_a_template_a_dict_and_a_file(tmp_path):
     template = Template.from_stack(_tiny_app_stack(tuned=True))
     path = tmp_path / "Tiny.template.json"
     path.write_text(json.dumps(template.to_json()))
-    from_template, from_dict, from_file = launches(template), launches(template.to_json()), launches(str(path))
+    from_template, from_dict, from_file = (
+        launches(template),
+        launches(template.to_json()),
+        launches(str(path)),
+    )
     assert from_template == from_dict == from_file
-    by_type = {l.resource_type: l for l in from_template}
+    by_type = {launch.resource_type: launch for launch in from_template}
     web = by_type["AWS::EC2::Instance"]
     expected = BacklogPolicy().limit_for_memory(8192)
     assert web.tuning == Tuning(target=expected, source="m5.large/8192MiB", count=1)
     assert web.metadata["limit"] == expected
     assert web.user_data.startswith("#!/bin/bash\n# >>> cdk-audit-backlog >>>\n")
     assert web.user_data.endswith("# <<< cdk-audit-backlog <<<\necho first\necho second")
-    workers = next(l for l in from_template if l.logical_id.startswith("Workers"))
+    workers = next(launch for launch in from_template if launch.logical_id.startswith("Workers"))
     assert workers.tuning is not None and workers.tuning.count == 1
 
 
 def test_launches_of_an_untuned_app_find_no_tuning():
     found = launches(Template.from_stack(_tiny_app_stack(tuned=False)))
-    assert found and all(l.tuning is None and l.metadata is None for l in found)
+    assert found and all(launch.tuning is None and launch.metadata is None for launch in found)
 
 
 def test_readme_example_snapshot(snapshot):
@@ -367,13 +404,19 @@ sub_name = st.from_regex(r"[A-Za-z][A-Za-z0-9]{0,8}", fullmatch=True)
 
 @settings(deadline=None)
 @given(
-    st.lists(st.one_of(script_text.filter(lambda s: "${" not in s and "$" not in s), sub_name.map(lambda n: ("VAR", n))), max_size=8),
+    st.lists(
+        st.one_of(
+            script_text.filter(lambda s: "${" not in s and "$" not in s), sub_name.map(lambda n: ("VAR", n))
+        ),
+        max_size=8,
+    ),
     st.dictionaries(sub_name, script_text.filter(lambda s: "${" not in s), max_size=5),
 )
 def test_fn_sub_renders_each_variable_from_its_literal_value_or_as_a_reference(items, variables):
     template = "".join(i if isinstance(i, str) else "${" + i[1] + "}" for i in items)
     expected = "".join(
-        i if isinstance(i, str) else (variables[i[1]] if i[1] in variables else "${Ref:" + i[1] + "}") for i in items
+        i if isinstance(i, str) else (variables[i[1]] if i[1] in variables else "${Ref:" + i[1] + "}")
+        for i in items
     )
     assert decode_user_data({"Fn::Base64": {"Fn::Sub": [template, variables]}}) == expected
 
@@ -441,7 +484,12 @@ def test_what_splice_writes_the_decoder_reads_back(shebang, body, inputs, data):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["x-shellscript", "cloud-config"]), ascii_script), min_size=1, max_size=4), block_inputs)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["x-shellscript", "cloud-config"]), ascii_script), min_size=1, max_size=4
+    ),
+    block_inputs,
+)
 def test_splice_adds_one_shell_part_to_a_mime_archive_and_the_reader_finds_it(parts, inputs):
     from cdk_audit_backlog.splice import splice_user_data
 
@@ -509,6 +557,10 @@ def test_the_aspect_and_the_reader_agree_on_a_mixed_group():
         ),
     )
     AuditBacklog.apply_to(app)
-    (launch,) = [l for l in launches(Template.from_stack(stack)) if l.resource_type == "AWS::EC2::LaunchTemplate"]
+    (launch,) = [
+        each
+        for each in launches(Template.from_stack(stack))
+        if each.resource_type == "AWS::EC2::LaunchTemplate"
+    ]
     assert launch.tuning.is_mixed and launch.tuning.count == 1
     assert launch.per_type == {"m5.large": 8192, "r5.4xlarge": 131072}

@@ -67,8 +67,12 @@ def test_defaults_are_normalized_so_equal_options_compare_equal():
     wait=st.one_of(st.none(), st.integers(0, 60000)),
 )
 def test_the_aspect_renders_exactly_what_its_options_say(limit, boot_unit, cmdline, wait):
-    aspect = AuditBacklog(backlog_limit=limit, boot_unit=boot_unit, kernel_cmdline=cmdline, backlog_wait_time=wait)
-    options = TuningOptions(backlog_limit=limit, boot_unit=boot_unit, kernel_cmdline=cmdline, backlog_wait_time=wait)
+    aspect = AuditBacklog(
+        backlog_limit=limit, boot_unit=boot_unit, kernel_cmdline=cmdline, backlog_wait_time=wait
+    )
+    options = TuningOptions(
+        backlog_limit=limit, boot_unit=boot_unit, kernel_cmdline=cmdline, backlog_wait_time=wait
+    )
     assert aspect.options == options
     block = render_block(aspect.block_inputs(limit, "unknown"))
     assert block == render_block(BlockInputs.for_options(options, target=limit, source="unknown"))

@@ -44,7 +44,9 @@ def inputs_for(features: frozenset, source: str = LONGEST_SOURCE) -> BlockInputs
     )
 
 
-ALL_COMBINATIONS = [frozenset(c) for n in range(len(FEATURES) + 1) for c in itertools.combinations(FEATURES, n)]
+ALL_COMBINATIONS = [
+    frozenset(c) for n in range(len(FEATURES) + 1) for c in itertools.combinations(FEATURES, n)
+]
 
 
 def block_script(block: str) -> str:
@@ -149,7 +151,9 @@ def test_rendered_block_passes_bash_n_and_shellcheck(tmp_path, features):
 def test_shipped_scripts_pass_shellcheck():
     scripts = sorted((REPO / "userdata").glob("*.sh"))
     assert scripts
-    r = subprocess.run([str(SHELLCHECK), "--severity=style", *map(str, scripts)], capture_output=True, text=True)
+    r = subprocess.run(
+        [str(SHELLCHECK), "--severity=style", *map(str, scripts)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stdout
 
 

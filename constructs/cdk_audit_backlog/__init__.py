@@ -34,8 +34,8 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    # aspect.py, association.py and check.py import aws_cdk, which starts a Node process (about 1 s): load them on first
-    # use, so the operator CLI (`cdk-audit-backlog plan`, `report`) starts without it.
+    # aspect.py, association.py and check.py import aws_cdk, which starts a Node process (about 1 s): load
+    # them on first use, so the operator CLI (`cdk-audit-backlog plan`, `report`) starts without it.
     if name in _LAZY:
         import importlib
 

@@ -43,7 +43,8 @@ class Hook(Construct):
         self.scope_ = scope
         self.aspect = aspect
         self._depth: Optional[int] = None
-        # Launches whose user data holds a Ref or GetAtt, by stack: read again after prepareApp (see _Recheck).
+        # Launches whose user data holds a Ref or GetAtt, by stack: read again after prepareApp (see
+        # _Recheck).
         self.recheck: Dict[str, Tuple[Stack, List[Tuning]]] = {}
         Aspects.of(self).add(_HookVisit(self), priority=AspectPriority.MUTATING)
         self.node.add_validation(_Recheck(self))
@@ -61,11 +62,11 @@ class _Recheck:
     """After ``prepareApp``: the user data of a launch that refers to another stack's resource.
 
     The hook resolves user data during the aspect phase, where CDK has not yet replaced a reference to another
-    stack's resource (an ``Fn::ImportValue`` once ``prepareApp`` has created the export) and it still reads as a
-    plain ``Ref``. ``prepareApp`` makes a stack that imports depend on the exporter, so the launches of a stack
-    with dependencies (or a nested stack) whose user data held a ``Ref`` or ``GetAtt`` are read again here, one
-    batch per stack, and rewritten where the value changed. (A nested stack's template asset hash was taken
-    before: such a launch is reported, not rewritten.)"""
+    stack's resource (an ``Fn::ImportValue`` once ``prepareApp`` has created the export) and it still reads as
+    a plain ``Ref``. ``prepareApp`` makes a stack that imports depend on the exporter, so the launches of a
+    stack with dependencies (or a nested stack) whose user data held a ``Ref`` or ``GetAtt`` are read again
+    here, one batch per stack, and rewritten where the value changed. (A nested stack's template asset hash
+    was taken before: such a launch is reported, not rewritten.)"""
 
     def __init__(self, hook: Hook) -> None:
         self._hook = hook
@@ -83,10 +84,10 @@ class _Recheck:
                     continue
                 if stack.nested:
                     errors.append(
-                        f"cdk-audit-backlog: the user data of {tuning.resource.node.path} refers to a resource of "
-                        f"another stack, which CDK resolves only after the nested stack's template was hashed; "
-                        f"pass the value as a parameter of the nested stack, or exclude this launch with "
-                        f"AuditBacklog.skip()."
+                        f"cdk-audit-backlog: the user data of {tuning.resource.node.path} refers to a "
+                        "resource of another stack, which CDK resolves only after the nested stack's "
+                        "template was hashed; pass the value as a parameter of the nested stack, or exclude "
+                        "this launch with AuditBacklog.skip()."
                     )
                     continue
                 tuning.redo(fresh)
@@ -162,9 +163,10 @@ def _has_reference(value: Any) -> bool:
 def add_associations(
     scope: IConstruct, aspect: AspectSettings, association: Union[bool, AssociationOptions]
 ) -> List[AuditBacklogAssociation]:
-    """``AuditBacklog.apply_to(..., association=...)``: one :class:`AuditBacklogAssociation` in every stack under
-    ``scope`` (Stages and nested stacks included) that holds an EC2 launch, with the aspect's tuning options.
-    A stack that has one already (an earlier call, or the user's own with the same id) is left as it is."""
+    """``AuditBacklog.apply_to(..., association=...)``: one :class:`AuditBacklogAssociation` in every stack
+    under ``scope`` (Stages and nested stacks included) that holds an EC2 launch, with the aspect's tuning
+    options. A stack that has one already (an earlier call, or the user's own with the same id) is left as it
+    is."""
     if association is True:
         fleet = AssociationOptions()
     elif isinstance(association, AssociationOptions):

@@ -12,10 +12,11 @@ Two ways in, one decision:
 Either way a launch is decided once (:mod:`.launch_tuning`, kept in the app's :mod:`.registry`): the claim of
 the aspect nearest to the resource wins; the instance type (or the types of the Auto Scaling groups / node
 groups that use a launch template) gives the memory, the policy gives the limit (:mod:`.launch_decision`), and
-:mod:`.splice` puts the rendered block into the user data the user's code produced. Launches that cannot be tuned safely (Windows, Bottlerocket, user data
-behind a token) keep their user data byte for byte, get ``{"skipped": reason}`` Metadata and a warning with a
-stable id. Where the plain block would take the user data over EC2's 16 KB, the compact block goes in; user
-data over 16 KB even so fails synth (a validation on that resource only), naming every way out.
+:mod:`.splice` puts the rendered block into the user data the user's code produced. Launches that cannot be
+tuned safely (Windows, Bottlerocket, user data behind a token) keep their user data byte for byte, get
+``{"skipped": reason}`` Metadata and a warning with a stable id. Where the plain block would take the user data
+over EC2's 16 KB, the compact block goes in; user data over 16 KB even so fails synth (a validation on that
+resource only), naming every way out.
 """
 
 from __future__ import annotations
@@ -50,14 +51,16 @@ __all__ = ["AuditBacklog", "METADATA_KEY", "EC2_USER_DATA_LIMIT"]
 class AuditBacklog:
     """Sizes the kernel audit backlog of every EC2 Linux launch under the scope it is added to.
 
-    Add it to an app with :meth:`apply_to` (reaches Stages too, and costs no Python callback per construct), or
-    ``Aspects.of(scope).add(AuditBacklog())`` (the plain aspect: one jsii callback per construct of the tree).
+    Add it to an app with :meth:`apply_to` (reaches Stages too, and costs no Python callback per construct),
+    or ``Aspects.of(scope).add(AuditBacklog())`` (the plain aspect: one jsii callback per construct of the
+    tree).
 
     :param backlog_limit: a fixed limit for every launch, 1..2147483647. Default: None (chosen per launch
         from the instance type's memory with ``policy``; "auto" at boot where the type is unknown).
     :param policy: how the limit follows memory. Default: ``BacklogPolicy()`` (1 % of memory, 320..262144).
     :param backlog_wait_time: ``--backlog_wait_time`` in kernel ticks, 0..60000 (how long an audited process
-        sleeps when the queue is full; 60*HZ is the kernel's default). Default: None (left as the image has it).
+        sleeps when the queue is full; 60*HZ is the kernel's default). Default: None (left as the image has
+        it).
     :param kernel_cmdline: also set ``audit_backlog_limit=N`` on the kernel command line, which covers the
         boot before auditd starts (takes effect at the next boot). Default: False.
     :param install_auditd: install auditd where the image lacks it. Default: False.

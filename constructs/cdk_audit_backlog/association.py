@@ -92,7 +92,8 @@ class AssociationTarget:
         ``AssociationTarget.tag("karpenter.sh/nodepool", "default")``."""
         if not _literal(key) or not _TAG_KEY_RE.match(key) or key.startswith("tag:"):
             raise ValueError(
-                f"targets: tag key must be 1..128 letters, digits, spaces or _.:/=+-@ without 'tag:', got {key!r}"
+                "targets: tag key must be 1..128 letters, digits, spaces or _.:/=+-@ without 'tag:', got "
+                f"{key!r}"
             )
         if not 1 <= len(values) <= 50:
             raise ValueError(f"targets: tag {key!r} needs 1..50 values, got {len(values)}")
@@ -152,7 +153,8 @@ class AssociationOptions:
                 )
         if self.compliance_severity not in _SEVERITIES:
             raise ValueError(
-                f"compliance_severity must be one of {', '.join(_SEVERITIES)}, got {self.compliance_severity!r}"
+                f"compliance_severity must be one of {', '.join(_SEVERITIES)}, got "
+                f"{self.compliance_severity!r}"
             )
         if self.sync_compliance not in _SYNC:
             raise ValueError(f"sync_compliance must be AUTO or MANUAL, got {self.sync_compliance!r}")
@@ -182,13 +184,15 @@ def validate_schedule(schedule: Any) -> None:
                 raise ValueError(f"schedule: State Manager runs at most every 30 minutes, got {schedule!r}")
             if singular != (n == 1):
                 raise ValueError(
-                    f"schedule: write rate(1 {unit.rstrip('s')}) or rate(N {unit.rstrip('s')}s), got {schedule!r}"
+                    f"schedule: write rate(1 {unit.rstrip('s')}) or rate(N {unit.rstrip('s')}s), got "
+                    f"{schedule!r}"
                 )
             return
         if _CRON_RE.match(schedule):
             return
     raise ValueError(
-        f"schedule must be 'rate(N minutes|hours|days)' (N >= 30 for minutes) or a 6-field 'cron(...)', got {schedule!r}"
+        "schedule must be 'rate(N minutes|hours|days)' (N >= 30 for minutes) or a 6-field 'cron(...)', got "
+        f"{schedule!r}"
     )
 
 
@@ -208,7 +212,8 @@ class AuditBacklogAssociation(Construct):
     yourself for explicit targets or names.
 
     :param targets: where it runs, 1..5 :class:`AssociationTarget` (several are ANDed by SSM).
-        Default: ``[AssociationTarget.stack_instances()]`` (this stack's Instances and Auto Scaling instances).
+        Default: ``[AssociationTarget.stack_instances()]`` (this stack's Instances and Auto Scaling
+        instances).
     :param backlog_limit: a fixed limit, 1..2147483647. Default: None (each instance computes it at run time
         from its MemTotal with ``policy``: "auto").
     :param policy: Default: ``BacklogPolicy()``.
@@ -289,7 +294,8 @@ class AuditBacklogAssociation(Construct):
         super().__init__(scope, id)
         self.options = options
         self.targets = list(targets)
-        #: The shell lines of the document's runShellScript step (what the SSM agent writes to a file and runs).
+        #: The shell lines of the document's runShellScript step (what the SSM agent writes to a file and
+        #: runs).
         self.run_command: List[str] = render_run_command(inputs)
 
         self.document = ssm.CfnDocument(
@@ -307,7 +313,8 @@ class AuditBacklogAssociation(Construct):
                     "cdk-audit-backlog: sets the Linux kernel audit backlog limit (auditctl -b) for this "
                     "machine's memory, persists it in the audit rules and verifies it, with no restart of "
                     "auditd or the instance. Exits non-zero when the limit could not be applied, verified or "
-                    "persisted, or auditctl is missing; immutable audit rules are persisted for the next boot."
+                    "persisted, or auditctl is missing; immutable audit rules are persisted for the next "
+                    "boot."
                 ),
                 "mainSteps": [
                     {
@@ -352,7 +359,8 @@ class AuditBacklogAssociation(Construct):
         cls, scope: Construct, id: str, tuning: TuningOptions, fleet: Optional[AssociationOptions] = None
     ) -> "AuditBacklogAssociation":
         """An association for the stack's instances with ``tuning`` (e.g. an ``AuditBacklog``'s ``options``;
-        its ``boot_unit`` and ``compact_block`` do not apply here) and how it runs (``fleet``, default ``AssociationOptions()``)."""
+        its ``boot_unit`` and ``compact_block`` do not apply here) and how it runs (``fleet``, default
+        ``AssociationOptions()``)."""
         if not isinstance(tuning, TuningOptions):
             raise ValueError(f"tuning must be a TuningOptions, got {tuning!r}")
         fleet = AssociationOptions() if fleet is None else fleet

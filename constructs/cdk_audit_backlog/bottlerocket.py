@@ -224,7 +224,11 @@ def _dotted_at_root(document: tomlkit.TOMLDocument, path: Tuple[str, ...], value
     when there is none (as earlier releases put it; tomlkit's add() would put it after the last root key,
     before the blank lines)."""
     first_table = next(
-        (i for i, (k, v) in enumerate(document.body) if isinstance(v, (Table, AoT)) and k and not k.is_dotted()),
+        (
+            i
+            for i, (k, v) in enumerate(document.body)
+            if isinstance(v, (Table, AoT)) and k and not k.is_dotted()
+        ),
         None,
     )
     if first_table is not None:
@@ -391,8 +395,9 @@ def is_bottlerocket_user_data(value: Any) -> bool:
 
 
 def merge_user_data(value: Any, limit: int, *, allow_lower: bool = False) -> Tuple[Any, BottlerocketMerge]:
-    """A resolved ``UserData`` value of Bottlerocket TOML with our settings merged (see :func:`merge_settings`);
-    the result has the same shape (``Fn::Base64`` of text or ``Fn::Join``, or literal Base64)."""
+    """A resolved ``UserData`` value of Bottlerocket TOML with our settings merged (see
+    :func:`merge_settings`); the result has the same shape (``Fn::Base64`` of text or ``Fn::Join``, or literal
+    Base64)."""
     import base64
 
     found = _text_with_placeholders(value)

@@ -102,7 +102,10 @@ RULES: Dict[str, str] = {
     "BelowComplianceFloor": "EC2 launch whose audit backlog settings fail the hardening benchmark's floor.",
 }
 
-_FIX = "Tune it with cdk_audit_backlog.AuditBacklog.apply_to(app), or acknowledge it with Validations.of(construct).acknowledge()."
+_FIX = (
+    "Tune it with cdk_audit_backlog.AuditBacklog.apply_to(app), or acknowledge it with "
+    "Validations.of(construct).acknowledge()."
+)
 
 MemoryOf = Callable[[str], Optional[int]]
 
@@ -221,7 +224,9 @@ class AuditBacklogCheck:
             )
             for f in findings
         ]
-        return PolicyValidationPluginReport(success=not (violations and self._fail_synth), violations=violations)
+        return PolicyValidationPluginReport(
+            success=not (violations and self._fail_synth), violations=violations
+        )
 
     # -- plain Python entry point -----------------------------------------------------------------
 
@@ -253,7 +258,11 @@ class AuditBacklogCheck:
         return findings
 
     def _check_launch(
-        self, logical_id: str, resource: Mapping[str, Any], resources: Mapping[str, Any], template_path: Optional[str]
+        self,
+        logical_id: str,
+        resource: Mapping[str, Any],
+        resources: Mapping[str, Any],
+        template_path: Optional[str],
     ) -> Optional[Finding]:
         resource_type = resource["Type"]
 
@@ -381,7 +390,8 @@ class AuditBacklogCheck:
             return limit, f"{largest}, {memory} MiB, is what it launches"
         return limit, (
             f"{largest}, {memory} MiB, has the largest limit of the types it launches ({', '.join(names)}); "
-            f"each machine must meet the policy for its own type, so a group of types with different limits needs auto"
+            "each machine must meet the policy for its own type, so a group of types with different limits "
+            "needs auto"
         )
 
     def _weaker_auto(self, settings: Mapping[str, str]) -> Optional[str]:

@@ -149,7 +149,8 @@ def _policy_from_args(args: argparse.Namespace) -> BacklogPolicy:
     except ValueError as e:
         # The policy names its option (memory_fraction, minimum, maximum); say which argument that is.
         option = str(e).split(" ", 1)[0]
-        flag = {"memory_fraction": "--memory-fraction", "minimum": "--minimum", "maximum": "--maximum"}.get(option)
+        flags = {"memory_fraction": "--memory-fraction", "minimum": "--minimum", "maximum": "--maximum"}
+        flag = flags.get(option)
         raise CliError(f"{flag}: {e}" if flag else str(e)) from None
 
 
@@ -366,13 +367,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", metavar="FILE", help="file to write (default: the package's data file)")
     p.add_argument("--date", help="date to record in the header (default: today, UTC)")
     p.add_argument("--note", help="free text appended to the header's source line")
-    p.add_argument("--max-workers", type=_workers, default=4, help=f"regions queried at once, 1..{MAX_WORKERS} (default 4)")
+    p.add_argument(
+        "--max-workers",
+        type=_workers,
+        default=4,
+        help=f"regions queried at once, 1..{MAX_WORKERS} (default 4)",
+    )
     p.set_defaults(func=_cmd_refresh)
 
     p = sub.add_parser("verify", help="check the instances of a deployed stack booted tuned")
     p.add_argument("--stack", required=True, metavar="NAME", help="CloudFormation stack name or id")
     p.add_argument("--region", help="AWS region (default: the environment's)")
-    p.add_argument("--max-workers", type=_workers, default=8, help=f"instances checked at once, 1..{MAX_WORKERS} (default 8)")
+    p.add_argument(
+        "--max-workers",
+        type=_workers,
+        default=8,
+        help=f"instances checked at once, 1..{MAX_WORKERS} (default 8)",
+    )
     p.add_argument("--no-console", action="store_true", help="do not read console output")
     p.add_argument("--format", choices=("table", "json"), default="table")
     _add_policy_args(p)

@@ -15,6 +15,7 @@ def context_key(account: str, region: str, stack_name: str) -> str:
 
 
 def user_data_kept(metadata: Any) -> bool:
-    """Whether a launch's ``cdk-audit-backlog`` Metadata says its user data was kept because it already runs."""
+    """Whether a launch's ``cdk-audit-backlog`` Metadata says its user data was kept because it already
+    runs."""
     deployed = metadata.get("deployed") if isinstance(metadata, dict) else None
     return isinstance(deployed, str) and deployed.startswith(USER_DATA_KEPT)

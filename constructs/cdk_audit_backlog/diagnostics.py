@@ -91,7 +91,10 @@ def _out_of_reach(refs: List[Any]) -> Optional[str]:
             return None
         if isinstance(target, CfnParameter):
             return f"its launch template comes from the parameter {target.node.path}"
-    return "its launch template is imported (not defined in this app), so its user data cannot be seen or changed here"
+    return (
+        "its launch template is imported (not defined in this app), so its user data cannot be seen or "
+        "changed here"
+    )
 
 
 def warn_about_unreached_stages(app: Stage, aspect: Any) -> None:
@@ -105,8 +108,9 @@ def warn_about_unreached_stages(app: Stage, aspect: Any) -> None:
         return
     names = ", ".join(s.node.path for s in unreached)
     message = (
-        f"cdk-audit-backlog: AuditBacklog was added to the app, but CDK does not apply an app's aspects inside "
-        f"Stages, so launches in {names} are NOT tuned. Use AuditBacklog.apply_to(app) just before app.synth()."
+        "cdk-audit-backlog: AuditBacklog was added to the app, but CDK does not apply an app's aspects "
+        f"inside Stages, so launches in {names} are NOT tuned. Use AuditBacklog.apply_to(app) just before "
+        "app.synth()."
     )
     stacks = [c for c in app.node.children if Stack.is_stack(c)]
     for stack in stacks:

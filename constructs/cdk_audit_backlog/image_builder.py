@@ -83,7 +83,8 @@ _PARAMETERS = {
     "MinimumLimit": ("CAB_MIN", "[1-9][0-9]{0,9}", "auto: smallest limit ever chosen"),
     "MaximumLimit": ("CAB_MAX", "[1-9][0-9]{0,9}", "auto: largest limit ever chosen"),
     "BacklogWaitTime": ("CAB_WAIT", "none|[0-9]{1,5}",
-                        "--backlog_wait_time in kernel ticks 0..60000, or none to leave it as the image has it"),
+                        "--backlog_wait_time in kernel ticks 0..60000, or none to leave it as the image "
+                        "has it"),
     "AllowLower": ("CAB_ALLOW_LOWER", "true|false", "true lowers a larger limit the image ships"),
 }  # fmt: skip
 
@@ -96,7 +97,9 @@ def component_script() -> str:
 
     text = script_text()
     inputs = text.split(user_data._INPUTS_BEGIN, 1)[1].split(user_data._INPUTS_END, 1)[0]
-    lines = [line.strip() for line in inputs.splitlines() if line.strip() and not line.strip().startswith("#")]
+    lines = [
+        line.strip() for line in inputs.splitlines() if line.strip() and not line.strip().startswith("#")
+    ]
     features = frozenset(f for f in ("auto", "wait", "unit") if f in FEATURES)
     return "#!/bin/bash\n" + "\n".join(lines) + "\n" + _compact_body(features)
 
@@ -212,7 +215,9 @@ def check_component_document(document: Any) -> List[str]:
         if not isinstance(spec, dict) or spec.get("type") != "string":
             problems.append(f"parameter {pname}: type must be string")
         elif set(spec) - {"type", "default", "description"}:
-            problems.append(f"parameter {pname}: unknown keys {sorted(set(spec) - {'type', 'default', 'description'})}")
+            problems.append(
+                f"parameter {pname}: unknown keys {sorted(set(spec) - {'type', 'default', 'description'})}"
+            )
     phases = document.get("phases")
     if not isinstance(phases, list) or not phases:
         return problems + ["phases must be a non-empty list"]
@@ -241,12 +246,18 @@ def check_component_document(document: Any) -> List[str]:
                 problems.append(f"step {step['name']}: no inputs")
             if step.get("action") == "ExecuteBash":
                 commands = (step.get("inputs") or {}).get("commands")
-                if not (isinstance(commands, list) and commands and all(isinstance(c, str) for c in commands)):
-                    problems.append(f"step {step['name']}: ExecuteBash needs inputs.commands, a list of strings")
+                if not (
+                    isinstance(commands, list) and commands and all(isinstance(c, str) for c in commands)
+                ):
+                    problems.append(
+                        f"step {step['name']}: ExecuteBash needs inputs.commands, a list of strings"
+                    )
             if step.get("action") == "CreateFile":
                 files = step.get("inputs")
                 if not (isinstance(files, list) and all(isinstance(f, dict) and "path" in f for f in files)):
-                    problems.append(f"step {step['name']}: CreateFile needs inputs, a list of {{path, content}}")
+                    problems.append(
+                        f"step {step['name']}: CreateFile needs inputs, a list of {{path, content}}"
+                    )
     used = set(re.findall(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}", json.dumps(document)))
     problems += [f"reference to undeclared parameter {p!r}" for p in sorted(used - declared)]
     return problems
@@ -312,15 +323,23 @@ class AuditBacklogComponent(Construct):
                 f"(not starting or ending with a space), got {component_name!r}"
             )
         if not isinstance(version, str) or not _SEMVER_RE.match(version):
-            raise ValueError(f"version must be a semantic version MAJOR.MINOR.PATCH such as 1.0.0, got {version!r}")
+            raise ValueError(
+                f"version must be a semantic version MAJOR.MINOR.PATCH such as 1.0.0, got {version!r}"
+            )
         #: The tuning options the component's parameters default to (it always installs the boot unit).
         self.tuning = TuningOptions(
-            backlog_limit=backlog_limit, policy=policy, backlog_wait_time=backlog_wait_time, allow_lower=allow_lower
+            backlog_limit=backlog_limit,
+            policy=policy,
+            backlog_wait_time=backlog_wait_time,
+            allow_lower=allow_lower,
         )
         if supported_os_versions is not None and (
-            isinstance(supported_os_versions, str) or not all(isinstance(v, str) and v for v in supported_os_versions)
+            isinstance(supported_os_versions, str)
+            or not all(isinstance(v, str) and v for v in supported_os_versions)
         ):
-            raise ValueError(f"supported_os_versions must be a list of OS version names, got {supported_os_versions!r}")
+            raise ValueError(
+                f"supported_os_versions must be a list of OS version names, got {supported_os_versions!r}"
+            )
         if not isinstance(description, str) or not 1 <= len(description) <= 1024:
             raise ValueError("description must be a string of 1..1024 characters")
 
@@ -331,7 +350,8 @@ class AuditBacklogComponent(Construct):
         size = len(self.document)
         if size > COMPONENT_DATA_LIMIT:
             raise ValueError(
-                f"the component document is {size} characters; Image Builder accepts at most {COMPONENT_DATA_LIMIT} inline"
+                f"the component document is {size} characters; Image Builder accepts at most "
+                f"{COMPONENT_DATA_LIMIT} inline"
             )
         self.component = imagebuilder.CfnComponent(
             self,
@@ -346,8 +366,11 @@ class AuditBacklogComponent(Construct):
         #: The component's ARN (``Fn::GetAtt``), for an image recipe.
         self.arn: str = self.component.attr_arn
 
-    def recipe_component(self, **overrides: Any) -> imagebuilder.CfnImageRecipe.ComponentConfigurationProperty:
-        """This component in an image recipe, with parameter overrides by name (e.g. ``BacklogLimit="16384"``).
+    def recipe_component(
+        self, **overrides: Any
+    ) -> imagebuilder.CfnImageRecipe.ComponentConfigurationProperty:
+        """This component in an image recipe, with parameter overrides by name (e.g.
+        ``BacklogLimit="16384"``).
 
         Overrides are checked against the same patterns the build phase enforces.
         """

@@ -318,7 +318,8 @@ def _deployed_json(cfn: Any, stack_name: str) -> Optional[Dict[str, Any]]:
 
 
 def deployed_instance_ids(template: Optional[Mapping[str, Any]]) -> List[str]:
-    """Logical ids of the ``AWS::EC2::Instance`` resources of a deployed template (empty: none or no stack)."""
+    """Logical ids of the ``AWS::EC2::Instance`` resources of a deployed template (empty: none or no
+    stack)."""
     resources = (template or {}).get("Resources") or {}
     return sorted(lid for lid, r in resources.items() if r.get("Type") == INSTANCE)
 
@@ -355,10 +356,11 @@ def stack_impacts(
         where = s.region or region
         kw = {"region_name": where} if where else {}
         what = f"stack {s.stack_name}"
-        cfn = aws_errors(what, lambda: session.client("cloudformation", config=config, **kw))
-        before = aws_errors(what, lambda: _deployed_json(cfn, s.stack_name))
+        # aws_errors runs each callable at once; the loop's values are bound as defaults all the same.
+        cfn = aws_errors(what, lambda kw=kw: session.client("cloudformation", config=config, **kw))
+        before = aws_errors(what, lambda cfn=cfn, name=s.stack_name: _deployed_json(cfn, name))
         account = s.account or aws_errors(
-            what, lambda: session.client("sts", config=config, **kw).get_caller_identity()["Account"]
+            what, lambda kw=kw: session.client("sts", config=config, **kw).get_caller_identity()["Account"]
         )
         impacts = template_impacts(s.stack_name, before, s.template)
         out.append(StackImpact(s, account, cfn.meta.region_name, before, impacts))
@@ -366,7 +368,8 @@ def stack_impacts(
 
 
 def record_deployed_instances(context_file: Path, results: Iterable[StackImpact]) -> Dict[str, List[str]]:
-    """Write, per stack, the Instances its deployed template holds into ``cdk.context.json`` (keeps other keys).
+    """Write, per stack, the Instances its deployed template holds into ``cdk.context.json`` (keeps other
+    keys).
 
     A stack that is not deployed is recorded with an empty list: its Instances are new and boot tuned, and
     the aspect stops warning about them.

@@ -94,8 +94,9 @@ def _node_class_user_data(
 ) -> str:
     if ami_family not in AMI_FAMILIES:
         raise ValueError(
-            f"ami_family must be one of {', '.join(AMI_FAMILIES)} (Karpenter's spelling), got {ami_family!r}; "
-            f"Windows nodes have no Linux audit subsystem, and Custom images take the AL2023 or AL2 shape"
+            f"ami_family must be one of {', '.join(AMI_FAMILIES)} (Karpenter's spelling), got "
+            f"{ami_family!r}; Windows nodes have no Linux audit subsystem, and Custom images take the AL2023 "
+            "or AL2 shape"
         )
     if user_data is not None and not isinstance(user_data, str):
         raise ValueError(f"user_data must be the text of your own user data, got {user_data!r}")

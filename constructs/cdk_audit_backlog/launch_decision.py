@@ -226,7 +226,8 @@ def _is_windows(resource: CfnResource) -> bool:
 
 
 def _candidate_types(launch: Launch, consumers: Sequence[Group]) -> Tuple[List[Any], str]:
-    """The instance types the launch may run as (a non-string: not known at synth), and where they come from."""
+    """The instance types the launch may run as (a non-string: not known at synth), and where they come
+    from."""
     own = get(launch.data, "InstanceType")
     if launch.cfn_resource_type != "AWS::EC2::LaunchTemplate":
         return [own], "the resource"
@@ -243,8 +244,8 @@ def _candidate_types(launch: Launch, consumers: Sequence[Group]) -> Tuple[List[A
 
 def size_from_types(launch: Launch, policy: BacklogPolicy) -> TypeSizing:
     """The limit the launch's instance types give with ``policy``, or ``auto`` where one is unknown or the
-    known types map to different limits (then each machine computes its own from MemTotal with the same policy,
-    where the smallest type's limit would leave the larger machines below the policy)."""
+    known types map to different limits (then each machine computes its own from MemTotal with the same
+    policy, where the smallest type's limit would leave the larger machines below the policy)."""
     candidates, where = _candidate_types(launch, launch.consumers)
     if not candidates:
         return TypeSizing(None, f"no instance type on {where}: computed at boot from MemTotal")

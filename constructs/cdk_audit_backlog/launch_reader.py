@@ -1,7 +1,7 @@
 """Reading launches from the construct tree: which L1s launch machines, what they hold, and who uses them.
 
-Everything here reads, nothing decides or writes. The reads cross the jsii bridge, which costs a round trip per
-call, so they are batched: one ``find_all`` per scope, one ``_cfn_properties`` per resource, one
+Everything here reads, nothing decides or writes. The reads cross the jsii bridge, which costs a round trip
+per call, so they are batched: one ``find_all`` per scope, one ``_cfn_properties`` per resource, one
 ``stack.resolve`` per stack.
 
 This is the writer side's only parser of the relation "which launch template or configuration does this Auto
@@ -67,14 +67,14 @@ SKIP_ID = "CdkAuditBacklogSkip"
 
 
 def key(construct: Any) -> str:
-    """A stable key for a JS object: its jsii reference. (The Python proxy of an object created on the JS side,
-    e.g. an L2's L1, may be dropped and made anew between two calls, so ``id()`` is not stable.)"""
+    """A stable key for a JS object: its jsii reference. (The Python proxy of an object created on the JS
+    side, e.g. an L2's L1, may be dropped and made anew between two calls, so ``id()`` is not stable.)"""
     return construct.__jsii_ref__.ref
 
 
 class SkipMarker(Construct):
-    """Hidden child that marks a scope as excluded by ``AuditBacklog.skip`` (a child is one lookup away for the
-    aspect, unlike node metadata, which carries stack traces across the jsii bridge)."""
+    """Hidden child that marks a scope as excluded by ``AuditBacklog.skip`` (a child is one lookup away for
+    the aspect, unlike node metadata, which carries stack traces across the jsii bridge)."""
 
     def __init__(self, scope: IConstruct, reason: str) -> None:
         super().__init__(scope, SKIP_ID)
@@ -258,8 +258,8 @@ class LaunchReferences:
 
 
 def launch_references(kind: str, props: Any, read: Callable[[Any, str], Any]) -> LaunchReferences:
-    """What ``props`` of a group of ``kind`` name as its launch. ``read`` reads one field of a struct: :func:`get`
-    for resolved properties, :func:`raw` for unresolved ones."""
+    """What ``props`` of a group of ``kind`` name as its launch. ``read`` reads one field of a struct:
+    :func:`get` for resolved properties, :func:`raw` for unresolved ones."""
     if kind == "AWS::EKS::Nodegroup":
         spec = read(props, "launchTemplate")
         return LaunchReferences((read(spec, "id"),), (read(spec, "name"),))

@@ -2,8 +2,8 @@
 
 Two ways to write (see :mod:`.aspect`): ``apply_to``'s hook writes the decided values as plain overrides
 (:meth:`Tuning.write`); the plain aspect attaches lazy values that decide when synthesis first resolves them
-(:meth:`Tuning.attach_lazily`). Either way the decision is :func:`.launch_decision.decide`, made once per launch
-and kept in the app's :class:`.registry.AppRegistry`.
+(:meth:`Tuning.attach_lazily`). Either way the decision is :func:`.launch_decision.decide`, made once per
+launch and kept in the app's :class:`.registry.AppRegistry`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ METADATA_KEY = "cdk-audit-backlog"
 
 
 def _distance_to_aspect(node: IConstruct, aspect: AspectSettings) -> int:
-    """Depth of the nearest scope (the node itself or an ancestor) that carries ``aspect``; deeper is nearer."""
+    """Depth of the nearest scope (the node itself or an ancestor) that carries ``aspect``; deeper is
+    nearer."""
     scopes = node.node.scopes  # root first
     for depth in range(len(scopes) - 1, -1, -1):
         if any(a is aspect for a in Aspects.of(scopes[depth]).all):
@@ -128,7 +129,8 @@ class Tuning:
             self._add_validation()
 
     def redo(self, fresh: Launch) -> None:
-        """The same decision on user data read again after prepareApp (see the hook's recheck), written again."""
+        """The same decision on user data read again after prepareApp (see the hook's recheck), written
+        again."""
         assert self.launch is not None
         self.launch = replace(self.launch, data=fresh.data)
         self._decision = decide(self.launch, self.winner)
@@ -166,9 +168,9 @@ class _SizeValidation:
         if size > EC2_USER_DATA_LIMIT:
             ways = "; ".join(decision.ways_out) or "shorten the user data or use AuditBacklog.skip()"
             return [
-                f"cdk-audit-backlog: the user data of {self._tuning.resource.node.path} is {size} bytes with the "
-                f"audit backlog block (at least, not counting tokens); EC2 accepts at most {EC2_USER_DATA_LIMIT} "
-                f"bytes. Ways out: {ways}."
+                f"cdk-audit-backlog: the user data of {self._tuning.resource.node.path} is {size} bytes with "
+                "the audit backlog block (at least, not counting tokens); EC2 accepts at most "
+                f"{EC2_USER_DATA_LIMIT} bytes. Ways out: {ways}."
             ]
         return []
 

@@ -58,7 +58,7 @@ def report_assembly(cdk_out: Path) -> List[ReportRow]:
     for found_template in templates:
         name, template = found_template.name, found_template.template
         try:
-            found = {l.logical_id: l for l in testing.launches(template)}
+            found = {each.logical_id: each for each in testing.launches(template)}
         except ValueError as e:  # testing.MalformedBlock, or user data that is not Base64 of UTF-8
             raise CliError(f"report: {name}: {e}") from None
         for logical_id, res in (template.get("Resources") or {}).items():

@@ -45,7 +45,11 @@ _NEW = RunningDecision(keep=False)
 
 
 def decide(
-    resource: CfnResource, running_instances: str, *, kind: Optional[str] = None, stack: Optional[Stack] = None
+    resource: CfnResource,
+    running_instances: str,
+    *,
+    kind: Optional[str] = None,
+    stack: Optional[Stack] = None,
 ) -> RunningDecision:
     """The decision for one launch L1: an ``AWS::EC2::Instance``, or a launch template a running Instance
     launches from (``require_imdsv2`` makes one): a new version of it would replace that Instance.
@@ -67,9 +71,10 @@ def decide(
                 f"cdk-audit-backlog: {path} gets the block in its user data. If this instance already runs, "
                 "the next deploy stops and starts it (CloudFormation UserData update; a replacement if it "
                 "launches from a launch template) and does not re-run user data. For an app that is already "
-                "deployed, run `cdk-audit-backlog impact cdk.out --record` first: running instances then keep their user data, and AuditBacklog.apply_to(app, "
-                "association=True) tunes them without a restart. A stack that was never deployed can ignore "
-                "this (the same command records it as such).",
+                "deployed, run `cdk-audit-backlog impact cdk.out --record` first: running instances then "
+                "keep their user data, and AuditBacklog.apply_to(app, association=True) tunes them without a "
+                "restart. A stack that was never deployed can ignore this (the same command records it as "
+                "such).",
             ),
         )
     if stack.resolve(resource.logical_id) not in deployed:
@@ -87,9 +92,9 @@ def decide(
         warning=(
             "cdk-audit-backlog:running-instance-not-tuned",
             f"cdk-audit-backlog: {path} already runs, so its user data is kept (no stop/start), but no "
-            "AWS::SSM::Association in its stack tunes it: use AuditBacklog.apply_to(app, association=True), or "
-            "choose "
-            "running_instances='restart' to tune it through its user data at the cost of a stop/start.",
+            "AWS::SSM::Association in its stack tunes it: use AuditBacklog.apply_to(app, association=True), "
+            "or choose running_instances='restart' to tune it through its user data at the cost of a "
+            "stop/start.",
         ),
     )
 
@@ -98,8 +103,8 @@ _RECORDED: Dict[str, Optional[FrozenSet[str]]] = {}
 
 
 def _recorded_once(stack: Stack) -> Optional[FrozenSet[str]]:
-    """``recorded_instances`` read once per stack (about ten bridge calls each time; context cannot change once
-    a stack has children), keyed by the stack's jsii reference, which is never reused in a process."""
+    """``recorded_instances`` read once per stack (about ten bridge calls each time; context cannot change
+    once a stack has children), keyed by the stack's jsii reference, which is never reused in a process."""
     key = stack.__jsii_ref__.ref
     if key not in _RECORDED:
         _RECORDED[key] = recorded_instances(stack)
@@ -120,7 +125,9 @@ def _launch_template_decision(
     name = stack.resolve(template.launch_template_name)  # type: ignore[attr-defined]
     name = name if isinstance(name, str) else None
     users = sorted(
-        lid for lid, spec in _instance_launch_templates(stack, deployed) if spec_refers_to(spec, logical_id, name)
+        lid
+        for lid, spec in _instance_launch_templates(stack, deployed)
+        if spec_refers_to(spec, logical_id, name)
     )
     if not users:
         return _NEW

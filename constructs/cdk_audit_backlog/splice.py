@@ -62,7 +62,8 @@ def _segments(value: Any) -> List[Segment]:
 
 
 def _sub_segments(arg: Any) -> List[Segment]:
-    """Splits an Fn::Sub so its first line (the header we must read) becomes a literal, when it holds no ``${``."""
+    """Splits an Fn::Sub so its first line (the header we must read) becomes a literal, when it holds no
+    ``${``."""
     template, variables = (arg, None) if isinstance(arg, str) else (arg[0], arg[1] if len(arg) > 1 else None)
     if not isinstance(template, str):
         return [{"Fn::Sub": arg}]
@@ -96,7 +97,8 @@ def _leading_text(segments: List[Segment]) -> str:
 
 
 def user_data_kind(head: str) -> str:
-    """Names the kind of user data from its leading literal text: shell, mime, cloud-config, or a reason to skip."""
+    """Names the kind of user data from its leading literal text: shell, mime, cloud-config, or a reason to
+    skip."""
     stripped = head.lstrip("\ufeff")
     first_line = stripped.split("\n", 1)[0].rstrip("\r")
     lowered = stripped[:4096].lower()

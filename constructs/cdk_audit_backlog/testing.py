@@ -2,7 +2,8 @@
 
 For users' own snapshot tests and for :mod:`.check`. This module re-implements the reading side of the
 block contract (``docs/design.md``) on purpose: it never imports the code that *writes* the block
-(``launch_decision.py``, ``splice.py``, ``user_data.py``), so a bug in the writer cannot hide in the reader too.
+(``launch_decision.py``, ``splice.py``, ``user_data.py``), so a bug in the writer cannot hide in the reader
+too.
 
 Typical use::
 
@@ -17,9 +18,9 @@ What is decoded:
 - ``{"Fn::Base64": X}`` where X is a literal string, ``Fn::Join``, ``Fn::Sub`` or a mix of them;
   a literal Base64 string (what a hand-written L1 may hold).
 - Tokens become stable placeholders, so a snapshot does not change with CDK's token numbering:
-  ``{"Ref": "Queue"}`` -> ``${Ref:Queue}``, a pseudo parameter ``{"Ref": "AWS::Region"}`` -> ``${AWS::Region}``,
-  ``{"Fn::GetAtt": ["Queue", "Arn"]}`` -> ``${Fn::GetAtt:Queue.Arn}``, any other intrinsic ->
-  ``${Fn::Name:<its argument as compact JSON>}``. Variables of an ``Fn::Sub`` are substituted when they are
+  ``{"Ref": "Queue"}`` -> ``${Ref:Queue}``, a pseudo parameter ``{"Ref": "AWS::Region"}`` ->
+  ``${AWS::Region}``, ``{"Fn::GetAtt": ["Queue", "Arn"]}`` -> ``${Fn::GetAtt:Queue.Arn}``, any other intrinsic
+  -> ``${Fn::Name:<its argument as compact JSON>}``. Variables of an ``Fn::Sub`` are substituted when they are
   literal strings, rendered as above when they are intrinsics, and left as ``${Name}`` otherwise.
 - MIME multipart user data is returned whole by :func:`decode_user_data`; :func:`shell_parts` parses it
   with Python's ``email`` package and returns the ``text/x-shellscript`` parts (Base64 or quoted-printable
@@ -161,7 +162,8 @@ class Launch:
 
 
 def template_dict(template: Any) -> Dict[str, Any]:
-    """A template as a dict: a dict, anything with ``to_json()`` (``assertions.Template``), or a JSON file path."""
+    """A template as a dict: a dict, anything with ``to_json()`` (``assertions.Template``), or a JSON file
+    path."""
     if isinstance(template, Mapping):
         return dict(template)
     to_json = getattr(template, "to_json", None)
@@ -175,7 +177,8 @@ def template_dict(template: Any) -> Dict[str, Any]:
         if isinstance(loaded, dict):
             return loaded
     raise TypeError(
-        f"template must be a dict, an aws_cdk.assertions.Template or a path to a template file, got {template!r}"
+        "template must be a dict, an aws_cdk.assertions.Template or a path to a template file, got "
+        f"{template!r}"
     )
 
 
@@ -272,8 +275,13 @@ def _is_literal(value: Any) -> bool:
         return True
     if isinstance(value, Mapping) and list(value) == ["Fn::Join"]:
         arg = value["Fn::Join"]
-        return (isinstance(arg, list) and len(arg) == 2 and isinstance(arg[0], str) and isinstance(arg[1], list)
-                and all(_is_literal(p) for p in arg[1]))
+        return (
+            isinstance(arg, list)
+            and len(arg) == 2
+            and isinstance(arg[0], str)
+            and isinstance(arg[1], list)
+            and all(_is_literal(p) for p in arg[1])
+        )
     return False
 
 

@@ -91,7 +91,8 @@ class BlockInputs:
             raise ValueError(f"boot_unit must be one of {BOOT_UNIT_MODES}, got {self.boot_unit!r}")
         if not isinstance(self.source, str) or not _SOURCE_RE.match(self.source):
             raise ValueError(
-                f"source must match {_SOURCE_RE.pattern} (an instance type and its memory), got {self.source!r}"
+                f"source must match {_SOURCE_RE.pattern} (an instance type and its memory), got "
+                f"{self.source!r}"
             )
 
     @classmethod

@@ -26,7 +26,8 @@ from .testing import METADATA_KEY, blocks
 
 
 def decode_stored_user_data(value: Optional[str]) -> Optional[str]:
-    """Text of user data as EC2 returns it (base64; possibly gzip, which cloud-init undoes too). None for none.
+    """Text of user data as EC2 returns it (base64; possibly gzip, which cloud-init undoes too). None for
+    none.
 
     A MIME multipart document comes back whole: the block readers below take its shell parts with
     :mod:`.testing`'s reader, the one ``check`` and ``report`` use (written independently of the code that
@@ -72,7 +73,8 @@ def block_source(user_data: Optional[str]) -> Optional[Tuple[str, int]]:
 
 
 def block_is_mixed(user_data: Optional[str]) -> bool:
-    """Whether the block says ``CAB_SOURCE=mixed``: ``auto`` for a group whose types map to different limits."""
+    """Whether the block says ``CAB_SOURCE=mixed``: ``auto`` for a group whose types map to different
+    limits."""
     return _MIXED_RE.fullmatch((_block_settings(user_data) or {}).get("CAB_SOURCE", "")) is not None
 
 
@@ -308,7 +310,10 @@ def check_stack(
         if source and mib is not None and source[0] != itype and source[1] < mib:
             # A fixed limit chosen for a smaller type of a mixed group (what the aspect wrote before it
             # sized such groups per machine): held to this machine's own policy like any other, and said.
-            c.note = f"chosen for {source[0]} ({source[1]} MiB), a smaller type of its group; synthesize again: its types now get auto"
+            c.note = (
+                f"chosen for {source[0]} ({source[1]} MiB), a smaller type of its group; synthesize again: "
+                "its types now get auto"
+            )
         if target == "auto" and mib is not None:
             # Computed at boot from MemTotal, which is below the nominal memory by the kernel's reservations.
             c.floor = policy.limit_for_memory(mib * 9 // 10)

@@ -20,12 +20,20 @@ def build(app: cdk.App) -> list:
     mime.add_user_data_part(extra, ec2.MultipartBody.SHELL_SCRIPT, True)
     lt = ec2.LaunchTemplate(stack, "NodeLt", user_data=mime)
     cluster.add_nodegroup_capacity(
-        "Managed", instance_types=[ec2.InstanceType("m6i.large"), ec2.InstanceType("m6a.large")],
-        launch_template_spec=eks.LaunchTemplateSpec(id=lt.launch_template_id, version=lt.latest_version_number),
+        "Managed",
+        instance_types=[ec2.InstanceType("m6i.large"), ec2.InstanceType("m6a.large")],
+        launch_template_spec=eks.LaunchTemplateSpec(
+            id=lt.launch_template_id, version=lt.latest_version_number
+        ),
         subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC),
     )
-    bare = ec2.CfnLaunchTemplate(stack, "BareLt", launch_template_data=ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(
-        metadata_options=ec2.CfnLaunchTemplate.MetadataOptionsProperty(http_tokens="required")))
+    bare = ec2.CfnLaunchTemplate(
+        stack,
+        "BareLt",
+        launch_template_data=ec2.CfnLaunchTemplate.LaunchTemplateDataProperty(
+            metadata_options=ec2.CfnLaunchTemplate.MetadataOptionsProperty(http_tokens="required")
+        ),
+    )
     cluster.add_nodegroup_capacity(
         "ManagedBare", instance_types=[ec2.InstanceType("c6i.xlarge")],
         launch_template_spec=eks.LaunchTemplateSpec(id=bare.ref, version=bare.attr_latest_version_number),

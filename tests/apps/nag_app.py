@@ -49,7 +49,12 @@ def build(*, tune: bool = True, outdir: Optional[str] = None) -> App:
     user_data = ec2.UserData.for_linux()
     user_data.add_commands("echo 'web server starting'")
     ec2.Instance(
-        stack, "Web", vpc=vpc, instance_type=ec2.InstanceType("t3.micro"), machine_image=image, user_data=user_data
+        stack,
+        "Web",
+        vpc=vpc,
+        instance_type=ec2.InstanceType("t3.micro"),
+        machine_image=image,
+        user_data=user_data,
     )
     template = ec2.LaunchTemplate(stack, "WorkerTemplate", machine_image=image)
     autoscaling.AutoScalingGroup(

@@ -1,4 +1,5 @@
-"""Stages (CDK Pipelines shape): a Stage at the app, a Stage created inside a pipeline-style stack, a nested stack."""
+"""Stages (CDK Pipelines shape): a Stage at the app, a Stage created inside a pipeline-style stack, a nested
+stack."""
 
 import aws_cdk as cdk
 from aws_cdk import aws_ec2 as ec2
@@ -11,10 +12,17 @@ class Service(cdk.Stack):
     def __init__(self, scope: Construct, id: str, instance_type: str) -> None:
         super().__init__(scope, id, env=ENV)
         network = vpc(self)
-        ec2.Instance(self, "Server", vpc=network, instance_type=ec2.InstanceType(instance_type), machine_image=IMAGE)
+        ec2.Instance(
+            self, "Server", vpc=network, instance_type=ec2.InstanceType(instance_type), machine_image=IMAGE
+        )
         nested = cdk.NestedStack(self, "Nested")
-        ec2.LaunchTemplate(nested, "NestedLt", instance_type=ec2.InstanceType("m5.large"), machine_image=IMAGE,
-                           user_data=ec2.UserData.for_linux())
+        ec2.LaunchTemplate(
+            nested,
+            "NestedLt",
+            instance_type=ec2.InstanceType("m5.large"),
+            machine_image=IMAGE,
+            user_data=ec2.UserData.for_linux(),
+        )
 
 
 class ServiceStage(cdk.Stage):

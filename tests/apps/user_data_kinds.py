@@ -17,8 +17,17 @@ def build(app: cdk.App) -> list:
                                                   body="#cloud-config\npackages: [jq]\n"))
     ec2.Instance(stack, "Multipart", vpc=network, instance_type=ec2.InstanceType("t3.small"),
                  machine_image=IMAGE, user_data=mime)
-    ec2.Instance(stack, "CloudConfig", vpc=network, instance_type=ec2.InstanceType("t3.small"), machine_image=IMAGE,
-                 user_data=ec2.UserData.custom("#cloud-config\nruncmd:\n  - [sh, -c, 'echo ${HOME} > /tmp/h']\nwrite_files:\n  - path: /etc/app.conf\n    content: |\n      a=1\n"))
+    ec2.Instance(
+        stack,
+        "CloudConfig",
+        vpc=network,
+        instance_type=ec2.InstanceType("t3.small"),
+        machine_image=IMAGE,
+        user_data=ec2.UserData.custom(
+            "#cloud-config\nruncmd:\n  - [sh, -c, 'echo ${HOME} > /tmp/h']\n"
+            "write_files:\n  - path: /etc/app.conf\n    content: |\n      a=1\n"
+        ),
+    )
     ec2.Instance(
         stack, "WithInit", vpc=network, instance_type=ec2.InstanceType("m5.large"), machine_image=IMAGE,
         init=ec2.CloudFormationInit.from_elements(ec2.InitFile.from_string("/etc/motd", "hello\n")),

@@ -27,19 +27,27 @@ DEBIAN_RULES = (
 )
 RHEL8_RULES = DEBIAN_RULES  # RHEL 8/9 (audit 3.0.7): the same four lines
 RHEL7_RULES = (
-    "# This file contains the auditctl rules that are loaded\n# whenever the audit daemon is started via the initscripts.\n"
+    "# This file contains the auditctl rules that are loaded\n"
+    "# whenever the audit daemon is started via the initscripts.\n"
     "# The rules are simply the parameters that would be passed\n# to auditctl.\n\n"
     "# First rule - delete all\n-D\n\n# Increase the buffers to survive stress events.\n"
-    "# Make this bigger for busy systems\n-b 8192\n\n# Feel free to add below this line. See auditctl man page\n"
+    "# Make this bigger for busy systems\n-b 8192\n\n"
+    "# Feel free to add below this line. See auditctl man page\n"
     "-f 1\n"
 )
-AL2_SEED_RULES = "# First rule - delete all\n-D\n\n# Increase the buffers to survive stress events.\n-b 320\n\n-f 1\n"
+AL2_SEED_RULES = (
+    "# First rule - delete all\n-D\n\n# Increase the buffers to survive stress events.\n-b 320\n\n-f 1\n"
+)
 FEDORA_RULES = (
     "## First rule - delete all\n-D\n\n"
-    "## This suppresses syscall auditing for all tasks started\n## with this rule in effect.  Remove it if you need syscall\n"
+    "## This suppresses syscall auditing for all tasks started\n"
+    "## with this rule in effect.  Remove it if you need syscall\n"
     "## auditing.\n-a task,never\n"
 )
-AL1_RULES = "# First rule - delete all\n-D\n\n# Increase the buffers to survive stress events.\n-b 320\n\n-a never,task\n"
+AL1_RULES = (
+    "# First rule - delete all\n-D\n\n"
+    "# Increase the buffers to survive stress events.\n-b 320\n\n-a never,task\n"
+)
 SUSE_RULES = "-D\n-a task,never\n"
 
 
@@ -79,7 +87,9 @@ _DEBIAN_FAMILY = Layout(
 
 LAYOUTS: dict[str, Layout] = {
     "al2": Layout(rules={"rules.d/audit.rules": AL2_SEED_RULES}, version="2.8", package_manager="yum"),
-    "al2-rhel7-file": Layout(rules={"rules.d/audit.rules": RHEL7_RULES}, version="2.8", package_manager="yum"),
+    "al2-rhel7-file": Layout(
+        rules={"rules.d/audit.rules": RHEL7_RULES}, version="2.8", package_manager="yum"
+    ),
     "al2023-fedora-file": Layout(rules={"rules.d/audit.rules": FEDORA_RULES}),
     "al2023-rhel-file": Layout(rules={"rules.d/audit.rules": RHEL8_RULES}),
     "rhel9": Layout(rules={"rules.d/audit.rules": RHEL8_RULES}),
@@ -152,7 +162,7 @@ def build(root: Path, name: str, **overrides) -> Layout:
         fakes.write_wrapper(root / "usr/sbin/grubby", "grubby")
         entries = root / "boot/loader/entries"
         entries.mkdir(parents=True, exist_ok=True)
-        for n, ver in enumerate(("6.1.0-fixture", "6.1.0-fixture-old")):
+        for ver in ("6.1.0-fixture", "6.1.0-fixture-old"):
             (entries / f"fixture-{ver}.conf").write_text(
                 f"title Fixture ({ver})\nversion {ver}\nlinux /vmlinuz-{ver}\noptions {BOOT_ARGS}\n"
             )
