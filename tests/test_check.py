@@ -519,9 +519,18 @@ def test_report_only_mode_lists_warnings_and_lets_synth_succeed(tmp_path):
 def test_plugin_names_and_rules():
     check = AuditBacklogCheck()
     assert check.name == PLUGIN_NAME
-    assert check.rule_ids == list(RULES) == [
-        "Untuned", "TunedMoreThanOnce", "BelowPolicy", "MalformedBlock", "BlockNotFirst", "BelowComplianceFloor"
-    ]
+    assert (
+        check.rule_ids
+        == list(RULES)
+        == [
+            "Untuned",
+            "TunedMoreThanOnce",
+            "BelowPolicy",
+            "MalformedBlock",
+            "BlockNotFirst",
+            "BelowComplianceFloor",
+        ]
+    )
     with pytest.raises(ValueError, match="policy"):
         AuditBacklogCheck(policy=0.01)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="memory_of"):

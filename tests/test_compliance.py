@@ -12,7 +12,8 @@ from cdk_audit_backlog.user_data import BlockInputs, render_block
 from tests.boot import fixtures as fx
 
 PREFIX = "cdk-audit-backlog: "
-# Type -> (the preset's -b in the rules, the policy's alone): the floor lifts the small, the large keep theirs.
+# Type -> (the preset's -b in the rules, the policy's alone): the floor lifts the small ones, the large keep
+# theirs.
 FIGURES = {
     "t3.nano": (8192, 512),
     "t3.micro": (8192, 1024),
@@ -44,7 +45,9 @@ def test_the_floor_lifts_small_types_and_memory_sizes_the_rest(preset):
         by_type[launch.metadata["instanceType"]] = (launch.tuning.target, settings)
         assert launch.metadata["compliance"] == preset
         assert settings["CAB_KERNEL_CMDLINE"] == "1" and settings["CAB_MIN"] == "8192"
-    assert {t: target for t, (target, _) in by_type.items()} == {t: rules for t, (rules, _) in FIGURES.items()}
+    assert {t: target for t, (target, _) in by_type.items()} == {
+        t: rules for t, (rules, _) in FIGURES.items()
+    }
     for _, settings in by_type.values():
         # The STIG greps for exactly audit_backlog_limit=8192; CIS takes the machine's limit (8192 or more).
         assert settings.get("CAB_CMDLINE_LIMIT") == ("8192" if preset == "stig" else None)
@@ -94,7 +97,10 @@ def test_the_stig_check_wants_exactly_8192_on_the_command_line():
     "kwargs, message",
     [
         ({"compliance": "pci"}, "compliance must be one of 'stig', 'cis' or None, got 'pci'"),
-        ({"compliance": "stig", "backlog_limit": 4096}, "backlog_limit must be at least 8192 with compliance='stig'"),
+        (
+            {"compliance": "stig", "backlog_limit": 4096},
+            "backlog_limit must be at least 8192 with compliance='stig'",
+        ),
         (
             {"compliance": "cis", "policy": BacklogPolicy(maximum=4096)},
             "policy.maximum must be at least 8192 with compliance='cis'",
@@ -116,7 +122,9 @@ def test_the_stig_block_puts_8192_on_the_command_line_and_more_in_the_rules(tmp_
     sandbox = fx.make_sandbox(tmp_path / "sandbox")
     root = tmp_path / "root"
     fx.build(root, "debian12", mem_kib=16 * 1024 * 1024)
-    block = render_block(BlockInputs.for_options(TuningOptions(compliance="stig"), target=None, source="unknown"))
+    block = render_block(
+        BlockInputs.for_options(TuningOptions(compliance="stig"), target=None, source="unknown")
+    )
     r = fx.run_user_data(root, sandbox, "#!/bin/bash\n" + block)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{PREFIX}cmdline: audit_backlog_limit=8192 update-grub" in r.stdout.splitlines(), r.stdout
@@ -134,4 +142,8 @@ def test_apply_to_passes_the_preset_to_the_association():
     (document,) = documents.values()
     (step,) = document["Properties"]["Content"]["mainSteps"]
     commands = step["inputs"]["runCommand"]
-    assert "CAB_MIN=8192" in commands and "CAB_KERNEL_CMDLINE=1" in commands and "CAB_CMDLINE_LIMIT=8192" in commands
+    assert (
+        "CAB_MIN=8192" in commands
+        and "CAB_KERNEL_CMDLINE=1" in commands
+        and "CAB_CMDLINE_LIMIT=8192" in commands
+    )

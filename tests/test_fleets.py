@@ -1,5 +1,5 @@
-"""EC2 Fleet and Spot Fleet: the launch templates they use are tuned for the types they launch, the check holds
-them to the policy of those types, and `impact` says what a deploy does to a fleet."""
+"""EC2 Fleet and Spot Fleet: the launch templates they use are tuned for the types they launch, the check
+holds them to the policy of those types, and `impact` says what a deploy does to a fleet."""
 
 import importlib
 
@@ -50,7 +50,9 @@ def test_a_spot_fleet_config_without_overrides_launches_the_templates_own_type(t
 def test_one_fleet_type_gives_a_fixed_limit():
     app = cdk.App()
     stack = cdk.Stack(app, "One", env=FLEETS.ENV)
-    lt = cdk.aws_ec2.LaunchTemplate(stack, "Lt", machine_image=FLEETS.IMAGE, user_data=cdk.aws_ec2.UserData.for_linux())
+    lt = cdk.aws_ec2.LaunchTemplate(
+        stack, "Lt", machine_image=FLEETS.IMAGE, user_data=cdk.aws_ec2.UserData.for_linux()
+    )
     cdk.aws_ec2.CfnEC2Fleet(
         stack, "Fleet",
         target_capacity_specification=cdk.aws_ec2.CfnEC2Fleet.TargetCapacitySpecificationRequestProperty(
@@ -77,7 +79,10 @@ def test_the_reader_sees_each_fleet_use_with_its_overrides(tuned):
     fleet_lt = next(k for k in resources if k.startswith("FleetLt"))
     spot_lt = next(k for k in resources if k.startswith("SpotLt"))
     (fleet_use,) = launch_template_users(resources, fleet_lt)
-    assert fleet_use.user_type == "AWS::EC2::EC2Fleet" and fleet_use.instance_types == ("m5.large", "r5.4xlarge")
+    assert fleet_use.user_type == "AWS::EC2::EC2Fleet" and fleet_use.instance_types == (
+        "m5.large",
+        "r5.4xlarge",
+    )
     spot_uses = launch_template_users(resources, spot_lt)
     assert [(u.user_type, u.instance_types) for u in spot_uses] == [
         ("AWS::EC2::SpotFleet", None),
@@ -115,9 +120,14 @@ LT_NEW = {"Type": "AWS::EC2::LaunchTemplate", "Properties": {"LaunchTemplateData
 def _fleet(version, kind="AWS::EC2::EC2Fleet", capacity=2):
     config = {"LaunchTemplateSpecification": {"LaunchTemplateId": {"Ref": "Lt"}, "Version": version}}
     if kind == "AWS::EC2::SpotFleet":
-        props = {"SpotFleetRequestConfigData": {"TargetCapacity": capacity, "LaunchTemplateConfigs": [config]}}
+        props = {
+            "SpotFleetRequestConfigData": {"TargetCapacity": capacity, "LaunchTemplateConfigs": [config]}
+        }
     else:
-        props = {"TargetCapacitySpecification": {"TotalTargetCapacity": capacity}, "LaunchTemplateConfigs": [config]}
+        props = {
+            "TargetCapacitySpecification": {"TotalTargetCapacity": capacity},
+            "LaunchTemplateConfigs": [config],
+        }
     return {"Type": kind, "Properties": props}
 
 

@@ -14,9 +14,9 @@ the aspect nearest to the resource wins; the instance type (or the types of the 
 groups that use a launch template) gives the memory, the policy gives the limit (:mod:`.launch_decision`), and
 :mod:`.splice` puts the rendered block into the user data the user's code produced. Launches that cannot be
 tuned safely (Windows, Bottlerocket, user data behind a token) keep their user data byte for byte, get
-``{"skipped": reason}`` Metadata and a warning with a stable id. Where the plain block would take the user data
-over EC2's 16 KB, the compact block goes in; user data over 16 KB even so fails synth (a validation on that
-resource only), naming every way out.
+``{"skipped": reason}`` Metadata and a warning with a stable id. Where the plain block would take the user
+data over EC2's 16 KB, the compact block goes in; user data over 16 KB even so fails synth (a validation on
+that resource only), naming every way out.
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ which CDK applies to the resource it is called on and to everything beneath it):
     group passes whenever its policy is at least the check's: each machine computes its own limit).
 ``MalformedBlock``
     a block whose ``CAB_TARGET`` line is missing or unreadable, or a compact block whose body does not decode
-    (Base64 of gzip of text): it would run nothing at boot. A compact block is otherwise checked as a plain one
-    (its ``CAB_*`` lines and markers are plain text).
+    (Base64 of gzip of text): it would run nothing at boot. A compact block is otherwise checked as a plain
+    one (its ``CAB_*`` lines and markers are plain text).
 ``BlockNotFirst``
     the block does not directly follow the ``#!`` line of its script (or MIME part): lines before it, such
     as an ``exit 0`` or a failing command under ``set -e``, can stop the script before it runs.

@@ -1,4 +1,4 @@
-"""Compliance presets: the audit backlog floor a hardening benchmark demands, with memory-aware sizing above it.
+"""Compliance presets: the audit backlog floor a hardening benchmark demands, memory-aware sizing above it.
 
 The benchmarks check the kernel command line of every installed kernel:
 
@@ -9,9 +9,10 @@ The benchmarks check the kernel command line of every installed kernel:
   and RHEL numbering of their time; the number moves between benchmarks and versions) want
   ``audit_backlog_limit=`` on the command line with 8192 or more.
 
-A preset keeps this library's sizing and raises it: the policy's minimum becomes the floor, so the audit rules'
-``-b`` is the floor or the policy's limit for the machine's memory, whichever is larger (an r5.4xlarge still gets
-131072), and the kernel command line is set too: to the floor exactly for the STIG, to the limit for CIS.
+A preset keeps this library's sizing and raises it: the policy's minimum becomes the floor, so the audit
+rules' ``-b`` is the floor or the policy's limit for the machine's memory, whichever is larger (an r5.4xlarge
+still gets 131072), and the kernel command line is set too: to the floor exactly for the STIG, to the limit
+for CIS.
 """
 
 from __future__ import annotations

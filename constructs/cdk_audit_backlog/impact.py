@@ -271,7 +271,9 @@ def _fleet_update(
         effect = "running instances keep their launch settings; instances it launches from now on boot tuned"
         return Impact(stack, lid, kind, "updated", effect, properties=shown)
     if props:
-        return Impact(stack, lid, kind, "updated", "updated in place; running instances unchanged", properties=shown)
+        return Impact(
+            stack, lid, kind, "updated", "updated in place; running instances unchanged", properties=shown
+        )
     return Impact(stack, lid, kind, "unchanged", "nothing happens")
 
 

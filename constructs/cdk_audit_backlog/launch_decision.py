@@ -143,7 +143,9 @@ def decide(launch: Launch, aspect: AspectSettings) -> LaunchDecision:
                 )
     except Unsupported as e:
         return _skipped(launch, str(e))
-    found = _warnings(running.warning if running is not None else None, _floor_warning(launch, options, sizing))
+    found = _warnings(
+        running.warning if running is not None else None, _floor_warning(launch, options, sizing)
+    )
     return LaunchDecision(metadata, new_user_data, found, ways_out=ways)
 
 
@@ -172,8 +174,8 @@ def _floor_warning(launch: Launch, options: TuningOptions, sizing: "TypeSizing")
     worst = preset.floor * MAX_AUDIT_MESSAGE_LENGTH / (1024 * 1024)
     return (
         "cdk-audit-backlog:compliance-floor-memory",
-        f"cdk-audit-backlog: {launch.resource.node.path}: the {preset.name} floor of {preset.floor} buffers can "
-        f"take {worst:.0f} MiB of a {smallest} MiB machine ({share:.1%}) when the audit queue is full, more "
+        f"cdk-audit-backlog: {launch.resource.node.path}: the {preset.name} floor of {preset.floor} buffers "
+        f"can take {worst:.0f} MiB of a {smallest} MiB machine ({share:.1%}) when the audit queue is full, more "
         f"than sizing from memory would allow; the benchmark demands it.",
     )
 

@@ -309,9 +309,9 @@ def fleet_configs(kind: str, props: Any, read: Callable[[Any, str], Any]) -> Lis
 
 
 def consumer_uses(consumer: Group, template_id: str) -> List[List[Any]]:
-    """How a group launches from the launch template ``template_id`` (a logical id): one list of instance types
-    per use, an empty list where the use launches the template's own type. A non-string entry means "not known
-    at synth time" (InstanceRequirements: attribute-based selection, so auto)."""
+    """How a group launches from the launch template ``template_id`` (a logical id): one list of instance
+    types per use, an empty list where the use launches the template's own type. A non-string entry means "not
+    known at synth time" (InstanceRequirements: attribute-based selection, so auto)."""
     kind = consumer.cfn_resource_type
     if kind == "AWS::EKS::Nodegroup":
         types = get(consumer.props, "InstanceTypes")
@@ -322,7 +322,9 @@ def consumer_uses(consumer: Group, template_id: str) -> List[List[Any]]:
             ref = get(get(config, "LaunchTemplateSpecification"), "LaunchTemplateId")
             if isinstance(ref, dict) and ref.get("Ref") == template_id:
                 overrides = get(config, "Overrides")
-                uses.append([get(o, "InstanceType") for o in overrides] if isinstance(overrides, list) else [])
+                uses.append(
+                    [get(o, "InstanceType") for o in overrides] if isinstance(overrides, list) else []
+                )
         return uses
     mixed = get(consumer.props, "MixedInstancesPolicy")
     overrides = get(get(mixed, "LaunchTemplate"), "Overrides")

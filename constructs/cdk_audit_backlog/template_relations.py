@@ -62,13 +62,16 @@ class LaunchTemplateUse:
 
 def references(value: Any, *, intrinsics: Tuple[str, ...] = ("Ref", "Fn::GetAtt")) -> Set[str]:
     """Logical ids a template value refers to (``Ref``, ``Fn::GetAtt`` in list or dotted form; ``intrinsics``
-    narrows it, e.g. to ``("Fn::GetAtt",)`` for the attributes, such as a launch template's version number)."""
+    narrows it, e.g. to ``("Fn::GetAtt",)`` for the attributes, such as a launch template's version
+    number)."""
     found: Set[str] = set()
     if isinstance(value, dict):
         for k, v in value.items():
             if k == "Ref" and isinstance(v, str) and k in intrinsics:
                 found.add(v)
-            elif k == "Fn::GetAtt" and isinstance(v, list) and v and isinstance(v[0], str) and k in intrinsics:
+            elif (
+                k == "Fn::GetAtt" and isinstance(v, list) and v and isinstance(v[0], str) and k in intrinsics
+            ):
                 found.add(v[0])
             elif k == "Fn::GetAtt" and isinstance(v, str) and k in intrinsics:
                 found.add(v.split(".", 1)[0])

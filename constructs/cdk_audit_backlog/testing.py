@@ -29,7 +29,8 @@ What is decoded:
 The tuning is read only from shell parts: a block counts when a line is exactly the begin marker
 ``# >>> cdk-audit-backlog >>>`` (:data:`BLOCK_BEGIN`); its ``CAB_*`` lines are read up to the end marker.
 A compact block (its body gzip-compressed and Base64-encoded, decoded at boot by ``base64 -d | gzip -dc``)
-keeps its markers and ``CAB_*`` lines plain, so it is read the same way; :attr:`Block.script` decodes its body.
+keeps its markers and ``CAB_*`` lines plain, so it is read the same way; :attr:`Block.script` decodes its
+body.
 """
 
 from __future__ import annotations

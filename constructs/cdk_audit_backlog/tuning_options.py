@@ -52,8 +52,9 @@ class TuningOptions:
         association, pass False).
     :param compliance: a hardening benchmark's floor: ``"stig"`` (DISA STIG: exactly
         ``audit_backlog_limit=8192`` on the kernel command line) or ``"cis"`` (CIS: 8192 or more there). The
-        policy's minimum becomes 8192 (the rules' ``-b`` is 8192 or the policy's limit for the memory, whichever
-        is larger), ``kernel_cmdline`` is turned on, and a fixed ``backlog_limit`` must be at least 8192.
+        policy's minimum becomes 8192 (the rules' ``-b`` is 8192 or the policy's limit for the memory,
+        whichever is larger), ``kernel_cmdline`` is turned on, and a fixed ``backlog_limit`` must be at least
+        8192.
         Default: None (no floor beyond the policy's minimum).
     :param compact_block: the block's form in user data: ``None`` plain, or compact (the same script with its
         body gzip-compressed and Base64-encoded, about a third smaller; its ``CAB_*`` lines and markers stay
@@ -103,7 +104,8 @@ class TuningOptions:
 
     @property
     def kernel_cmdline_limit(self) -> Optional[int]:
-        """A fixed value for the kernel command line (the STIG's exact floor), or None for the machine's limit."""
+        """A fixed value for the kernel command line (the STIG's exact floor), or None for the machine's
+        limit."""
         preset = self.preset
         return preset.floor if preset is not None and preset.cmdline_exact else None
 
