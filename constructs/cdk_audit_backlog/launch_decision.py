@@ -175,8 +175,8 @@ def _floor_warning(launch: Launch, options: TuningOptions, sizing: "TypeSizing")
     return (
         "cdk-audit-backlog:compliance-floor-memory",
         f"cdk-audit-backlog: {launch.resource.node.path}: the {preset.name} floor of {preset.floor} buffers "
-        f"can take {worst:.0f} MiB of a {smallest} MiB machine ({share:.1%}) when the audit queue is full, more "
-        f"than sizing from memory would allow; the benchmark demands it.",
+        f"can take {worst:.0f} MiB of a {smallest} MiB machine ({share:.1%}) when the audit queue is full, "
+        f"more than sizing from memory would allow; the benchmark demands it.",
     )
 
 
