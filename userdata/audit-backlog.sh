@@ -206,7 +206,7 @@ cab_cmdline() {
     if [ -d "${w%/*}" ]; then
       l="GRUB_CMDLINE_LINUX=\"\$GRUB_CMDLINE_LINUX audit_backlog_limit=$n\""
       [ "$(cat "$w" 2>/dev/null)" = "$l" ] || echo "$l" >"$w"
-    elif ! grep -q "^GRUB_CMDLINE_LINUX=.*[\" ]audit_backlog_limit=$n[\" ]" "$g"; then
+    elif ! grep -q "^GRUB_CMDLINE_LINUX=.*[\" ]audit_backlog_limit=${n}[\" ]" "$g"; then
       grep -q '^GRUB_CMDLINE_LINUX=' "$g" || echo 'GRUB_CMDLINE_LINUX=""' >>"$g"
       sed -i -E "/^GRUB_CMDLINE_LINUX=/{s/ ?audit_backlog_limit=[0-9]*//g;s/\"\$/ audit_backlog_limit=$n\"/}" "$g"
     fi
