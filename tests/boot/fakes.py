@@ -370,7 +370,9 @@ def boot(root: Path, cmdline_limit: int | None = None, before_auditd=None) -> di
             if m:
                 k["backlog_limit"] = int(m.group(1))
         (root / "proc").mkdir(parents=True, exist_ok=True)
-        (root / "proc/cmdline").write_text("BOOT_IMAGE=/boot/vmlinuz-6.1.0-fixture " + " ".join(args) + "\n")
+        cmdline = "BOOT_IMAGE=/boot/vmlinuz-6.1.0-fixture " + " ".join(args) + "\n"
+        if not (root / "proc/cmdline").exists() or (root / "proc/cmdline").read_text() != cmdline:
+            (root / "proc/cmdline").write_text(cmdline)  # rewritten only when it changes (tests compare mtimes)
         save_kernel(k)
         if before_auditd is not None:
             before_auditd()
