@@ -462,3 +462,21 @@ def test_systemd_analyze_would_catch_an_ordering_cycle(unit_dir):
     unit.write_text(unit.read_text().replace("DefaultDependencies=no\n", ""))
     r = _verify(unit_dir, "cdk-audit-backlog.service", "auditd.service")
     assert r.returncode != 0 and "ordering cycle" in r.stdout + r.stderr
+
+
+def test_our_own_command_line_value_and_the_unit_agree_on_later_boots(tmp_path, sandbox):
+    """AL2023 (rules without -b) with kernel_cmdline=True: boot 1 writes -b 8192 and audit_backlog_limit=8192.
+    From boot 2 on the command line already carries 8192, the limit the unit computes, so our file needs no
+    -b line (emptied once, then left alone) and the machine stays at 8192; a resize up still raises it."""
+    root = tmp_path / "al2023"
+    fx.build(root, "al2023-fedora-file")
+    run_user_data(root, sandbox, user_data(target=8192, source="m5.large/8192MiB", kernel_cmdline=True))
+    assert our_b(root) == "-b 8192\n"
+    assert "audit_backlog_limit=8192" in fakes.loader_cmdline(root).split()
+    for _ in range(2):
+        k, out = reboot(root, sandbox, GIB_8)
+        assert k["backlog_limit"] == 8192
+        assert said(out)[-1].startswith("backlog_limit 8192 -> 8192 (boot, MemTotal")
+    assert "-b" not in our_b(root)
+    k, _ = reboot(root, sandbox, GIB_64)
+    assert k["backlog_limit"] == 65536 and our_b(root) == "-b 65536\n"
