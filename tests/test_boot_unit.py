@@ -277,6 +277,50 @@ def test_our_own_earlier_value_is_emptied_when_the_distribution_covers_the_new_m
     assert "persist: kept -b 8192" in said(out)
 
 
+def _stig_debian(root: Path) -> None:
+    """Debian 12 as the issue found it on a real kernel: rules without -b, and audit_backlog_limit=8192 on
+    the kernel command line (here in GRUB_CMDLINE_LINUX and grub.cfg, as the STIG/CIS fix puts it)."""
+    fx.build(root, "debian12", mem_kib=GIB_1)
+    fx.remove_rules_b(root)
+    fx.add_loader_arg(root, "audit_backlog_limit=8192")
+    assert fakes.boot(root)["backlog_limit"] == 8192
+    fx.clear_calls(root)
+
+
+def test_a_command_line_limit_is_kept_by_the_block_and_by_the_unit_on_every_boot(tmp_path, sandbox):
+    """The t3.micro block (1024) on that machine: kept 8192, no -b 1024 in our file, and the unit's next
+    boots say 8192 -> 8192 (0.1.x: -b 1024 written, and the unit reported 8192 -> 1024)."""
+    root = tmp_path / "debian12"
+    _stig_debian(root)
+    r = run_user_data(root, sandbox, user_data(target=1024, source="t3.micro/1024MiB"))
+    assert "persist: kept -b 8192" in said(r.stdout)
+    assert said(r.stdout)[-1] == "backlog_limit 8192 -> 8192 (t3.micro/1024MiB; method none; lost 0)"
+    assert "-b" not in our_b(root)
+    for _ in range(2):
+        k, out = reboot(root, sandbox, GIB_1)
+        assert k["backlog_limit"] == 8192
+        assert said(out) == [
+            f"target 1024 (boot, MemTotal {GIB_1} kB)",
+            "persist: kept -b 8192",
+            f"backlog_limit 8192 -> 8192 (boot, MemTotal {GIB_1} kB; method none; lost 0)",
+        ]
+        assert "-b" not in our_b(root)
+    # a resize above it still raises: the unit writes 65536, which the rules load after the command line's
+    k, out = reboot(root, sandbox, GIB_64)
+    assert k["backlog_limit"] == 65536 and our_b(root) == "-b 65536\n"
+
+
+def test_install_mode_unit_keeps_a_command_line_limit(tmp_path, sandbox):
+    """The image-build path: `install` only, then the unit on the first boot of that image."""
+    root = tmp_path / "debian12"
+    _stig_debian(root)
+    r = fx.run_script(root, sandbox, target="auto", args=("install",))
+    assert r.returncode == 0, r.stdout + r.stderr
+    k, out = reboot(root, sandbox, GIB_1)
+    assert k["backlog_limit"] == 8192 and "persist: kept -b 8192" in said(out)
+    assert said(out)[-1].startswith("backlog_limit 8192 -> 8192 (boot, MemTotal")
+
+
 def test_allow_lower_lets_the_unit_lower_the_distributions_limit(tmp_path, sandbox):
     root = tmp_path / "debian12"
     fx.build(root, "debian12")
@@ -423,3 +467,21 @@ def test_systemd_analyze_would_catch_an_ordering_cycle(unit_dir):
     unit.write_text(unit.read_text().replace("DefaultDependencies=no\n", ""))
     r = _verify(unit_dir, "cdk-audit-backlog.service", "auditd.service")
     assert r.returncode != 0 and "ordering cycle" in r.stdout + r.stderr
+
+
+def test_our_own_command_line_value_and_the_unit_agree_on_later_boots(tmp_path, sandbox):
+    """AL2023 (rules without -b) with kernel_cmdline=True: boot 1 writes -b 8192 and audit_backlog_limit=8192.
+    From boot 2 on the command line already carries 8192, the limit the unit computes, so our file needs no
+    -b line (emptied once, then left alone) and the machine stays at 8192; a resize up still raises it."""
+    root = tmp_path / "al2023"
+    fx.build(root, "al2023-fedora-file")
+    run_user_data(root, sandbox, user_data(target=8192, source="m5.large/8192MiB", kernel_cmdline=True))
+    assert our_b(root) == "-b 8192\n"
+    assert "audit_backlog_limit=8192" in fakes.loader_cmdline(root).split()
+    for _ in range(2):
+        k, out = reboot(root, sandbox, GIB_8)
+        assert k["backlog_limit"] == 8192
+        assert said(out)[-1].startswith("backlog_limit 8192 -> 8192 (boot, MemTotal")
+    assert "-b" not in our_b(root)
+    k, _ = reboot(root, sandbox, GIB_64)
+    assert k["backlog_limit"] == 65536 and our_b(root) == "-b 65536\n"

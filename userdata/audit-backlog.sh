@@ -42,8 +42,8 @@ CAB_CMDLINE_LIMIT="${CAB_CMDLINE_LIMIT:-}"
 #   R filesystem root (fixtures; empty on instances); E audit config dir; S this script's own file (empty
 #   when bash reads it from stdin); V the boot unit's inputs (its env file).
 #   Set by st: en enabled, lo lost, bw backlog_wait_time, bl backlog_limit (the kernel's, from auditctl -s).
-#   Set by lay: a layout (1 augenrules, 0 audit.rules), f the rules file we persist in, p the -b the next
-#   boot's rules load, as last measured.
+#   Set by lay: a layout (1 augenrules, 0 audit.rules), f the rules file we persist in, p the limit the
+#   next boot runs with, as last measured: the -b its rules load, else the kernel command line's (see cl).
 #   Set by cab_main: mo mode (apply, boot, install); t target; s source; kib MemTotal in kB; pm package
 #   manager and pkg package (install); w wait time; m method; c the rules need our -b; k the content of f
 #   now, x its new content; ok persisted; ch changed a file; d limit the rules load; n limit the kernel
@@ -108,8 +108,9 @@ mb() {
 
 # lay: the layout. a=1 and f=our own rules.d file where auditd's start merges rules.d (augenrules:
 # systemd units, or SysV with USE_AUGENRULES=yes); else a=0 and f=/etc/audit/audit.rules, which auditd
-# loads as it is (Amazon Linux 1). p: the -b the next boot loads without what we are about to write
-# (augenrules: what the other rules.d files load; cab_main measures the whole merge again after writing).
+# loads as it is (Amazon Linux 1). p: the limit the next boot runs with without what we are about to write
+# (augenrules: what the other rules.d files load, else the command line's; cab_main measures again after
+# writing).
 lay() {
   a=0 f=$E/audit.rules
   if [ -d "$E/rules.d" ] && has augenrules && { [ -d "$R/run/systemd/system" ] || grep -qsi '^USE_AUGENRULES="\?y' "$R"/etc/{sysconfig,default}/auditd; }; then
@@ -120,6 +121,13 @@ lay() {
   else
     p=$(lb "$f") || p=
   fi
+  cl
+}
+
+# cl: where no rules set -b, p is the kernel command line's audit_backlog_limit= (the kernel keeps the
+# last one): the limit the kernel starts with and keeps, so the limit the machine runs without us.
+cl() {
+  [ -n "$p" ] || p=$(tr ' ' '\n' <"$R/proc/cmdline" | sed -nE 's/^audit_backlog_limit=([0-9]+)$/-b \1/p' | lb) || :
 }
 
 # kv KEY VALUE: stdin to stdout with "KEY VALUE" on top (so before any -e line) and without the
@@ -166,27 +174,50 @@ wr() {
 # @@CAB_ENDIF@@
 
 # @@CAB_IF cmdline@@
-# cab_cmdline N: audit_backlog_limit=N on the command line of every installed kernel, once. arg: that
-# argument; grub: GRUB's defaults file; how: the tool that set it, failed, why not, or empty (already set);
-# lacking: grubby's args= lines without it.
+# gv: the audit_backlog_limit= each kernel gets at the next boot (the last one on its line, or -), one line
+# per kernel: grubby's args= lines, else the linux lines of the grub.cfg GRUB regenerated.
+gv() {
+  { if has grubby; then timeout 60 grubby --info=ALL | grep '^args='; else grep -sh '^[[:space:]]*linux' "$R"/boot/grub*/grub.cfg; fi || :; } | tr -d '"' | awk '{v="-";for(i=1;i<=NF;i++)if($i~/^audit_backlog_limit=[0-9]+$/)v=substr($i,21);print v}'
+}
+
+# gk N: every kernel of the next boot gets N (and there is one).
+gk() {
+  gv | awk -v n="$1" '$1!=n{e=1}END{exit e||!NR}'
+}
+
+# cab_cmdline N: audit_backlog_limit=N on the command line of every installed kernel, once, where the next
+# boot reads it: grubby where present (BLS); else our own drop-in, which sorts last in /etc/default/grub.d
+# (read after /etc/default/grub, whose settings a cloud image's drop-in can set again), or /etc/default/grub
+# itself (a GRUB_CMDLINE_LINUX line added if it has none). A larger value already there (0: no limit) is
+# kept unless allow_lower. Then it reads back what the next boot gets: "not applied" when that is not N.
+# n: the value; g: GRUB's defaults file; w: our drop-in, l its line; was: both before; how: the tool that set it,
+# failed, why not, or empty (already set).
 cab_cmdline() {
-  local arg=audit_backlog_limit=$1 grub=$R/etc/default/grub how="no grubby or grub" lacking
+  local n g=$R/etc/default/grub w=$R/etc/default/grub.d/zz-cdk-audit-backlog.cfg was l how="no grubby or grub"
+  n=$(gv | awk -v n="$1" -v a="$CAB_ALLOW_LOWER" '$1!="-"&&!a&&n&&(!$1||$1>n){n=$1}END{print n}')
   if has grubby; then
     how=
-    lacking=$(timeout 60 grubby --info=ALL | grep '^args=' | grep -v "[\" ]${arg}[\" ]") || :
-    if [ -n "$lacking" ]; then
+    if ! gk "$n"; then
       how=grubby
-      q 120 grubby --update-kernel=ALL --args="$arg" || how=failed
+      q 120 grubby --update-kernel=ALL --args="audit_backlog_limit=$n" || how=failed
     fi
-  elif [ -f "$grub" ]; then
+  elif [ -f "$g" ]; then
     how=
-    if ! grep -q "^GRUB_CMDLINE_LINUX=.*[\" ]${arg}[\" ]" "$grub"; then
-      sed -i -E "/^GRUB_CMDLINE_LINUX=/{s/ ?audit_backlog_limit=[0-9]*//g;s/\"\$/ $arg\"/}" "$grub"
+    was=$(cat "$g" "$w" 2>/dev/null) || :
+    if [ -d "${w%/*}" ]; then
+      l="GRUB_CMDLINE_LINUX=\"\$GRUB_CMDLINE_LINUX audit_backlog_limit=$n\""
+      [ "$(cat "$w" 2>/dev/null)" = "$l" ] || echo "$l" >"$w"
+    elif ! grep -q "^GRUB_CMDLINE_LINUX=.*[\" ]audit_backlog_limit=${n}[\" ]" "$g"; then
+      grep -q '^GRUB_CMDLINE_LINUX=' "$g" || echo 'GRUB_CMDLINE_LINUX=""' >>"$g"
+      sed -i -E "/^GRUB_CMDLINE_LINUX=/{s/ ?audit_backlog_limit=[0-9]*//g;s/\"\$/ audit_backlog_limit=$n\"/}" "$g"
+    fi
+    if [ "$was" != "$(cat "$g" "$w" 2>/dev/null)" ] || ! gk "$n"; then
       how=update-grub
       if has $how; then q 300 $how; else how=grub2-mkconfig; q 300 $how -o "$R/boot/grub2/grub.cfg"; fi || how=failed
     fi
   fi
-  say "cmdline: $arg ${how:-already set}"
+  [ "${how:0:1}" = n ] || gk "$n" || how="${how:-already set}, not applied"
+  say "cmdline: audit_backlog_limit=$n ${how:-already set}"
 }
 # @@CAB_ENDIF@@
 
@@ -281,6 +312,7 @@ cab_main() {
     if [ $a = 1 ]; then
       [ $ch = 0 ] || [ "$en" = 2 ] || q 60 augenrules || say "augenrules failed"
       p=$(mb)
+      cl
       if [ $ok = yes ] && [ "$p" != "$d" ]; then
         ok=no
         say "persist: rules load -b ${p:-none}"

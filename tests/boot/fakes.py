@@ -339,16 +339,48 @@ def start_audit_units() -> int:
     return start_auditd()
 
 
+BOOT_ARGS = "root=UUID=0000 ro console=tty0 console=ttyS0,115200n8"
+
+
+def loader_cmdline(root: Path) -> str:
+    """The command line the boot loader gives the default kernel: the first BLS entry's options (grubby),
+    else the first ``linux`` line of the generated grub.cfg, else the fixture's plain arguments."""
+    entries = sorted((root / "boot/loader/entries").glob("*.conf"))
+    if entries:
+        for line in entries[0].read_text().splitlines():
+            if line.startswith("options "):
+                return line.split(" ", 1)[1]
+    for cfg in (root / "boot/grub/grub.cfg", root / "boot/grub2/grub.cfg"):
+        if cfg.exists():
+            for line in cfg.read_text().splitlines():
+                if line.strip().startswith("linux"):
+                    return " ".join(line.split()[2:])
+    return BOOT_ARGS
+
+
 def boot(root: Path, cmdline_limit: int | None = None, before_auditd=None) -> dict:
     """Emulate a boot of the fixture: fresh kernel state, then ``before_auditd()`` if given (units ordered
-    before auditd, e.g. the boot unit), then auditd's start; returns the kernel state."""
+    before auditd, e.g. the boot unit), then auditd's start; returns the kernel state.
+
+    The kernel command line (``proc/cmdline``) is the boot loader's (``loader_cmdline``), with
+    ``audit_backlog_limit=cmdline_limit`` appended when given (as typed at the boot prompt, or a qemu
+    ``-append``); the kernel starts with the last ``audit_backlog_limit=`` on it (else its default, 64)."""
     global ROOT, FAKE
     saved = ROOT, FAKE
     ROOT, FAKE = root, root / ".fake"
     try:
         k = dict(KERNEL_DEFAULTS, rules=[])
+        args = loader_cmdline(root).split()
         if cmdline_limit is not None:
-            k["backlog_limit"] = cmdline_limit
+            args.append(f"audit_backlog_limit={cmdline_limit}")
+        for arg in args:
+            m = re.fullmatch(r"audit_backlog_limit=([0-9]+)", arg)
+            if m:
+                k["backlog_limit"] = int(m.group(1))
+        (root / "proc").mkdir(parents=True, exist_ok=True)
+        cmdline = "BOOT_IMAGE=/boot/vmlinuz-6.1.0-fixture " + " ".join(args) + "\n"
+        if not (root / "proc/cmdline").exists() or (root / "proc/cmdline").read_text() != cmdline:
+            (root / "proc/cmdline").write_text(cmdline)  # rewritten only when it changes (tests compare mtimes)
         save_kernel(k)
         if before_auditd is not None:
             before_auditd()
@@ -422,13 +454,16 @@ def grubby(args: list[str]) -> int:
 
 
 def grub_mkconfig(out: Path) -> int:
-    """Writes a grub.cfg whose ``linux`` lines carry GRUB_CMDLINE_LINUX and GRUB_CMDLINE_LINUX_DEFAULT."""
+    """Writes a grub.cfg whose ``linux`` lines carry GRUB_CMDLINE_LINUX and GRUB_CMDLINE_LINUX_DEFAULT (in that
+    order, as grub-mkconfig's 10_linux does), from /etc/default/grub and then /etc/default/grub.d/*.cfg."""
     default = ROOT / "etc/default/grub"
+    # Debian's grub-mkconfig reads /etc/default/grub, then /etc/default/grub.d/*.cfg in glob order.
     r = subprocess.run(
         [
             "bash",
             "-c",
-            '. "$1"; printf "%s\\n%s\\n" "${GRUB_CMDLINE_LINUX:-}" "${GRUB_CMDLINE_LINUX_DEFAULT:-}"',
+            '. "$1"; for x in "$1".d/*.cfg; do if [ -e "$x" ]; then . "$x"; fi; done; '
+            'printf "%s\\n%s\\n" "${GRUB_CMDLINE_LINUX:-}" "${GRUB_CMDLINE_LINUX_DEFAULT:-}"',
             "_",
             str(default),
         ],

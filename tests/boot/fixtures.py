@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field, replace
@@ -116,7 +117,7 @@ LAYOUTS["ubuntu2204-no-auditd"] = replace(LAYOUTS["ubuntu2204"], auditd=False)
 LAYOUTS["ubuntu2404-no-auditd"] = replace(LAYOUTS["ubuntu2404"], auditd=False)
 
 KERNEL = "vmlinuz-6.1.0-fixture"
-BOOT_ARGS = "root=UUID=0000 ro console=tty0 console=ttyS0,115200n8"
+BOOT_ARGS = fakes.BOOT_ARGS
 
 
 def build(root: Path, name: str, **overrides) -> Layout:
@@ -174,6 +175,7 @@ def build(root: Path, name: str, **overrides) -> Layout:
         if layout.boot == "grub":
             fakes.write_wrapper(root / "usr/sbin/update-grub", "update-grub")
         fakes.write_wrapper(root / "usr/sbin/grub2-mkconfig", "grub2-mkconfig")
+        regenerate_grub(root)  # the image's generated grub.cfg, which the next boot reads
     (root / "proc").mkdir(exist_ok=True)
     if layout.mem_kib is not None:
         (root / "proc/meminfo").write_text(
@@ -187,6 +189,38 @@ def build(root: Path, name: str, **overrides) -> Layout:
     if calls.exists():
         calls.unlink()
     return layout
+
+
+def regenerate_grub(root: Path) -> None:
+    """The fixture's own update-grub (Debian family), else grub2-mkconfig -o /boot/grub2/grub.cfg."""
+    env = {"CAB_ROOT": str(root)}
+    if (root / "usr/sbin/update-grub").exists():
+        subprocess.run([str(root / "usr/sbin/update-grub")], env=env, check=True)
+    else:
+        subprocess.run([str(root / "usr/sbin/grub2-mkconfig"), "-o", f"{root}/boot/grub2/grub.cfg"], env=env, check=True)
+
+
+def add_loader_arg(root: Path, arg: str) -> None:
+    """What a hardened image does before we run (e.g. the STIG's fix for audit_backlog_limit): ARG on every
+    kernel's command line with the fixture's own boot tool (``grubby --update-kernel=ALL --args=ARG``, or
+    GRUB_CMDLINE_LINUX in /etc/default/grub and a regenerated grub.cfg). The next ``fakes.boot`` boots with
+    it. The call log is emptied."""
+    if (root / "usr/sbin/grubby").exists():
+        subprocess.run([str(root / "usr/sbin/grubby"), "--update-kernel=ALL", f"--args={arg}"],
+                       env={"CAB_ROOT": str(root)}, check=True)  # fmt: skip
+    else:
+        grub = root / "etc/default/grub"
+        text, n = re.subn(r'^GRUB_CMDLINE_LINUX="', f'GRUB_CMDLINE_LINUX="{arg} ', grub.read_text(), flags=re.M)
+        assert n == 1, text
+        grub.write_text(text)
+        regenerate_grub(root)
+    clear_calls(root)
+
+
+def remove_rules_b(root: Path) -> None:
+    """Rules files without their -b lines (AL2023's and Fedora's shipped rules have none)."""
+    for f in (root / "etc/audit").rglob("*.rules"):
+        f.write_text("".join(line + "\n" for line in f.read_text().splitlines() if not line.strip().startswith("-b")))
 
 
 def set_kernel(root: Path, **values) -> None:
