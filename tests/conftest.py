@@ -91,7 +91,7 @@ def pytest_xdist_make_scheduler(config, log):
 # e2e/vm.py appends one line per qemu run to $E2E_BOOT_LOG; set here, before xdist starts its workers, so
 # every worker writes to the same file.
 if "E2E_BOOT_LOG" not in os.environ and "PYTEST_XDIST_WORKER" not in os.environ:
-    os.environ["E2E_BOOT_LOG"] = os.path.join(tempfile.mkdtemp(prefix="e2e-boots-"), "boots.jsonl")
+    os.environ["E2E_BOOT_LOG"] = os.path.join(tempfile.gettempdir(), f"e2e-boots-{os.getpid()}.jsonl")
 _STARTED = time.monotonic()
 
 
