@@ -18,8 +18,9 @@ Two cache levels under ``.cache/e2e/`` (``E2E_CACHE``; gitignored):
   variant's files (as written on that suite).
 
 Boots never write to these: every boot gets its own qcow2 overlay (``vm.py``). Builds take a lock file
-per suite (``lock-<suite>``): ``make test`` boots from two pytest-xdist workers at once, and two processes must
-not build (or replace) the same tree or image side by side; a process that waited finds the other's result.
+per suite (``lock-<suite>``): ``make test`` boots from two pytest-xdist workers at once, and two processes
+must not build (or replace) the same tree or image side by side; a process that waited finds the other's
+result.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ def dummy_aws(monkeypatch):
         monkeypatch.delenv(k, raising=False)
 
 
-# -- Scheduling for `make test` (pytest-xdist, -n 3 --dist loadscope) -----------------------------------------
+# -- Scheduling for `make test` (pytest-xdist, -n 3 --dist loadscope) ----------------------------------------
 #
 # The qemu boots go in two groups of about equal boot time, each group on a worker of its own, handed out
 # before anything else: two guests boot at a time from the start of the run. Every other module is a unit of
@@ -87,7 +87,7 @@ def pytest_xdist_make_scheduler(config, log):
     return BootGroupsFirst(config, log)
 
 
-# -- The boots of this run, counted for the CI log ------------------------------------------------------------
+# -- The boots of this run, counted for the CI log -----------------------------------------------------------
 # e2e/vm.py appends one line per qemu run to $E2E_BOOT_LOG; set here, before xdist starts its workers, so
 # every worker writes to the same file.
 if "E2E_BOOT_LOG" not in os.environ and "PYTEST_XDIST_WORKER" not in os.environ:

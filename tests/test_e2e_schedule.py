@@ -1,6 +1,6 @@
-"""How `make test` hands the tests to its pytest-xdist workers (tests/conftest.py): each module-scoped boot, or
-chain of boots on one disk, stays in one boot group (a worker boots its own copy of a fixture), the two groups
-split the boots, and every other module is a unit of its own. No VM is booted here."""
+"""How `make test` hands the tests to its pytest-xdist workers (tests/conftest.py): each module-scoped
+boot, or chain of boots on one disk, stays in one boot group (a worker boots its own copy of a fixture),
+the two groups split the boots, and every other module is a unit of its own. No VM is booted here."""
 
 from __future__ import annotations
 
@@ -42,11 +42,13 @@ def test_carriers_split_between_the_groups_by_fixture():
 
 
 def test_the_mixed_group_boots_with_the_bookworm_scenarios():
-    assert conftest.schedule_unit("tests/test_e2e_scenarios.py::test_mixed_group_each_machine_sizes_itself_from_its_memtotal") == "boots-1"
+    mixed = "tests/test_e2e_scenarios.py::test_mixed_group_each_machine_sizes_itself_from_its_memtotal"
+    assert conftest.schedule_unit(mixed) == "boots-1"
 
 
 def test_other_modules_are_units_of_their_own():
-    assert conftest.schedule_unit("tests/test_policy.py::test_documented_examples[512-512]") == "tests/test_policy.py"
+    policy = "tests/test_policy.py::test_documented_examples[512-512]"
+    assert conftest.schedule_unit(policy) == "tests/test_policy.py"
     assert conftest.schedule_unit("tests/test_e2e_vm.py::test_x") == "tests/test_e2e_vm.py"
     for module in conftest.BOOT_MODULES:
         assert (TESTS / module).exists(), module
