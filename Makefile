@@ -36,8 +36,12 @@ synth: setup
 demo: setup
 	$(PY) scripts/demo.py
 
+# pytest-xdist: the qemu boots in two groups of their own (two guests at a time, from the start of the run),
+# every other test module on the third worker and on the boot workers once their boots are done (see
+# tests/conftest.py and the README's "what each boot proves"). TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 3
 test: setup debian-packages boot-tools
-	$(PY) -m pytest
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
 
 # Real Debian 12 augenrules, gawk and busybox awk for tests/test_boot_script.py, unpacked, not installed.
 boot-tools: .cache/boot-tools/.stamp

@@ -17,11 +17,16 @@ Two cache levels under ``.cache/e2e/`` (``E2E_CACHE``; gitignored):
   tree with the guest reporter installed and a layout variant applied. Its key adds the guest files and the
   variant's files (as written on that suite).
 
-Boots never write to these: every boot gets its own qcow2 overlay (``vm.py``).
+Boots never write to these: every boot gets its own qcow2 overlay (``vm.py``). Builds take a lock file
+per suite (``lock-<suite>``): ``make test`` boots from two pytest-xdist workers at once, and two processes
+must not build (or replace) the same tree or image side by side; a process that waited finds the other's
+result.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -31,7 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 GUEST = Path(__file__).resolve().parent / "guest"
@@ -163,11 +168,31 @@ def drop_old_bases(suite: str, keep: Path) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _cache_lock(suite: str) -> Iterator[None]:
+    """One builder of the suite's tree and images at a time across processes (pytest-xdist workers, a
+    ``make storm`` beside ``make test``); the other suite builds meanwhile."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"lock-{suite}", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def build_base(suite: str = DEFAULT_SUITE, timings: Optional[Dict[str, float]] = None) -> Path:
     """The suite's bootstrapped tree with kernel and initrd beside it; built once per key."""
     key = base_key(suite)
+    if (CACHE / f"base-{key}" / "done").exists():
+        return CACHE / f"base-{key}"
+    with _cache_lock(suite):
+        return _build_base(suite, key, timings)
+
+
+def _build_base(suite: str, key: str, timings: Optional[Dict[str, float]]) -> Path:
     base = CACHE / f"base-{key}"
-    if (base / "done").exists():
+    if (base / "done").exists():  # another process built it while this one waited for the lock
         return base
     if os.geteuid() != 0:
         raise RuntimeError("building the e2e image needs root (mmdebstrap writes a root-owned tree)")
@@ -219,6 +244,7 @@ def _guest_files() -> Tuple[Tuple[str, int, bytes], ...]:
         ("usr/local/sbin/e2e-storm", 0o755, (GUEST / "e2e-storm.sh").read_bytes()),
         ("etc/systemd/system/e2e-guest.service", 0o644, (GUEST / "e2e-guest.service").read_bytes()),
         ("etc/systemd/system/e2e-early.service", 0o644, (GUEST / "e2e-early.service").read_bytes()),
+        ("etc/cloud/cloud.cfg.d/91-e2e-modules.cfg", 0o644, (GUEST / "91-e2e-modules.cfg").read_bytes()),
     )
 
 
@@ -230,6 +256,15 @@ def build_image(variant: Variant = DEBIAN, suite: str = DEFAULT_SUITE) -> Image:
     key = _sha(base.name.encode(), variant.key_material().encode(), *[p.encode() + c for p, _, c in guest])
     disk = base / f"img-{variant.name}-{key}.raw"
     if not disk.exists():
+        with _cache_lock(suite):
+            _build_disk(base, variant, guest, disk, timings)
+    return Image(kernel=base / "vmlinuz", initrd=base / "initrd.img", disk=disk, variant=variant, suite=suite,
+                 timings=timings)
+
+
+def _build_disk(base: Path, variant: Variant, guest: Tuple[Tuple[str, int, bytes], ...], disk: Path,
+                timings: Dict[str, float]) -> None:
+    if not disk.exists():  # another process may have built it while this one waited for the lock
         started = time.monotonic()
         work = Path(tempfile.mkdtemp(prefix=f"img-{variant.name}.", dir=base))
         try:
@@ -256,8 +291,6 @@ def build_image(variant: Variant = DEBIAN, suite: str = DEFAULT_SUITE) -> Image:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         timings["image_build_s"] = time.monotonic() - started
-    return Image(kernel=base / "vmlinuz", initrd=base / "initrd.img", disk=disk, variant=variant, suite=suite,
-                 timings=timings)
 
 
 def _write(path: Path, mode: int, content: bytes) -> None:

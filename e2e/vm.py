@@ -5,6 +5,8 @@ boot the same disk), a seed made by ``cloud-localds``, ``-nic none``, ``timeout`
 serial console read line by line with a host timestamp into a log file. Results are parsed from lines the
 guest reporter prints (``E2E-RESULT boot=N key=value``, ``E2E-STORM ...``, ``E2E-MEM ...``).
 
+``E2E_TIMEOUT_FACTOR`` (default 1) multiplies every run's time-out, for a machine shared with other work.
+
 Acceleration is TCG (``-accel tcg,thread=multi``): on these machines ``/dev/kvm`` is a software
 virtualization driver that cannot run nested guests (see FACTS "VM testing"). ``E2E_ACCEL=kvm`` overrides.
 """
@@ -136,16 +138,33 @@ def boot(
     same disk and seed: under TCG, kernel 6.12 has crashed that early (an int3 Oops in sched_clock_cpu while
     code was being patched) in about one boot of twenty. Twice, or any later panic, fails the run.
     """
+    timeout_s = int(timeout_s * float(os.environ.get("E2E_TIMEOUT_FACTOR", "1")))
     try:
-        return _boot_once(image, name=name, workdir=workdir, user_data=user_data, instance_id=instance_id,
-                          overlay=overlay, memory_mib=memory_mib, smp=smp, append=append,
-                          extra_append=extra_append, timeout_s=timeout_s)
+        run = _boot_once(image, name=name, workdir=workdir, user_data=user_data, instance_id=instance_id,
+                         overlay=overlay, memory_mib=memory_mib, smp=smp, append=append,
+                         extra_append=extra_append, timeout_s=timeout_s)
     except EarlyKernelCrash as crash:
         print(f"e2e: {name}: {crash}; booting once more", flush=True)
         os.replace(crash.log, crash.log.with_suffix(".crashed.log"))
-        return _boot_once(image, name=name, workdir=workdir, user_data=user_data, instance_id=instance_id,
-                          overlay=crash.overlay, memory_mib=memory_mib, smp=smp, append=append,
-                          extra_append=extra_append, timeout_s=timeout_s, retry=False)
+        run = _boot_once(image, name=name, workdir=workdir, user_data=user_data, instance_id=instance_id,
+                         overlay=crash.overlay, memory_mib=memory_mib, smp=smp, append=append,
+                         extra_append=extra_append, timeout_s=timeout_s, retry=False)
+    _log_run(run, image)
+    return run
+
+
+def _log_run(run: Run, image: Image) -> None:
+    """One JSON line per qemu run to ``$E2E_BOOT_LOG`` when set (tests/conftest.py counts the boots of a
+    ``make test`` with it)."""
+    path = os.environ.get("E2E_BOOT_LOG")
+    if not path:
+        return
+    import json
+
+    line = {"run": run.name, "suite": image.suite, "variant": image.variant.name, "boots": len(run.boots),
+            "seconds": round(run.elapsed_s, 1), "pid": os.getpid()}
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def _boot_once(
