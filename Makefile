@@ -10,7 +10,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # cdk.json runs `python3 app.py`: the venv's python3 must come first.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup demo synth test test-fast storm bench dist clean
+.PHONY: setup demo synth test test-fast lint storm bench dist clean
 
 setup: $(VENV_STAMP) $(NODE_STAMP)
 
@@ -40,7 +40,11 @@ demo: setup
 # every other test module on the third worker and on the boot workers once their boots are done (see
 # tests/conftest.py and the README's "what each boot proves"). TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 3
-test: setup debian-packages boot-tools
+# ruff (pycodestyle, pyflakes, bugbear; configured in pyproject.toml) over the whole repository.
+lint: setup
+	.venv/bin/ruff check .
+
+test: setup lint debian-packages boot-tools
 	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
 
 # Real Debian 12 augenrules, gawk and busybox awk for tests/test_boot_script.py, unpacked, not installed.

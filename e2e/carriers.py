@@ -1,4 +1,5 @@
-"""e2e scenarios for the carriers that are not CDK user data (``python -m e2e.carriers [--suite S] [name ...]``).
+"""e2e scenarios for the carriers that are not CDK user data (``python -m e2e.carriers [--suite S] [name
+...]``).
 
 - ``karpenter``: the AL2023 node class's ``userData`` as the node receives it after Karpenter's merge
   (Karpenter's NodeConfig part first, then the parts of our document), booted on the AL2-like image
@@ -89,7 +90,11 @@ def phase_script(document: dict, phases: tuple, parameters: Optional[Dict[str, s
     stopping the phase on failure. Contents travel as Base64, so nothing in them is shell-interpreted."""
     import base64
 
-    values = {name: spec.get("default", "") for entry in document.get("parameters", []) for name, spec in entry.items()}
+    values = {
+        name: spec.get("default", "")
+        for entry in document.get("parameters", [])
+        for name, spec in entry.items()
+    }
     values.update(parameters or {})
 
     def substitute(text: str) -> str:
@@ -110,8 +115,10 @@ def phase_script(document: dict, phases: tuple, parameters: Optional[Dict[str, s
             elif step["action"] == "ExecuteBash":
                 for command in step["inputs"]["commands"]:
                     b64 = base64.b64encode(substitute(command).encode()).decode()
-                    lines.append(f"echo {b64} | base64 -d >/run/e2e-step.sh; bash /run/e2e-step.sh ||"
-                                 f" {{ echo 'E2E-USER step failed: {phase['name']}/{step['name']}'; exit 1; }}")
+                    lines.append(
+                        f"echo {b64} | base64 -d >/run/e2e-step.sh; bash /run/e2e-step.sh ||"
+                        f" {{ echo 'E2E-USER step failed: {phase['name']}/{step['name']}'; exit 1; }}"
+                    )
             else:
                 raise ValueError(f"no stand-in for action {step['action']}")
     lines.append("echo 'E2E-USER phases done'")

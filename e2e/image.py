@@ -63,7 +63,8 @@ IMAGE_SIZE = "2G"
 
 @dataclass(frozen=True)
 class Variant:
-    """A layout change on top of the Debian image: files to write (path -> (mode, content)), files to remove."""
+    """A layout change on top of the Debian image: files to write (path -> (mode, content)), files to
+    remove."""
 
     name: str
     files: Tuple[Tuple[str, int, str], ...] = ()
@@ -78,12 +79,18 @@ DEBIAN = Variant("debian", description="Debian 12 as shipped (rules.d/audit.rule
 
 # Amazon Linux 2 as in the seed article: rules.d/audit.rules with -b 320 (no wait-time line), and the
 # upstream unit's RefuseManualStop=yes (a drop-in, so Debian's ExecStartPost augenrules --load stays).
-_AL2_RULES = "## First rule - delete all\n-D\n\n## Increase the buffers to survive stress events.\n-b 320\n\n-f 1\n"
+_AL2_RULES = (
+    "## First rule - delete all\n-D\n\n## Increase the buffers to survive stress events.\n-b 320\n\n-f 1\n"
+)
 AL2 = Variant(
     "al2",
     files=(
         ("etc/audit/rules.d/audit.rules", 0o600, _AL2_RULES),
-        ("etc/systemd/system/auditd.service.d/refuse-manual-stop.conf", 0o644, "[Unit]\nRefuseManualStop=yes\n"),
+        (
+            "etc/systemd/system/auditd.service.d/refuse-manual-stop.conf",
+            0o644,
+            "[Unit]\nRefuseManualStop=yes\n",
+        ),
     ),
     description="AL2-like: rules.d/audit.rules -b 320, auditd unit RefuseManualStop=yes",
 )
@@ -249,7 +256,8 @@ def _guest_files() -> Tuple[Tuple[str, int, bytes], ...]:
 
 
 def build_image(variant: Variant = DEBIAN, suite: str = DEFAULT_SUITE) -> Image:
-    """The variant's ext4 image on ``suite`` (one of ``SUITES``; cached), with the suite's kernel and initrd."""
+    """The variant's ext4 image on ``suite`` (one of ``SUITES``; cached), with the suite's kernel and
+    initrd."""
     timings: Dict[str, float] = {}
     base = build_base(suite, timings)
     guest = _guest_files()
@@ -272,7 +280,10 @@ def _build_disk(base: Path, variant: Variant, guest: Tuple[Tuple[str, int, bytes
             subprocess.run(["cp", "-a", "--reflink=auto", str(base / "tree"), str(tree)], check=True)
             for rel, mode, content in guest:
                 _write(tree / rel, mode, content)
-            for wants, unit in (("cloud-init.target", "e2e-guest.service"), ("sysinit.target", "e2e-early.service")):
+            for wants, unit in (
+                ("cloud-init.target", "e2e-guest.service"),
+                ("sysinit.target", "e2e-early.service"),
+            ):
                 link = tree / f"etc/systemd/system/{wants}.wants/{unit}"
                 link.parent.mkdir(parents=True, exist_ok=True)
                 if not link.is_symlink():

@@ -57,7 +57,8 @@ def fixture_user_data() -> Dict[str, bytes]:
 
 
 def fixture_metadata(prefix: str) -> dict:
-    """The ``cdk-audit-backlog`` Metadata of the one fixture app resource whose logical id starts with ``prefix``."""
+    """The ``cdk-audit-backlog`` Metadata of the one fixture app resource whose logical id starts with
+    ``prefix``."""
     hits = [
         (r.get("Metadata") or {}).get("cdk-audit-backlog")
         for template in fixture_templates().values()
@@ -100,7 +101,8 @@ def _version_key(name: str) -> list:
 
 
 def rules_d_b(files: Dict[str, Dict[str, object]]) -> Optional[int]:
-    """The ``-b`` that augenrules will load at the next boot: rules.d/*.rules in ``ls -1v`` order, last wins."""
+    """The ``-b`` that augenrules will load at the next boot: rules.d/*.rules in ``ls -1v`` order, last
+    wins."""
     names = sorted((p for p in files if p.startswith("/etc/audit/rules.d/") and p.endswith(".rules")),
                    key=lambda p: _version_key(p.rsplit("/", 1)[1]))
     return merged_b("".join(str(files[p].get("content", "")) + "\n" for p in names))

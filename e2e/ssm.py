@@ -1,6 +1,7 @@
 """The fleet path on the real kernel: the SSM document's commands on a machine that already runs.
 
-One qemu run per suite: the AL2-like image (rules.d ``-b 320``) boots with user data that does NOT tune (so 320
+One qemu run per suite: the AL2-like image (rules.d ``-b 320``) boots with user data that does NOT tune (so
+320
 is in force, as on a fleet deployed before the library), and that only drops two files: the commands of the
 ``AWS::SSM::Document`` that ``app.py`` synthesizes (``mainSteps[0].inputs.runCommand``, taken from the
 template, joined by newlines as the SSM agent writes them) and ``ssm-sequence.sh``, started as a transient
@@ -122,7 +123,7 @@ def summary(r: SsmRun) -> Dict[str, object]:
     return {
         "suite": r.suite, "seconds": round(r.seconds, 1), "script_bytes": len("\n".join(r.commands) + "\n"),
         "begin": r.begin, "steps": r.steps,
-        "result_lines": {s: [l for l in r.output(s) if "backlog_limit" in l] for s in r.steps},
+        "result_lines": {s: [line for line in r.output(s) if "backlog_limit" in line] for s in r.steps},
     }  # fmt: skip
 
 

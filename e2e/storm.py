@@ -59,7 +59,7 @@ def analyse(run: vm.Run, opens: int = OPENS) -> Dict[str, object]:
     tuned, boot_wait = begin["boot_limit"], begin["boot_wait"]
     main, curve = run.storm[:4], run.storm[4:]  # spec() order: the table's four runs come first
     if [(r["limit"], r["wait"], r["opens"]) for r in main] != [
-            (l, w, str(opens)) for w in ("0", boot_wait) for l in ("320", tuned)]:
+            (limit, w, str(opens)) for w in ("0", boot_wait) for limit in ("320", tuned)]:
         raise RuntimeError(f"unexpected storm runs: {main}")
     by = {(r["limit"], r["wait"]): r for r in main}
     default_lost = sum(int(by[("320", w)]["lost"]) for w in ("0", boot_wait) if ("320", w) in by)
@@ -85,19 +85,30 @@ def analyse(run: vm.Run, opens: int = OPENS) -> Dict[str, object]:
         "curve": curve,
         "memory": run.mem,
         "kernel_lines": run.storm_kernel,
-        "summary": {"lost_default": default_lost, "lost_tuned": tuned_lost,
-                    "stall_default_ms": stall_default, "stall_tuned_ms": stall_tuned},
-        "boot": {"cloud_final_done_s": final, "scripts_user_s": scripts_user, "block_lines_span_s": block_span,
-                 "serial_block_first_s": stamps[0] if stamps else None,
-                 "serial_block_last_s": stamps[-1] if stamps else None,
-                 "apply_share": (scripts_user / final) if scripts_user else None,
-                 "run_seconds": run.elapsed_s},
+        "summary": {
+            "lost_default": default_lost,
+            "lost_tuned": tuned_lost,
+            "stall_default_ms": stall_default,
+            "stall_tuned_ms": stall_tuned,
+        },
+        "boot": {
+            "cloud_final_done_s": final,
+            "scripts_user_s": scripts_user,
+            "block_lines_span_s": block_span,
+            "serial_block_first_s": stamps[0] if stamps else None,
+            "serial_block_last_s": stamps[-1] if stamps else None,
+            "apply_share": (scripts_user / final) if scripts_user else None,
+            "run_seconds": run.elapsed_s,
+        },
     }
 
 
 def table(res: Dict[str, object]) -> str:
-    rows = ["| kernel | limit | wait (ticks) | opens | lost (kernel counter) | burst ms | backlog_wait_time_actual |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| kernel | limit | wait (ticks) | opens | lost (kernel counter) | burst ms "
+        "| backlog_wait_time_actual |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in res["table"]:  # type: ignore[union-attr]
         rows.append(f"| {res['kernel']} | {r['limit']} | {r['wait']} | {r['opens']} | {int(r['lost']):,} "
                     f"| {int(r['burst_ms']):,} | {r.get('wait_actual', '?')} |")
@@ -109,11 +120,11 @@ def curve_table(res: Dict[str, object]) -> str:
     limits = sorted({int(r["limit"]) for r in curve})  # type: ignore[union-attr]
     bursts = sorted({int(r["opens"]) for r in curve})  # type: ignore[union-attr]
     lost = {(int(r["limit"]), int(r["opens"])): int(r["lost"]) for r in curve}  # type: ignore[union-attr]
-    rows = ["| opens in burst | " + " | ".join(f"lost at -b {l}" for l in limits) + " |",
+    rows = ["| opens in burst | " + " | ".join(f"lost at -b {limit}" for limit in limits) + " |",
             "|---:|" + "---:|" * len(limits)]
     for b in bursts:
-        rows.append(f"| {b:,} | " + " | ".join(f"{lost.get((l, b), '-'):,}" if (l, b) in lost else "-"
-                                                for l in limits) + " |")
+        rows.append(f"| {b:,} | " + " | ".join(f"{lost.get((limit, b), '-'):,}" if (limit, b) in lost else "-"
+                                                for limit in limits) + " |")
     return "\n".join(rows)
 
 
@@ -134,9 +145,11 @@ def memory_lines(res: Dict[str, object]) -> List[str]:
         records = max(opens - lost, 1) * RECORDS_PER_OPEN
         worst = limit * WORST_CASE_BYTES
         out.append(
-            f"-b {limit:,}: Slab +{growth / 2**20:.1f} MiB (SUnreclaim +{int(m['sunreclaim_growth']) / 2**20:.1f}, "
-            f"skbuff+kmalloc caches +{int(m['skb_kmalloc_growth']) / 2**20:.1f}) for ~{records:,} records accepted "
-            f"(({opens:,} opens - {lost:,} lost) x {RECORDS_PER_OPEN}; backlog {int(m['queued']):,} at the time) = "
+            f"-b {limit:,}: Slab +{growth / 2**20:.1f} MiB "
+            f"(SUnreclaim +{int(m['sunreclaim_growth']) / 2**20:.1f}, "
+            f"skbuff+kmalloc caches +{int(m['skb_kmalloc_growth']) / 2**20:.1f}) for ~{records:,} records "
+            f"accepted (({opens:,} opens - {lost:,} lost) x {RECORDS_PER_OPEN}; "
+            f"backlog {int(m['queued']):,} at the time) = "
             f"~{growth / records:,.0f} B per record; formula worst case {worst / 2**20:.1f} MiB "
             f"({WORST_CASE_BYTES:,} B per record); measured = {100 * growth / worst:.0f} % of it"
         )
@@ -168,9 +181,17 @@ def plot(results: Mapping[str, Dict[str, object]], path: Path):
             runs = sorted((int(r["opens"]), int(r["lost"])) for r in curve if int(r["limit"]) == limit)  # type: ignore[union-attr]
             bursts.update(b for b, _ in runs)
             label, colour = LIMIT_ROLES[_role(limit, tuned)]
-            # y: the kernel's lost counter as a share of the burst's openat calls (one refused event counts once)
-            ax.plot([b for b, _ in runs], [100.0 * lost / b for b, lost in runs], color=colour, linestyle=style,
-                    marker=marker, linewidth=2, label=f"{label.format(limit=limit)}, kernel {res['kernel']}")
+            # y: the kernel's lost counter as a share of the burst's openat calls (one refused event counts
+            # once)
+            ax.plot(
+                [b for b, _ in runs],
+                [100.0 * lost / b for b, lost in runs],
+                color=colour,
+                linestyle=style,
+                marker=marker,
+                linewidth=2,
+                label=f"{label.format(limit=limit)}, kernel {res['kernel']}",
+            )
     ax.set_xscale("log", base=2)
     ax.set_xticks(sorted(bursts))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{int(v):,}"))
@@ -241,8 +262,10 @@ def main(argv: Sequence[str] = ()) -> int:
     print(f"VM: {res['vm']}, accel {res['accel']}, {images.SUITE_NAMES[args.suite]} ({args.suite}), kernel "
           f"{res['kernel']} (HZ={res['hz']}); block said: "
           f"{res['result_line']}")
-    print(f"burst: {OPENS} openat calls while auditd is SIGSTOPped for {PAUSE} s; wait {res['boot_wait']} ticks is "
-          f"the boot's backlog_wait_time\n")
+    print(
+        f"burst: {OPENS} openat calls while auditd is SIGSTOPped for {PAUSE} s; "
+        f"wait {res['boot_wait']} ticks is the boot's backlog_wait_time\n"
+    )
     print(table(res) + "\n")
     print(curve_table(res) + "\n")
     for line in res.get("kernel_lines", []):  # type: ignore[union-attr]
@@ -261,8 +284,14 @@ def main(argv: Sequence[str] = ()) -> int:
     if not args.no_plot:
         results = suite_results()
         plot(results, PLOT)
-        print(f"plot: {PLOT.relative_to(REPO)} (kernels: {', '.join(str(r['kernel']) for r in results.values())})")
-    print(f"run: {run.elapsed_s:.0f} s in the VM, {res['total_seconds']:.0f} s in all; raw results {out.relative_to(REPO)}")
+        print(
+            f"plot: {PLOT.relative_to(REPO)} "
+            f"(kernels: {', '.join(str(r['kernel']) for r in results.values())})"
+        )
+    print(
+        f"run: {run.elapsed_s:.0f} s in the VM, {res['total_seconds']:.0f} s in all; "
+        f"raw results {out.relative_to(REPO)}"
+    )
     print(summary_line(res))
     return 0
 

@@ -56,7 +56,12 @@ def resolve(value: Any, refs: Optional[Mapping[str, str]] = None) -> str:
                 raise DecodeError(f"Ref {arg!r} has no value (pass it in refs)")
             return names[arg]
         if fn == "Fn::Join":
-            if not (isinstance(arg, list) and len(arg) == 2 and isinstance(arg[0], str) and isinstance(arg[1], list)):
+            if not (
+                isinstance(arg, list)
+                and len(arg) == 2
+                and isinstance(arg[0], str)
+                and isinstance(arg[1], list)
+            ):
                 raise DecodeError(f"malformed Fn::Join: {arg!r}")
             return arg[0].join(resolve(p, refs) for p in arg[1])
         if fn == "Fn::Sub":
@@ -92,7 +97,9 @@ def user_data_of(resource: Mapping[str, Any], refs: Optional[Mapping[str, str]] 
     return resolve(node["Fn::Base64"], refs).encode("utf-8")
 
 
-def user_data_by_resource(template: Mapping[str, Any], refs: Optional[Mapping[str, str]] = None) -> Dict[str, bytes]:
+def user_data_by_resource(
+    template: Mapping[str, Any], refs: Optional[Mapping[str, str]] = None
+) -> Dict[str, bytes]:
     out = {}
     for logical_id, resource in template.get("Resources", {}).items():
         data = user_data_of(resource, refs)
@@ -102,7 +109,8 @@ def user_data_by_resource(template: Mapping[str, Any], refs: Optional[Mapping[st
 
 
 def synthesize(app: Path, outdir: Path) -> Dict[str, dict]:
-    """Runs ``python app`` with CDK_OUTDIR=outdir (what ``cdk synth`` does) and returns stack name -> template."""
+    """Runs ``python app`` with CDK_OUTDIR=outdir (what ``cdk synth`` does) and returns stack name ->
+    template."""
     env = dict(os.environ)
     env.update(
         CDK_OUTDIR=str(outdir),
@@ -144,7 +152,8 @@ def find(user_data: Mapping[str, bytes], resource_type_prefix: str) -> bytes:
 
 
 def block_target(user_data: bytes) -> str:
-    """``CAB_TARGET`` as the block states it (a number or ``auto``), read from the text, not from the renderer."""
+    """``CAB_TARGET`` as the block states it (a number or ``auto``), read from the text, not from the
+    renderer."""
     m = re.search(rb"^CAB_TARGET=(\S+)$", user_data, re.M)
     if not m:
         raise DecodeError("no CAB_TARGET= line in the user data")

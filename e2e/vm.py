@@ -77,7 +77,9 @@ class Run:
 
     def boot(self, n: int = 1) -> Dict[str, str]:
         if n not in self.boots:
-            raise AssertionError(f"{self.name}: boot {n} reported nothing; serial log {self.log}\n{self.tail()}")
+            raise AssertionError(
+                f"{self.name}: boot {n} reported nothing; serial log {self.log}\n{self.tail()}"
+            )
         return self.boots[n]
 
     def last(self) -> Dict[str, str]:
@@ -208,7 +210,9 @@ def _boot_once(
     started = time.monotonic()
     with open(log, "w", encoding="utf-8", errors="replace") as out:
         out.write(f"# {shlex.join(cmd)}\n")
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         assert proc.stdout is not None
         for raw in proc.stdout:
             t = time.monotonic() - started
@@ -225,14 +229,18 @@ def _boot_once(
     run = Run(name=name, log=log, elapsed_s=elapsed, accel=accel, append=full_append, lines=lines)
     _parse(run)
     if retry and crashed_before_init([text for _, text in lines]):
-        raise EarlyKernelCrash(f"kernel panic before init after {elapsed:.0f}s; serial log {log}", log, overlay)
+        raise EarlyKernelCrash(
+            f"kernel panic before init after {elapsed:.0f}s; serial log {log}", log, overlay
+        )
     if any(_PANIC in text for _, text in lines):
         raise QemuError(f"kernel panic after {elapsed:.0f}s ({name}); serial log {log}:\n{run.tail()}")
     if rc != 0:
         why = "timed out" if rc in (124, 137) else f"exited with {rc}"
         raise QemuError(f"qemu {why} after {elapsed:.0f}s ({name}); serial log {log}:\n{run.tail()}")
     if not run.boots:
-        raise QemuError(f"{name}: the guest reported nothing (no E2E-RESULT lines); serial log {log}:\n{run.tail()}")
+        raise QemuError(
+            f"{name}: the guest reported nothing (no E2E-RESULT lines); serial log {log}:\n{run.tail()}"
+        )
     return run
 
 

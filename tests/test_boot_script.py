@@ -1010,7 +1010,8 @@ EXISTING_CASES = [
     ("al2023-fedora-file", None, 8192, 16384, 0, f"persist: wrote /{OUR_FILE}", 16384, 16384, 16384),
     ("al2023-fedora-file", None, 0, 1024, 0, "persist: kept -b 0", None, 0, 0),  # 0: no limit, the largest
     ("al2023-fedora-file", None, 8192, 1024, 1, f"persist: wrote /{OUR_FILE}", 1024, 1024, 1024),
-    ("al2023-fedora-file", None, None, 1024, 0, f"persist: wrote /{OUR_FILE}", 1024, 1024, 1024),  # default 64
+    # the kernel's default 64
+    ("al2023-fedora-file", None, None, 1024, 0, f"persist: wrote /{OUR_FILE}", 1024, 1024, 1024),
     # the rules' -b is loaded after the kernel started with the command line's: the rules' value is the one
     # the machine runs (AL2's 320), so it is raised
     ("al2", 320, 8192, 1024, 0, f"persist: wrote /{OUR_FILE}", 1024, 1024, 1024),
@@ -1035,7 +1036,9 @@ def test_existing_limit_is_the_rules_b_else_the_kernel_command_lines(
     r = run(root, sandbox, target=target, allow_lower=allow_lower)
     assert PREFIX + persist in r.stdout.splitlines()
     mine = root / ("etc/audit/audit.rules" if name == "al1" else OUR_FILE)
-    has_b = [line for line in (mine.read_text() if mine.exists() else "").splitlines() if line.startswith("-b")]
+    has_b = [
+        line for line in (mine.read_text() if mine.exists() else "").splitlines() if line.startswith("-b")
+    ]
     assert has_b == ([] if ours is None else [f"-b {ours}"])
     assert fx.kernel(root)["backlog_limit"] == now
     assert result_line(r.stdout).startswith(f"{PREFIX}backlog_limit {before} -> {now} (")
@@ -1068,16 +1071,21 @@ def test_kernel_cmdline_never_replaces_a_larger_value_on_the_command_line(tmp_pa
     r = run(root, sandbox, target=16384, kernel_cmdline=1)
     assert f"{PREFIX}cmdline: audit_backlog_limit=131072 already set" in r.stdout.splitlines()
     assert fakes.loader_cmdline(root) == loader
-    assert not [c for c in fx.calls(root) if c.startswith(("update-grub", "grub2-mkconfig", "grubby --update"))]
+    assert not [
+        c for c in fx.calls(root) if c.startswith(("update-grub", "grub2-mkconfig", "grubby --update"))
+    ]
     # with allow_lower the smaller value replaces it
     r = run(root, sandbox, target=16384, kernel_cmdline=1, allow_lower=1)
-    assert f"{PREFIX}cmdline: audit_backlog_limit=16384 {'grubby' if name == 'al2' else 'update-grub'}" in r.stdout
+    assert (
+        f"{PREFIX}cmdline: audit_backlog_limit=16384 {'grubby' if name == 'al2' else 'update-grub'}"
+        in r.stdout
+    )
     assert [a for a in fakes.loader_cmdline(root).split() if a.startswith("audit_backlog_limit=")][-1] == (
         "audit_backlog_limit=16384"
     )
 
 
-# ------------------------------------------------- GRUB: where the command-line step writes, and the read-back
+# ------------------------------------------------ GRUB: where the command-line step writes, and the read-back
 
 CLOUD_DROP_IN = "etc/default/grub.d/50-cloudimg-settings.cfg"
 OUR_DROP_IN = "etc/default/grub.d/zz-cdk-audit-backlog.cfg"
@@ -1093,7 +1101,9 @@ def _cloud_drop_in(root, text: str) -> None:
 
 
 def _linux_lines(root) -> list[str]:
-    return [x for x in (root / "boot/grub/grub.cfg").read_text().splitlines() if x.strip().startswith("linux")]
+    return [
+        x for x in (root / "boot/grub/grub.cfg").read_text().splitlines() if x.strip().startswith("linux")
+    ]
 
 
 def test_a_drop_in_that_sets_the_command_line_again_does_not_hide_ours(tmp_path, sandbox):
@@ -1104,7 +1114,9 @@ def test_a_drop_in_that_sets_the_command_line_again_does_not_hide_ours(tmp_path,
     r = run(root, sandbox, target=16384, kernel_cmdline=1)
     assert f"{PREFIX}cmdline: audit_backlog_limit=16384 update-grub" in r.stdout.splitlines()
     assert (root / "etc/default/grub").read_text() == main  # the main file is left alone
-    assert (root / OUR_DROP_IN).read_text() == 'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX audit_backlog_limit=16384"\n'
+    assert (
+        root / OUR_DROP_IN
+    ).read_text() == 'GRUB_CMDLINE_LINUX="$GRUB_CMDLINE_LINUX audit_backlog_limit=16384"\n'
     for line in _linux_lines(root):
         assert "console=ttyS0 nvme_core.io_timeout=4294967295 audit_backlog_limit=16384" in line
     assert fakes.boot(root, before_auditd=None)["backlog_limit"] == 16384  # the rules load it too
@@ -1149,7 +1161,9 @@ def test_a_value_the_next_boot_does_not_get_is_reported_not_applied(tmp_path, sa
     assert f"{PREFIX}cmdline: audit_backlog_limit=16384 update-grub, not applied" in r.stdout.splitlines()
 
 
-@pytest.mark.parametrize("name,tool", [("debian12", "update-grub"), ("sles15", "grub2-mkconfig"), ("al2", "grubby")])
+@pytest.mark.parametrize(
+    "name,tool", [("debian12", "update-grub"), ("sles15", "grub2-mkconfig"), ("al2", "grubby")]
+)
 def test_a_regeneration_that_does_nothing_is_reported_not_applied(tmp_path, sandbox, name, tool):
     """0.1 named update-grub as done whatever it did: a tool that exits 0 and writes nothing is caught."""
     root = tmp_path / name
@@ -1188,7 +1202,9 @@ def _boot_with_real_augenrules(root, sandbox) -> dict:
         ("zz-site.rules", 65536, 8192, 65536, "persist: kept -b 65536", 0),
     ],
 )  # fmt: skip
-def test_a_later_rules_file_with_debians_real_augenrules(tmp_path, sandbox, late, late_b, target, loads, line, status):
+def test_a_later_rules_file_with_debians_real_augenrules(
+    tmp_path, sandbox, late, late_b, target, loads, line, status
+):
     root = tmp_path / "rhel9"
     fx.build(root, "rhel9")
     fx.use_real_augenrules(root)
@@ -1200,7 +1216,9 @@ def test_a_later_rules_file_with_debians_real_augenrules(tmp_path, sandbox, late
     assert r.returncode == status, r.stdout + r.stderr
     if line:
         assert PREFIX + line in r.stdout.splitlines()
-    assert [x for x in (root / "etc/audit/audit.rules").read_text().splitlines() if x.startswith("-b")] == [f"-b {loads}"]
+    assert [x for x in (root / "etc/audit/audit.rules").read_text().splitlines() if x.startswith("-b")] == [
+        f"-b {loads}"
+    ]
     assert (root / f"etc/audit/rules.d/{late}").read_text() == f"-b {late_b}\n"  # theirs is never edited
     assert _boot_with_real_augenrules(root, sandbox)["backlog_limit"] == loads  # the real merge, loaded
     assert state(root)["persisted"] == ("no" if status else "yes")

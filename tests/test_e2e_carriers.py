@@ -56,7 +56,9 @@ def test_image_builder_build_and_validate_phases_pass_on_the_build_instance(imag
     build = image_builder.runs[0].boot(1)
     outputs = vm.outputs(build)
     assert any(line.startswith("cdk-audit-backlog: unit: installed") for line in outputs), outputs
-    assert any(line.startswith("cdk-audit-backlog: validate: cdk-audit-backlog.service enabled") for line in outputs), outputs
+    assert any(
+        line.startswith("cdk-audit-backlog: validate: cdk-audit-backlog.service enabled") for line in outputs
+    ), outputs
     assert "E2E-USER phases done" in outputs, outputs
 
 

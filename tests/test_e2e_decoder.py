@@ -81,7 +81,9 @@ def test_files_and_outputs_are_decoded():
         "file:/etc/audit/audit.rules": "ab" * 32 + " 640 root:root 13 1700000000",
         "b64:/etc/audit/audit.rules": base64.b64encode(content.encode()).decode(),
         "output_lines": "2",
-        "output.1": "cdk-audit-backlog: backlog_limit 320 -> 8192 (m5.large/8192MiB; method auditctl; lost 0)",
+        "output.1": (
+            "cdk-audit-backlog: backlog_limit 320 -> 8192 (m5.large/8192MiB; method auditctl; lost 0)"
+        ),
         "output.2": "E2E-USER step=1",
     }
     f = vm.files(report)["/etc/audit/audit.rules"]
@@ -92,7 +94,10 @@ def test_files_and_outputs_are_decoded():
 
 
 def test_grub_args_are_what_grub_passes():
-    line = "linux\t/boot/vmlinuz-6.1.0-56-cloud-amd64 root=UUID=ab-cd ro console=ttyS0 audit_backlog_limit=1024 quiet"
+    line = (
+        "linux\t/boot/vmlinuz-6.1.0-56-cloud-amd64 root=UUID=ab-cd ro console=ttyS0 "
+        "audit_backlog_limit=1024 quiet"
+    )
     assert grub_args(line) == "root=UUID=ab-cd ro console=ttyS0 audit_backlog_limit=1024 quiet"
     with pytest.raises(ValueError):
         grub_args("initrd /boot/initrd.img")
@@ -133,6 +138,7 @@ def test_example_app_user_data_decodes_to_what_cloud_init_gets():
         assert script.startswith(b"#!/bin/bash\n# >>> cdk-audit-backlog >>>\n")
         assert b"\n# <<< cdk-audit-backlog <<<\n" in script
         assert b"Fn::" not in script and b"${Token[" not in script
-    assert (userdata.block_target(web), userdata.block_target(worker)) == ("1024", "8192")  # t3.micro, m5.large
+    # t3.micro, m5.large
+    assert (userdata.block_target(web), userdata.block_target(worker)) == ("1024", "8192")
     assert web.endswith(b"dnf install -y nginx\nsystemctl enable --now nginx")
     assert worker.endswith(b"echo 'worker ready' > /etc/motd")

@@ -25,8 +25,10 @@ def test_unknown_suite_is_refused_with_the_allowed_ones():
 def test_trixie_sources_rename_every_bookworm_suite(tmp_path, monkeypatch):
     sources = tmp_path / "debian.sources"
     sources.write_text(
-        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n"
-        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\nComponents: main\n"
+        "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\n\n"
+        "Types: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n"
+        "Components: main\n"
     )
     monkeypatch.setattr(image, "APT_SOURCES", sources)
     assert image.apt_sources("bookworm") == sources.read_bytes()

@@ -23,7 +23,12 @@ AL2_SHIPPED_LIMIT = 320
 # scenarios ran on, and which unit loaded the rules at boot.
 GENERATIONS = {
     "bookworm": {"kernel": "6.1.", "audit": "3.0.9", "cloud_init": "22.4", "rules_loader": "auditd.service"},
-    "trixie": {"kernel": "6.12.", "audit": "4.0.2", "cloud_init": "25.1", "rules_loader": "audit-rules.service"},
+    "trixie": {
+        "kernel": "6.12.",
+        "audit": "4.0.2",
+        "cloud_init": "25.1",
+        "rules_loader": "audit-rules.service",
+    },
 }
 
 
@@ -94,7 +99,9 @@ def _assert_unit_ran_before_the_rules_loaded(report):
     audit 3.x, audit-rules.service on audit 4; whichever exist), and succeeded."""
     assert report["boot_unit_result"] == "success active", report["boot_unit_result"]
     ended = int(report["boot_unit_exit_us"])
-    loaders = [int(report[k]) for k in ("auditd_start_us", "audit_rules_start_us") if int(report.get(k) or 0) > 0]
+    loaders = [
+        int(report[k]) for k in ("auditd_start_us", "audit_rules_start_us") if int(report.get(k) or 0) > 0
+    ]
     assert ended > 0 and loaders, report
     assert ended <= min(loaders), (ended, loaders)
 
@@ -195,11 +202,13 @@ def test_rerun_with_new_instance_id_changes_nothing(debian):
     before = {p: (i["sha256"], i["mtime"]) for p, i in vm.files(first).items() if p.startswith("/etc/")}
     after = {p: (i["sha256"], i["mtime"]) for p, i in vm.files(second).items() if p.startswith("/etc/")}
     assert after == before
-    state = {p: i["sha256"] for p, i in vm.files(first).items() if p.startswith("/var/lib/cdk-audit-backlog/")}
+    state = {
+        p: i["sha256"] for p, i in vm.files(first).items() if p.startswith("/var/lib/cdk-audit-backlog/")
+    }
     assert state == {p: i["sha256"] for p, i in vm.files(second).items() if p in state}
 
 
-# -- 2. Amazon-Linux-2-like layout (+ the small storm) --------------------------------------------------------
+# -- 2. Amazon-Linux-2-like layout (+ the small storm) -------------------------------------------------------
 
 def test_al2_layout_comes_up_tuned_not_320(al2):
     assert al2.target == "8192"  # m5.large, 8 GiB
@@ -226,11 +235,12 @@ def test_small_storm_loses_records_at_320_and_none_at_the_tuned_limit(al2):
     assert all(r["drained"] == "yes" for r in runs.values())
 
 
-# -- 7. Resize: the user-data route, 8 GiB -> 1 GiB -> 8 GiB on the same disk ----------------------------------
+# -- 7. Resize: the user-data route, 8 GiB -> 1 GiB -> 8 GiB on the same disk --------------------------------
 
 def test_resize_follows_memory_from_the_first_rule_load(al2, resize):
     first = al2.runs[0].boot(1)
-    # 8 GiB, user data: the image's 320 when the rules loaded (no unit yet), the block's 8192 after cloud-final.
+    # 8 GiB, user data: the image's 320 when the rules loaded (no unit yet), the block's 8192 after
+    # cloud-final.
     assert scenarios.early_limit(first) == str(AL2_SHIPPED_LIMIT)
     assert vm.audit_status(first)["backlog_limit"] == "8192"
     for run, want in zip(resize.runs, ("1024", "8192")):
@@ -240,8 +250,10 @@ def test_resize_follows_memory_from_the_first_rule_load(al2, resize):
         _assert_unit_ran_before_the_rules_loaded(rep)
         out = scenarios.unit_outputs(rep)
         assert "cdk-audit-backlog: persist: wrote /etc/audit/rules.d/zz-cdk-audit-backlog.rules" in out, out
-        assert any(line.startswith("cdk-audit-backlog: backlog_limit ") and f" -> {want} (boot, MemTotal " in line
-                   for line in out), out
+        assert any(
+            line.startswith("cdk-audit-backlog: backlog_limit ") and f" -> {want} (boot, MemTotal " in line
+            for line in out
+        ), out
         # In force from the boot's first rule load, read before cloud-init's final stage began ...
         assert scenarios.early_limit(rep) == want, run.name
         assert float(rep["early.uptime_s"]) * 1e6 < int(rep["cloud_final_start_us"])
@@ -253,7 +265,7 @@ def test_resize_follows_memory_from_the_first_rule_load(al2, resize):
     assert "cdk-audit-backlog: unit: installed (boot target auto)" in vm.outputs(first)
 
 
-# -- 4. Immutable (-e 2) ---------------------------------------------------------------------------------------
+# -- 4. Immutable (-e 2) -------------------------------------------------------------------------------------
 
 def test_immutable_is_reported_persisted_and_in_effect_after_reboot(immutable):
     run = immutable.runs[0]
@@ -268,7 +280,7 @@ def test_immutable_is_reported_persisted_and_in_effect_after_reboot(immutable):
     _assert_rules_files_safe(second)
 
 
-# -- 5. Kernel command line; 6. user script with set -e and exit 0 --------------------------------------------
+# -- 5. Kernel command line; 6. user script with set -e and exit 0 -------------------------------------------
 
 def test_kernel_cmdline_is_set_in_grub_and_in_effect_after_reboot(cmdline):
     first = cmdline.runs[0].boot(1)
@@ -295,13 +307,18 @@ def test_strict_user_script_still_runs_entirely(cmdline):
     assert any(scenarios.RESULT_LINE.match(line) for line in out[:first_user])  # the block ran first
 
 
-# -- 7. Mixed group: one launch template, machines of different memory, each sized at boot ----------------------
+# -- 7. Mixed group: one launch template, machines of different memory, each sized at boot -------------------
 
 def test_mixed_group_template_is_auto_and_its_metadata_lists_both_limits():
     meta = scenarios.fixture_metadata("MixedTemplate")
     assert meta["limit"] == "auto"
     assert meta["perType"] == {"m5.large": 8192, "r5.4xlarge": 131072}
-    assert scenarios.userdata.block_target(scenarios.userdata.find(scenarios.fixture_user_data(), "MixedTemplate")) == "auto"
+    assert (
+        scenarios.userdata.block_target(
+            scenarios.userdata.find(scenarios.fixture_user_data(), "MixedTemplate")
+        )
+        == "auto"
+    )
 
 
 def test_mixed_group_each_machine_sizes_itself_from_its_memtotal(mixed):

@@ -1,6 +1,9 @@
-"""Real kernel, machine already running: the example app's SSM document commands (from the synthesized template)
-run as the SSM agent runs them on the AL2-like image booted with user data that does not tune (see e2e/ssm.py).
-One qemu boot per suite in ``e2e.image.SUITES``; qemu that cannot run fails these tests, it never skips them."""
+"""Real kernel, machine already running: the example app's SSM document commands (from the synthesized
+template)
+run as the SSM agent runs them on the AL2-like image booted with user data that does not tune (see
+e2e/ssm.py).
+One qemu boot per suite in ``e2e.image.SUITES``; qemu that cannot run fails these tests, it never skips
+them."""
 
 from __future__ import annotations
 

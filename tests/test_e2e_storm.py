@@ -54,7 +54,12 @@ def test_analysis_separates_table_from_curve_and_sums_losses():
     assert [(r["limit"], r["wait"]) for r in res["table"]] == [
         ("320", "0"), ("8192", "0"), ("320", "15000"), ("8192", "15000")]
     assert len(res["curve"]) == 6
-    assert res["summary"] == {"lost_default": 2995, "lost_tuned": 0, "stall_default_ms": 6300, "stall_tuned_ms": 900}
+    assert res["summary"] == {
+        "lost_default": 2995,
+        "lost_tuned": 0,
+        "stall_default_ms": 6300,
+        "stall_tuned_ms": 900,
+    }
     assert storm.summary_line(res) == "storm: lost default=2995 tuned=0; stall default=6300ms tuned=900ms"
     assert res["boot"]["apply_share"] == 1.25 / 50.0
     assert (res["boot"]["serial_block_first_s"], res["boot"]["serial_block_last_s"]) == (40.0, 41.0)
@@ -94,7 +99,10 @@ def test_plot_draws_one_line_per_limit_and_kernel(tmp_path):
     # 320 lost 100 of 500 and 900 of 1000 -> 20 % and 90 % of the burst's calls
     assert list(red.get_xdata()) == [500, 1000] and list(red.get_ydata()) == [20.0, 90.0]
     assert list(lines["-b 320 (AL2 default), kernel 6.12.118+deb13-cloud-amd64"].get_ydata()) == [10.0, 45.0]
-    assert {"-b 8192 (tuned), kernel 6.1.0-56-cloud-amd64", "-b 32768 (4x tuned), kernel 6.1.0-56-cloud-amd64"} < set(lines)
+    assert {
+        "-b 8192 (tuned), kernel 6.1.0-56-cloud-amd64",
+        "-b 32768 (4x tuned), kernel 6.1.0-56-cloud-amd64",
+    } < set(lines)
     # the limit is the colour, the kernel the line style
     styles = {label.rsplit("kernel ", 1)[1]: line.get_linestyle() for label, line in lines.items()}
     assert styles == {"6.1.0-56-cloud-amd64": "-", "6.12.118+deb13-cloud-amd64": "--"}

@@ -380,7 +380,8 @@ def boot(root: Path, cmdline_limit: int | None = None, before_auditd=None) -> di
         (root / "proc").mkdir(parents=True, exist_ok=True)
         cmdline = "BOOT_IMAGE=/boot/vmlinuz-6.1.0-fixture " + " ".join(args) + "\n"
         if not (root / "proc/cmdline").exists() or (root / "proc/cmdline").read_text() != cmdline:
-            (root / "proc/cmdline").write_text(cmdline)  # rewritten only when it changes (tests compare mtimes)
+            # rewritten only when it changes (tests compare mtimes)
+            (root / "proc/cmdline").write_text(cmdline)
         save_kernel(k)
         if before_auditd is not None:
             before_auditd()
@@ -454,7 +455,8 @@ def grubby(args: list[str]) -> int:
 
 
 def grub_mkconfig(out: Path) -> int:
-    """Writes a grub.cfg whose ``linux`` lines carry GRUB_CMDLINE_LINUX and GRUB_CMDLINE_LINUX_DEFAULT (in that
+    """Writes a grub.cfg whose ``linux`` lines carry GRUB_CMDLINE_LINUX and GRUB_CMDLINE_LINUX_DEFAULT (in
+    that
     order, as grub-mkconfig's 10_linux does), from /etc/default/grub and then /etc/default/grub.d/*.cfg."""
     default = ROOT / "etc/default/grub"
     # Debian's grub-mkconfig reads /etc/default/grub, then /etc/default/grub.d/*.cfg in glob order.

@@ -197,7 +197,9 @@ def regenerate_grub(root: Path) -> None:
     if (root / "usr/sbin/update-grub").exists():
         subprocess.run([str(root / "usr/sbin/update-grub")], env=env, check=True)
     else:
-        subprocess.run([str(root / "usr/sbin/grub2-mkconfig"), "-o", f"{root}/boot/grub2/grub.cfg"], env=env, check=True)
+        subprocess.run(
+            [str(root / "usr/sbin/grub2-mkconfig"), "-o", f"{root}/boot/grub2/grub.cfg"], env=env, check=True
+        )
 
 
 def add_loader_arg(root: Path, arg: str) -> None:
@@ -210,7 +212,9 @@ def add_loader_arg(root: Path, arg: str) -> None:
                        env={"CAB_ROOT": str(root)}, check=True)  # fmt: skip
     else:
         grub = root / "etc/default/grub"
-        text, n = re.subn(r'^GRUB_CMDLINE_LINUX="', f'GRUB_CMDLINE_LINUX="{arg} ', grub.read_text(), flags=re.M)
+        text, n = re.subn(
+            r'^GRUB_CMDLINE_LINUX="', f'GRUB_CMDLINE_LINUX="{arg} ', grub.read_text(), flags=re.M
+        )
         assert n == 1, text
         grub.write_text(text)
         regenerate_grub(root)
@@ -220,7 +224,9 @@ def add_loader_arg(root: Path, arg: str) -> None:
 def remove_rules_b(root: Path) -> None:
     """Rules files without their -b lines (AL2023's and Fedora's shipped rules have none)."""
     for f in (root / "etc/audit").rglob("*.rules"):
-        f.write_text("".join(line + "\n" for line in f.read_text().splitlines() if not line.strip().startswith("-b")))
+        f.write_text(
+            "".join(line + "\n" for line in f.read_text().splitlines() if not line.strip().startswith("-b"))
+        )
 
 
 def set_kernel(root: Path, **values) -> None:
