@@ -8,7 +8,7 @@ guest reporter prints (``E2E-RESULT boot=N key=value``, ``E2E-STORM ...``, ``E2E
 ``E2E_TIMEOUT_FACTOR`` (default 1) multiplies every run's time-out, for a machine shared with other work.
 
 Acceleration is TCG (``-accel tcg,thread=multi``): on these machines ``/dev/kvm`` is a software
-virtualization driver that cannot run nested guests (see FACTS "VM testing"). ``E2E_ACCEL=kvm`` overrides.
+virtualization driver that cannot run nested guests (seen on our CI machines). ``E2E_ACCEL=kvm`` overrides.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The real boot script (userdata/audit-backlog.sh) on fixture roots of every layout in FACTS.md's table.
+"""The real boot script (userdata/audit-backlog.sh) on fixture roots of every distribution layout
+(tests/boot/fixtures.py).
 
 Each fixture is a directory tree with the distribution's shipped rules files and fake ``auditctl``,
 ``augenrules``, ``systemctl``, ``service``, ``grubby``, ``update-grub``/``grub2-mkconfig`` and package

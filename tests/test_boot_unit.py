@@ -433,7 +433,7 @@ def _verify(units: Path, *names: str) -> subprocess.CompletedProcess:
 @pytest.fixture
 def unit_dir(tmp_path, sandbox):
     """Our unit as the script writes it, beside Debian 12's real auditd.service and audit 4's
-    audit-rules.service (upstream, as in FACTS), their commands pointed at /bin/true."""
+    audit-rules.service (as upstream ships them), their commands pointed at /bin/true."""
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
     real = fx.BOOT_TOOLS / "lib/systemd/system/auditd.service"

@@ -1,4 +1,5 @@
-"""Fixture roots: one per distribution layout of FACTS.md's table, built from what each ships.
+"""Fixture roots: one per distribution layout, built from what each ships (read from the
+distributions' packages and specs).
 
 ``build(root, name)`` lays out ``etc/audit``, the fake commands (``tests/boot/fakes.py``) where the
 distribution has them, ``run/systemd/system`` on systemd distributions, the boot loader configuration,
@@ -19,7 +20,7 @@ from typing import Optional
 
 from . import fakes
 
-# What the distributions ship in /etc/audit/rules.d/audit.rules (or audit.rules), per FACTS.md.
+# What the distributions ship in /etc/audit/rules.d/audit.rules (or audit.rules), read from their packages.
 DEBIAN_RULES = (
     "## First rule - delete all\n-D\n\n"
     "## Increase the buffers to survive stress events.\n## Make this bigger for busy systems\n-b 8192\n\n"
@@ -76,7 +77,7 @@ class Layout:
     mem_kib: Optional[int] = 8006068  # MemTotal of an 8 GiB instance; None: no /proc/meminfo
 
 
-# Debian 12 and Ubuntu 22.04/24.04 share Debian's packaging (FACTS: Ubuntu inferred from it).
+# Debian 12 and Ubuntu 22.04/24.04 share Debian's packaging (Ubuntu's is inferred from it, not read).
 _DEBIAN_FAMILY = Layout(
     rules={"rules.d/audit.rules": DEBIAN_RULES},
     refuse_manual_stop=False,
