@@ -19,8 +19,8 @@ pytestmark = pytest.mark.e2e
 DEBIAN_SHIPPED_LIMIT = 8192  # Debian 12 and 13 rules.d/audit.rules: -b 8192 (as Debian ships it)
 AL2_SHIPPED_LIMIT = 320
 
-# What each suite is (Debian 12: kernel 6.1, audit 3.0.9; Debian 13: 6.12, audit 4.0.2), checked on the booted guest: the generation the
-# scenarios ran on, and which unit loaded the rules at boot.
+# What each suite is (Debian 12: kernel 6.1, audit 3.0.9; Debian 13: 6.12, audit 4.0.2), checked on the
+# booted guest: the generation the scenarios ran on, and which unit loaded the rules at boot.
 GENERATIONS = {
     "bookworm": {"kernel": "6.1.", "audit": "3.0.9", "cloud_init": "22.4", "rules_loader": "auditd.service"},
     "trixie": {
