@@ -57,6 +57,10 @@ class QemuError(RuntimeError):
     pass
 
 
+class KernelPanic(QemuError):
+    """The guest's kernel panicked after init had started (so the disk may have changed)."""
+
+
 @dataclass
 class Run:
     """One qemu process (one or more boots of the same disk)."""
@@ -138,7 +142,9 @@ def boot(
     A kernel panic ends the run at once instead of at the timeout. A panic before any process of the guest
     printed a line (the kernel itself, before init: nothing on the disk changed) is retried once with the
     same disk and seed: under TCG, kernel 6.12 has crashed that early (an int3 Oops in sched_clock_cpu while
-    code was being patched) in about one boot of twenty. Twice, or any later panic, fails the run.
+    code was being patched) in about one boot of twenty. A later panic in a run that made its own disk
+    (``overlay`` None; e.g. the reboot of a two-boot run) reruns the whole run once on a fresh disk; in a run
+    on an earlier run's disk it fails, as does a second panic.
     """
     timeout_s = int(timeout_s * float(os.environ.get("E2E_TIMEOUT_FACTOR", "1")))
     try:
@@ -150,6 +156,20 @@ def boot(
         os.replace(crash.log, crash.log.with_suffix(".crashed.log"))
         run = _boot_once(image, name=name, workdir=workdir, user_data=user_data, instance_id=instance_id,
                          overlay=crash.overlay, memory_mib=memory_mib, smp=smp, append=append,
+                         extra_append=extra_append, timeout_s=timeout_s, retry=False)
+    except KernelPanic as panic:
+        if overlay is not None:
+            raise  # the disk came from an earlier run and may have changed: a retry would not start the same
+        # The run made its own disk: a whole new run on a fresh overlay starts exactly as this one did (a
+        # later boot of a multi-boot run, e.g. the reboot of the immutable scenario, hit the same TCG panic).
+        first_line = str(panic).splitlines()[0]
+        print(f"e2e: {name}: {first_line}; the whole run once more on a fresh disk", flush=True)
+        log = workdir / f"{name}.serial.log"
+        if log.exists():
+            os.replace(log, log.with_suffix(".crashed.log"))
+        (workdir / f"{name}.qcow2").unlink(missing_ok=True)
+        run = _boot_once(image, name=name, workdir=workdir, user_data=user_data, instance_id=instance_id,
+                         overlay=None, memory_mib=memory_mib, smp=smp, append=append,
                          extra_append=extra_append, timeout_s=timeout_s, retry=False)
     _log_run(run, image)
     return run
@@ -233,7 +253,7 @@ def _boot_once(
             f"kernel panic before init after {elapsed:.0f}s; serial log {log}", log, overlay
         )
     if any(_PANIC in text for _, text in lines):
-        raise QemuError(f"kernel panic after {elapsed:.0f}s ({name}); serial log {log}:\n{run.tail()}")
+        raise KernelPanic(f"kernel panic after {elapsed:.0f}s ({name}); serial log {log}:\n{run.tail()}")
     if rc != 0:
         why = "timed out" if rc in (124, 137) else f"exited with {rc}"
         raise QemuError(f"qemu {why} after {elapsed:.0f}s ({name}); serial log {log}:\n{run.tail()}")

@@ -23,3 +23,41 @@ def test_a_boot_that_reached_its_processes_is_not_an_early_crash():
     assert not vm.crashed_before_init(lines)
     # A panic after the guest's processes ran (the disk may have changed) is not retried either.
     assert not vm.crashed_before_init(lines + ["[ 99.0] Kernel panic - not syncing: Attempted to kill init!"])
+
+
+def _panicking_once(monkeypatch, calls):
+    """``_boot_once`` that panics after init on its first call and returns a run on the second."""
+
+    def fake_boot_once(image, *, name, workdir, overlay, retry=True, **kwargs):
+        calls.append({"overlay": overlay, "retry": retry, "disk_there": (workdir / f"{name}.qcow2").exists()})
+        if len(calls) == 1:
+            (workdir / f"{name}.qcow2").write_text("the first attempt's disk")
+            (workdir / f"{name}.serial.log").write_text("... Kernel panic - not syncing\n")
+            raise vm.KernelPanic(f"kernel panic after 21s ({name}); serial log\n...")
+        return "second run"
+
+    monkeypatch.setattr(vm, "_boot_once", fake_boot_once)
+    monkeypatch.setattr(vm, "_log_run", lambda run, image: None)
+
+
+def test_a_later_panic_in_a_run_on_its_own_disk_reruns_the_whole_run_on_a_fresh_disk(monkeypatch, tmp_path):
+    calls: list = []
+    _panicking_once(monkeypatch, calls)
+    run = vm.boot(None, name="immutable", workdir=tmp_path, user_data=b"", instance_id="i-1")
+    assert run == "second run"
+    assert [c["overlay"] for c in calls] == [None, None]  # both runs make their own disk
+    assert calls[1] == {"overlay": None, "retry": False, "disk_there": False}  # the first disk is gone
+    assert (tmp_path / "immutable.serial.crashed.log").exists()
+
+
+def test_a_later_panic_on_an_earlier_runs_disk_fails(monkeypatch, tmp_path):
+    calls: list = []
+    _panicking_once(monkeypatch, calls)
+    disk = tmp_path / "debian-1.qcow2"
+    try:
+        vm.boot(None, name="rerun", workdir=tmp_path, user_data=b"", instance_id="i-2", overlay=disk)
+    except vm.KernelPanic as panic:
+        assert "kernel panic" in str(panic)
+    else:
+        raise AssertionError("a panic on a disk an earlier run changed must fail, not be retried")
+    assert len(calls) == 1
