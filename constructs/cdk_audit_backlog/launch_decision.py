@@ -163,11 +163,12 @@ def _warnings(*found: Optional[Tuple[str, str]]) -> Tuple[Tuple[str, str], ...]:
 def _floor_warning(launch: Launch, options: TuningOptions, sizing: "TypeSizing") -> Optional[Tuple[str, str]]:
     """A compliance floor that a full queue makes a large share of the smallest machine's memory: say so."""
     preset = options.preset
-    memories = [instance_memory.memory_mib(t) for t in (sizing.per_type or sizing.types)]
-    known = [m for m in memories if m]
-    if preset is None or not known:
+    if preset is None or not sizing.types:
         return None
-    smallest = min(known)
+    # The types are sorted smallest memory first; a single limit already carries that memory.
+    smallest = sizing.memory or instance_memory.memory_mib(sizing.types[0])
+    if not smallest:
+        return None
     share = preset.floor_share_of(smallest)
     if share <= FLOOR_MEMORY_WARNING_SHARE:
         return None
