@@ -225,6 +225,9 @@ class AuditBacklogAssociation(Construct):
     :param document_name: not starting with aws, amazon or amzn. Default: None (CloudFormation generates one).
     :param compliance: a hardening benchmark's floor, ``"stig"`` or ``"cis"`` (see ``AuditBacklog``).
         Default: None.
+    :param monitor_interval: seconds between two samples of the audit status published to the CloudWatch
+        agent (the script installs the sampler's systemd timer on each machine), 10..3600. Default: None (no
+        sampler).
     :param schedule, max_concurrency, max_errors, compliance_severity, sync_compliance, output_bucket_name,
         output_key_prefix, ssm_permissions: see :class:`AssociationOptions` (same defaults).
     """
@@ -252,6 +255,7 @@ class AuditBacklogAssociation(Construct):
         output_key_prefix: Optional[str] = None,
         ssm_permissions: bool = False,
         compliance: Optional[str] = None,
+        monitor_interval: Optional[int] = None,
     ) -> None:
         # Validate everything before any child exists (a ValueError leaves no half-built construct behind).
         options = AssociationOptions(
@@ -285,6 +289,7 @@ class AuditBacklogAssociation(Construct):
             allow_lower=allow_lower,
             boot_unit=False,
             compliance=compliance,
+            monitor_interval=monitor_interval,
         )
         if association_name is not None:
             validate_document_name(association_name, "association_name")

@@ -12,9 +12,10 @@ from dataclasses import dataclass, fields
 from typing import Any, Dict, Optional
 
 from .compliance import ComplianceProfile, profile, raise_policy
-from .policy import BacklogPolicy, validate_backlog_limit, validate_backlog_wait_time
+from .monitoring_metrics import MAX_INTERVAL_S, MIN_INTERVAL_S
+from .policy import BacklogPolicy, _require_int, validate_backlog_limit, validate_backlog_wait_time
 
-__all__ = ["TuningOptions", "validate_flag", "validate_compact_block"]
+__all__ = ["TuningOptions", "validate_flag", "validate_compact_block", "validate_monitor_interval"]
 
 
 def validate_flag(name: str, value: Any) -> bool:
@@ -32,6 +33,14 @@ def validate_compact_block(value: Any) -> Optional[bool]:
             f"got {value!r}"
         )
     return value
+
+
+def validate_monitor_interval(value: Any, name: str = "monitor_interval") -> Optional[int]:
+    """``value`` (seconds, as a plain int) if it is None or MIN_INTERVAL_S..MAX_INTERVAL_S, else a ValueError
+    naming ``name``."""
+    if value is None:
+        return None
+    return _require_int(name, value, MIN_INTERVAL_S, MAX_INTERVAL_S)
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,9 @@ class TuningOptions:
         plain) where the plain block would make the user data exceed EC2's 16,384 bytes; ``True`` always
         compact; ``False`` always plain. Carriers that write no user data (the SSM association, the Image
         Builder component) ignore it. Default: None.
+    :param monitor_interval: seconds between two samples of the machine's audit status (one ``auditctl -s``
+        each, published to the CloudWatch agent's StatsD listener by a systemd timer the script installs),
+        10..3600. Default: None (no sampler).
     """
 
     backlog_limit: Optional[int] = None
@@ -72,6 +84,7 @@ class TuningOptions:
     boot_unit: bool = True
     compliance: Optional[str] = None
     compact_block: Optional[bool] = None
+    monitor_interval: Optional[int] = None
 
     def __post_init__(self) -> None:
         # Stored normalized (numpy's integers become plain ints, None becomes the default policy), so that
@@ -87,6 +100,7 @@ class TuningOptions:
         for name in ("kernel_cmdline", "install_auditd", "allow_lower", "boot_unit"):
             validate_flag(name, getattr(self, name))
         validate_compact_block(self.compact_block)
+        object.__setattr__(self, "monitor_interval", validate_monitor_interval(self.monitor_interval))
         preset = self.preset
         if preset is not None:
             object.__setattr__(self, "policy", raise_policy(self.policy, preset))  # type: ignore[arg-type]

@@ -56,6 +56,10 @@ class BlockInputs:
         every later boot before the audit rules load: ``"auto"`` (from MemTotal, so it follows a resize),
         ``"fixed"`` (keeps ``target``) or ``"off"``. Default: ``"off"`` (the aspect passes ``"auto"`` or
         ``"fixed"`` unless its ``boot_unit=False``).
+    :param kernel_cmdline_limit: a fixed value for the kernel command line (a compliance preset's exact
+        floor), or None for the machine's limit. Default: None.
+    :param monitor_interval: seconds between two samples of the sampler the script installs (a systemd
+        timer), or None for no sampler. Default: None.
     """
 
     target: Optional[int] = None
@@ -67,6 +71,7 @@ class BlockInputs:
     source: str = "unknown"
     boot_unit: str = "off"
     kernel_cmdline_limit: Optional[int] = None
+    monitor_interval: Optional[int] = None
 
     def __post_init__(self) -> None:
         # The option values are checked by TuningOptions (the one place with their error texts) and kept as
@@ -82,8 +87,10 @@ class BlockInputs:
             kernel_cmdline=self.kernel_cmdline,
             install_auditd=self.install_auditd,
             allow_lower=self.allow_lower,
+            monitor_interval=self.monitor_interval,
         )
         object.__setattr__(self, "backlog_wait_time", options.backlog_wait_time)
+        object.__setattr__(self, "monitor_interval", options.monitor_interval)
         if self.kernel_cmdline_limit is not None:
             limit = validate_backlog_limit(self.kernel_cmdline_limit, "kernel_cmdline_limit")
             object.__setattr__(self, "kernel_cmdline_limit", limit)
@@ -109,6 +116,7 @@ class BlockInputs:
             source=source,
             boot_unit=options.boot_unit_mode,
             kernel_cmdline_limit=options.kernel_cmdline_limit,
+            monitor_interval=options.monitor_interval,
         )
 
     def features(self) -> frozenset:
@@ -120,6 +128,7 @@ class BlockInputs:
             "install": self.install_auditd,
             "cmdline": self.kernel_cmdline,
             "unit": self.boot_unit != "off",
+            "monitor": self.monitor_interval is not None,
         }
         return frozenset(name for name, on in used.items() if on)
 
@@ -139,7 +148,7 @@ class BlockInputs:
         ] + ([] if self.boot_unit == "off" else [f"CAB_UNIT={self.boot_unit}"]) + (
             # Only a compliance preset fixes the command line's value (the STIG's exact floor).
             [] if self.kernel_cmdline_limit is None else [f"CAB_CMDLINE_LIMIT={self.kernel_cmdline_limit}"]
-        )
+        ) + ([] if self.monitor_interval is None else [f"CAB_MONITOR={self.monitor_interval}"])
 
 
 def script_text() -> str:
