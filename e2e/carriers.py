@@ -2,15 +2,18 @@
 ...]``).
 
 - ``karpenter``: the AL2023 node class's ``userData`` as the node receives it after Karpenter's merge
-  (Karpenter's NodeConfig part first, then the parts of our document), booted on the AL2-like image
-  (``-b 320``) at 1 GiB: cloud-init runs our shell part, the block computes the limit from MemTotal.
-  One boot.
+  (Karpenter's NodeConfig part first, then the parts of our document), booted at 1 GiB on an image whose
+  rules set no ``-b`` (Fedora's rules file; Amazon Linux 2023 may ship the same) with
+  ``audit_backlog_limit=8192`` on the kernel command line, as a STIG-hardened AL2023 image boots: cloud-init
+  runs our shell part, the block computes 1024 from MemTotal and keeps the command line's larger 8192 (the
+  machine's existing limit), writes no smaller ``-b``; the machine then reboots and the boot unit keeps 8192
+  too. One run, two boots.
 - ``image-builder``: the Image Builder component's build and validate phases, taken from the synthesized
   template's ``AWS::ImageBuilder::Component`` document, run on a "build instance" (the AL2-like image,
   1 GiB; cloud-init stands in for Image Builder's agent, as root on a running system); then the same disk
-  is started as a launched instance with no user data at all, at 1 GiB, 8 GiB and 1 GiB again (the last
-  one a new instance that runs the component's test phase). The limit is read right after the rules
-  load (``e2e-early.service``). Four boots.
+  is started as a launched instance at 1 GiB that runs the component's test phase as its user data, and
+  that instance started again at 8 GiB. The limit is read right after the rules load
+  (``e2e-early.service``). Three boots.
 
 The user data comes from the library (``karpenter_user_data``), exactly as a manifest would carry it.
 """
@@ -28,6 +31,8 @@ from . import vm
 from .scenarios import M5_LARGE_MIB, T3_MICRO_MIB, Scenario, summary, workdir
 
 KARPENTER_BOUNDARY = "//"
+#: What a STIG-hardened image has on its kernel command line (the benchmark's exact value).
+STIG_CMDLINE_LIMIT = 8192
 # What Karpenter puts first on AL2023 (its own NodeConfig; values as Karpenter fills them in).
 KARPENTER_NODE_CONFIG = (
     "Content-Type: application/node.eks.aws\n"
@@ -61,10 +66,11 @@ def karpenter_merged(user_data: str) -> bytes:
 def karpenter_al2023(suite: str = images.DEFAULT_SUITE) -> Scenario:
     started = time.monotonic()
     ud = karpenter_merged(karpenter_user_data("AL2023"))
-    img = images.build_image(images.AL2, suite)
+    img = images.build_image(images.NO_B, suite)
     wd = workdir(f"{suite}/karpenter")
     run = vm.boot(img, name="karpenter-al2023", workdir=wd, user_data=ud, instance_id="i-e2e-karpenter-1",
-                  memory_mib=T3_MICRO_MIB)
+                  memory_mib=T3_MICRO_MIB, timeout_s=900,
+                  extra_append=f"audit_backlog_limit={STIG_CMDLINE_LIMIT} e2e.boots=2")
     return Scenario("karpenter", [run], ud, time.monotonic() - started, suite)
 
 
@@ -134,13 +140,15 @@ def image_builder_resize(suite: str = images.DEFAULT_SUITE) -> Scenario:
     runs = [vm.boot(img, name="ib-build", workdir=wd, user_data=build, instance_id="i-e2e-ib-build",
                     memory_mib=T3_MICRO_MIB)]
     overlay = wd / "ib-build.qcow2"
-    for name, memory, user_data, instance in (
-        ("ib-launch-1gib", T3_MICRO_MIB, b"", "i-e2e-ib-1"),
-        ("ib-launch-8gib", M5_LARGE_MIB, b"", "i-e2e-ib-1"),
-        ("ib-test-1gib", T3_MICRO_MIB, phase_script(document, ("test",)), "i-e2e-ib-2"),
+    # The launched instance's user data is the test phase (it runs after the rules loaded, so the limit read
+    # at the rule load is the boot unit's alone); its second start, at 8 GiB, runs no user data.
+    test = phase_script(document, ("test",))
+    for name, memory, user_data, extra in (
+        ("ib-launch-1gib", T3_MICRO_MIB, test, ""),
+        ("ib-launch-8gib", M5_LARGE_MIB, test, vm.NO_CLOUD_INIT),
     ):
-        runs.append(vm.boot(img, name=name, workdir=wd, user_data=user_data, instance_id=instance,
-                            overlay=overlay, memory_mib=memory))
+        runs.append(vm.boot(img, name=name, workdir=wd, user_data=user_data, instance_id="i-e2e-ib-1",
+                            overlay=overlay, memory_mib=memory, extra_append=extra))
     return Scenario("image-builder", runs, build, time.monotonic() - started, suite)
 
 

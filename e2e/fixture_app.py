@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """A second small app for the e2e scenarios the example app does not exercise, built like a user would:
 an Instance whose own user script runs with ``set -e`` and ends in ``exit 0``, tuned with
-``kernel_cmdline=True``; and a mixed-instances group of m5.large (8 GiB) and r5.4xlarge (128 GiB), whose
-types map to different limits, so its launch template's block runs in ``auto`` (tuned by an aspect of its
-own, without the kernel command line). Synthesized by the harness exactly like ``app.py``
-(``CDK_OUTDIR``), never imported.
+``kernel_cmdline=True``; and a mixed-instances group
+of m5.large (8 GiB) and r5.4xlarge (128 GiB), whose types map to different limits, so its launch template's
+block runs in ``auto`` (tuned by an aspect of its own, without the kernel command line), with a user script
+of about 12.5 KB: the plain block would take the user data past EC2's 16,384 bytes, so the block is
+compact. Synthesized by the harness exactly like ``app.py`` (``CDK_OUTDIR``), never imported.
 """
 
 import aws_cdk as cdk
@@ -45,7 +46,14 @@ mixed_template = ec2.LaunchTemplate(
     machine_image=ec2.MachineImage.latest_amazon_linux2023(),
     user_data=ec2.UserData.for_linux(),
 )
-mixed_template.user_data.add_commands("echo 'E2E-USER mixed group member booted'")
+# A long user script, as some fleets carry: each line runs (n counts them), the last one reports the count.
+PADDING_LINES = 136
+mixed_template.user_data.add_commands(
+    "n=0",
+    *[f"n=$((n+1))  # user script line {i:03d} of a long bootstrap script, padded to about sixty bytes"
+      for i in range(PADDING_LINES)],
+    "echo \"E2E-USER mixed group member booted after $n lines\"",
+)
 autoscaling.AutoScalingGroup(
     stack,
     "Mixed",

@@ -99,7 +99,19 @@ IMMUTABLE = Variant(
     files=AL2.files + (("etc/audit/rules.d/99-finalize.rules", 0o600, "-e 2\n"),),
     description="AL2-like plus rules.d/99-finalize.rules with -e 2 (immutable until reboot)",
 )
-VARIANTS: Dict[str, Variant] = {v.name: v for v in (DEBIAN, AL2, IMMUTABLE)}
+# Rules with no -b at all (Fedora's rules.d/audit.rules; Amazon Linux 2023 may ship the same): the limit the
+# machine runs with is the kernel command line's audit_backlog_limit= where the image sets one (hardened
+# images do), else the kernel's 64.
+_NO_B_RULES = "## Delete all rules\n-D\n\n## No auditing of tasks unless rules say so\n-a task,never\n"
+NO_B = Variant(
+    "nob",
+    files=(
+        ("etc/audit/rules.d/audit.rules", 0o600, _NO_B_RULES),
+        AL2.files[1],
+    ),
+    description="rules.d/audit.rules with no -b (Fedora's), auditd unit RefuseManualStop=yes",
+)
+VARIANTS: Dict[str, Variant] = {v.name: v for v in (DEBIAN, AL2, IMMUTABLE, NO_B)}
 
 
 @dataclass
@@ -282,6 +294,7 @@ def _build_disk(base: Path, variant: Variant, guest: Tuple[Tuple[str, int, bytes
                 _write(tree / rel, mode, content)
             for wants, unit in (
                 ("cloud-init.target", "e2e-guest.service"),
+                ("multi-user.target", "e2e-guest.service"),  # boots with cloud-init disabled
                 ("sysinit.target", "e2e-early.service"),
             ):
                 link = tree / f"etc/systemd/system/{wants}.wants/{unit}"

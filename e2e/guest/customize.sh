@@ -27,6 +27,13 @@ GRUB_CMDLINE_LINUX="console=ttyS0"
 GRUB_TERMINAL=console
 GRUB_DISABLE_OS_PROBER=true
 CFG
+# Cloud images ship drop-ins that GRUB reads after /etc/default/grub and that set the command line again
+# (Ubuntu's 50-cloudimg-settings.cfg, for one): an edit of /etc/default/grub alone would not reach grub.cfg.
+mkdir -p "$root/etc/default/grub.d"
+cat > "$root/etc/default/grub.d/50-cloudimg-settings.cfg" <<'CFG'
+# Set by the cloud image build: the serial console for the cloud provider's console output.
+GRUB_CMDLINE_LINUX="console=ttyS0"
+CFG
 # Nothing in the test needs these; under software emulation they only cost boot time and serial noise.
 for unit in serial-getty@ttyS0.service getty@tty1.service apt-daily.timer apt-daily-upgrade.timer \
     e2scrub_all.timer e2scrub_reap.service fstrim.timer man-db.timer dpkg-db-backup.timer; do
