@@ -4,6 +4,8 @@ import copy
 import json
 import os
 import re
+import base64
+import gzip
 import subprocess
 from pathlib import Path
 
@@ -430,3 +432,37 @@ def test_build_phase_with_a_fixed_limit_keeps_it_across_memory_sizes(tmp_path):
     for kib in (1000000, 8006068):
         set_mem(root, kib)
         assert unit_boot(root, sandbox)[0] == 16384
+
+
+def test_build_phase_with_monitor_interval_installs_the_sampler(tmp_path):
+    """monitor_interval is baked into the installed script (the CAB_MONITOR default); the build's install
+    mode installs the sampler's timer next to the boot unit, and the env file carries the interval."""
+    sandbox = fx.make_sandbox(tmp_path / "sandbox")
+    root = tmp_path / "root"
+    fx.build(root, "al2")
+    _, _, component = build_stack(monitor_interval=300)
+    assert component.tuning.monitor_interval == 300
+    packed = component_script(300)
+    assert len(component.document) <= 16000 and packed.startswith("#!/bin/bash\n")
+    b64 = packed.splitlines()[-1].split("'")[1]
+    script = gzip.decompress(base64.b64decode(b64)).decode()
+    assert 'CAB_MONITOR="${CAB_MONITOR:-300}"' in script.splitlines() and "cab_sample()" in script
+    # without the option the component's script is the one it was before the sampler
+    assert "CAB_MONITOR" not in component_script() and "cab_sample" not in component_script()
+    r = run_build_phase(root, sandbox, yaml.safe_load(component.document))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cdk-audit-backlog: monitor: sampler every 300s installed" in r.stdout.splitlines()
+    wants = root / "etc/systemd/system/timers.target.wants/cdk-audit-backlog-sample.timer"
+    assert wants.is_symlink()
+    # the installed copy (the packed file) runs the boot unit and the sampler as the plain script would
+    copy = root / "usr/local/sbin/cdk-audit-backlog"
+    assert copy.read_text() == packed
+    k, out = unit_boot(root, sandbox)
+    assert "backlog_limit" in out
+    env = {**fx.script_env(root, sandbox), "CAB_STATSD": "127.0.0.1:9"}
+    r = subprocess.run(["bash", str(copy), "sample"], env=env, capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0 and "AuditBacklogLimit:%d|g" % k in r.stdout.splitlines(), r.stdout + r.stderr
+    assert "CAB_MONITOR=300" in (root / "etc/cdk-audit-backlog.env").read_text().splitlines()
+    with pytest.raises(ValueError, match="monitor_interval"):
+        build_stack(monitor_interval=3601)

@@ -213,6 +213,8 @@ def test_bottlerocket_keeps_the_users_toml():
         (("Bottlerocket",), {"instance_types": "m5.large"}, "instance_types"),
         (("Bottlerocket",), {"instance_types": ["m5.huge"]}, "instance_types"),
         (("Bottlerocket",), {"backlog_limit": 8192, "install_auditd": True}, "install_auditd"),
+        (("Bottlerocket",), {"backlog_limit": 8192, "monitor_interval": 60}, "monitor_interval"),
+        (("AL2023",), {"monitor_interval": 5}, "monitor_interval"),
         (("Bottlerocket",), {"backlog_limit": 8192, "user_data": "#!/bin/bash\n"}, "user_data"),
     ],
 )
@@ -270,3 +272,18 @@ def test_user_data_sizes(capsys):
     with capsys.disabled():
         print(f"\nKarpenter userData bytes: {sizes}")
     assert sizes["AL2023"] < 16384 - 2048  # leaves Karpenter's NodeConfig and the user's parts room
+
+
+def test_monitor_interval_installs_the_sampler_on_an_al2023_node(tmp_path):
+    """monitor_interval reaches the block through TuningOptions: the part runs from a file and installs the
+    sampler's timer with that interval."""
+    sandbox = fx.make_sandbox(tmp_path / "sandbox")
+    root = tmp_path / "root"
+    fx.build(root, "al2023-fedora-file")
+    (script,) = shell_parts(karpenter_user_data("AL2023", monitor_interval=120))
+    assert "CAB_MONITOR=120" in script.splitlines()
+    r = fx.run_user_data(root, sandbox, script)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cdk-audit-backlog: monitor: sampler every 120s installed" in r.stdout.splitlines()
+    assert "OnUnitActiveSec=120" in (root / "etc/systemd/system/cdk-audit-backlog-sample.timer").read_text()
+    assert "CAB_MONITOR" not in "".join(shell_parts(karpenter_user_data("AL2023")))

@@ -11,8 +11,10 @@
 #   - every filesystem path goes through $R (CAB_ROOT, empty on instances) so the tests can run this
 #     very script on fixture roots; every external command that can hang runs under timeout;
 #   - lines between "# @@CAB_IF <feature>@@" and "# @@CAB_ENDIF@@" are left out of the rendered block
-#     when the feature is off at synth time (auto, wait, install, cmdline, unit); they still check their
-#     input at run time, so this file works on its own with every feature.
+#     when the feature is off at synth time (auto, wait, install, cmdline, unit, monitor); they still check
+#     their input at run time, so this file works on its own with every feature. A gate may name several
+#     features, "a|b" (any of them on) or "a&!b" (all of them, ! for off), so that a part shared by two
+#     features, or a line that differs when both are on, keeps the blocks without the second byte for byte.
 # Standalone: sudo CAB_TARGET=8192 bash audit-backlog.sh [MODE] (inputs from the environment, defaults below).
 # MODE (first argument):
 #   apply    (default; what user data runs) size, persist, apply now with auditctl -b, verify, report; with
@@ -21,7 +23,11 @@
 #            this file -> /usr/local/sbin/cdk-audit-backlog, its inputs -> /etc/cdk-audit-backlog.env,
 #            /etc/systemd/system/cdk-audit-backlog.service, wanted by auditd.service and audit-rules.service;
 #   boot     what that unit runs on every boot, before the audit rules load: inputs from the env file, size
-#            and persist our own rules.d file only (no auditctl -b: the rule load that follows sets it).
+#            and persist our own rules.d file only (no auditctl -b: the rule load that follows sets it);
+#   sample   what the sampler's timer runs every CAB_MONITOR seconds: one auditctl -s, one StatsD datagram to
+#            the CloudWatch agent (CAB_STATSD, default 127.0.0.1:8125), printed to stdout as sent; a drift
+#            below the target is reported on stderr (the console) and restored once per boot where auditd
+#            owns the audit socket. With CAB_MONITOR set, apply and install also install the sampler.
 # Commands are found on PATH (cloud-init's, like systemd's and SysV init's, includes /usr/sbin and /sbin).
 # @@CAB_INPUTS_BEGIN@@
 CAB_TARGET="${CAB_TARGET:-auto}"
@@ -35,6 +41,7 @@ CAB_ALLOW_LOWER="${CAB_ALLOW_LOWER:-0}"
 CAB_SOURCE="${CAB_SOURCE:-unknown}"
 CAB_UNIT="${CAB_UNIT:-off}"
 CAB_CMDLINE_LIMIT="${CAB_CMDLINE_LIMIT:-}"
+CAB_MONITOR="${CAB_MONITOR:-}"
 # @@CAB_INPUTS_END@@
 
 # Globals, one meaning each; the ones that recur are short because the block's size is budgeted
@@ -48,10 +55,12 @@ CAB_CMDLINE_LIMIT="${CAB_CMDLINE_LIMIT:-}"
 #   manager and pkg package (install); w wait time; m method; c the rules need our -b; k the content of f
 #   now, x its new content; ok persisted; ch changed a file; d limit the rules load; n limit the kernel
 #   gets; o kernel limit before; lost events lost (empty when the kernel did not report); state the state
-#   file; v exit status (see the end).
+#   file; v exit status (see the end); pd the audit socket owner's pid, oc its command, ag whether its
+#   limit agrees with the target (apply with monitoring).
+#   Set by wr (with monitoring): vw, the env file V was written or found up to date in this run.
 R=${CAB_ROOT:-}
 E=$R/etc/audit
-# @@CAB_IF unit@@
+# @@CAB_IF unit|monitor@@
 S=${BASH_SOURCE[0]:-}
 V=$R/etc/cdk-audit-backlog.env
 # @@CAB_ENDIF@@
@@ -151,6 +160,7 @@ cab_unit() {
     return 6
   fi
   [ "$CAB_UNIT" != auto ] || y=auto
+  # With monitoring, wr adds CAB_MONITOR to this file (see the second wr).
   wr "$V" "CAB_TARGET=$y" "CAB_FRACTION_PPM=$CAB_FRACTION_PPM" "CAB_MIN=$CAB_MIN" "CAB_MAX=$CAB_MAX" "CAB_WAIT=$CAB_WAIT" "CAB_KERNEL_CMDLINE=0" "CAB_INSTALL_AUDITD=0" "CAB_ALLOW_LOWER=$CAB_ALLOW_LOWER" "CAB_SOURCE=boot"
   mkdir -p "${sbin%/*}" "${u%/*}" || :
   wr "$sbin" "$(cat "$S")"
@@ -163,13 +173,140 @@ cab_unit() {
   say "unit: ${res:-up to date} (boot target $y)"
   [ "$res" != failed ] || return 6
 }
+# @@CAB_ENDIF@@
 
+# @@CAB_IF unit&!monitor@@
 # wr FILE LINE...: FILE holds the LINEs, written only when it differs; sets the caller's res=installed
 # when written, failed when it cannot be.
+# shellcheck disable=SC2329  # the standalone script's second wr (monitor) replaces it; blocks have one
 wr() {
   local file=$1
   shift
   [ "$(printf '%s\n' "$@")" = "$(cat "$file" 2>/dev/null)" ] || { printf '%s\n' "$@" >"$file" && res=${res:-installed}; } || res=failed
+}
+# @@CAB_ENDIF@@
+
+# @@CAB_IF monitor@@
+# wr FILE LINE...: the same, except that the env file V also gets CAB_MONITOR: one file for the boot unit
+# and the sampler, whichever writes it, with the same lines (so neither rewrites what the other wrote).
+# (The standalone script defines wr twice; this later one is the one that runs.)
+wr() {
+  local file=$1
+  shift
+  [ "$file" != "$V" ] || { vw=1; set -- "$@" "CAB_MONITOR=$CAB_MONITOR"; }
+  [ "$(printf '%s\n' "$@")" = "$(cat "$file" 2>/dev/null)" ] || { printf '%s\n' "$@" >"$file" && res=${res:-installed}; } || res=failed
+}
+
+# cab_mon: install the sampler on systemd systems: this script (S) and its inputs (V), shared with the boot
+# unit, a oneshot that runs `sample` and a timer every CAB_MONITOR seconds, enabled as `systemctl enable`
+# would (a link in timers.target.wants: no running systemd needed) and, when this run installed something,
+# started now (the boot that installs it has reached timers.target already). The sampler's stdout (the
+# datagram's lines) goes nowhere, its stderr (a drift line) to the journal and the console. A rerun writes
+# nothing and calls no systemctl.
+cab_mon() {
+  local i=$CAB_MONITOR sbin=$R/usr/local/sbin/cdk-audit-backlog u=$R/etc/systemd/system/cdk-audit-backlog-sample res='' link
+  if [ ! -d "$R/run/systemd/system" ] || [ ! -f "$S" ]; then
+    say "monitor: not installed (needs systemd, a script file)"
+    return 6
+  fi
+  # The boot unit's wr wrote V in this run when it is installed; else the sampler's own inputs (the target
+  # when no run recorded one, and its policy).
+  [ -n "${vw:-}" ] || wr "$V" "CAB_TARGET=$CAB_TARGET" "CAB_FRACTION_PPM=$CAB_FRACTION_PPM" "CAB_MIN=$CAB_MIN" "CAB_MAX=$CAB_MAX"
+  link=${u%/*}/timers.target.wants/${u##*/}.timer
+  mkdir -p "${sbin%/*}" "${link%/*}" || :
+  wr "$sbin" "$(cat "$S")"
+  wr "$u.service" "[Unit]" "Description=cdk-audit-backlog sampler" "[Service]" "Type=oneshot" "ExecStart=/bin/bash ${sbin#"$R"} sample" "StandardOutput=null" "StandardError=journal+console"
+  wr "$u.timer" "[Unit]" "Description=cdk-audit-backlog sampler every ${i}s" "[Timer]" "OnBootSec=$i" "OnUnitActiveSec=$i" "AccuracySec=1s" "[Install]" "WantedBy=timers.target"
+  [ -L "$link" ] || { ln -s "${u#"$R"}.timer" "$link" && res=${res:-installed}; } || res=failed
+  [ "$res" != installed ] || { q 60 systemctl daemon-reload; q 20 systemctl --no-block restart "${u##*/}.timer"; } || :
+  say "monitor: sampler every ${i}s ${res:-up to date}"
+  [ "$res" != failed ] || return 6
+}
+
+# ss: what the sampler reads, from one `auditctl -s` (5 s at most: it runs every interval): "enabled lost
+# backlog backlog_limit backlog_wait_time backlog_wait_time_actual pid", a wait time "-" where this kernel
+# has none; nothing at all when auditctl reports no backlog_limit. (|| : as in st.)
+ss() {
+  timeout 5 auditctl -s 2>/dev/null | awk -F'[ =]' '{for(i=1;i<NF;i++)v[$i]=$(i+1)}END{w="backlog_wait_time";a=w"_actual";if("backlog_limit" in v)print v["enabled"]+0,v["lost"]+0,v["backlog"]+0,v["backlog_limit"]+0,((w in v)?v[w]+0:"-"),((a in v)?v[a]+0:"-"),v["pid"]+0}' || :
+}
+
+# cm PID: the command that owns the audit socket: PID's comm, with anything but letters, digits and _.- made
+# _ (it becomes a StatsD tag), none for pid 0, unknown when it cannot be read.
+cm() {
+  local c=none
+  [ "$1" = 0 ] || { read -r c <"$R/proc/$1/comm"; } 2>/dev/null || c=
+  c=${c//[^A-Za-z0-9_.-]/_}
+  echo "${c:-unknown}"
+}
+
+# sd KEY LINE: LINE to stderr (the sampler's console; its stdout is the datagram) unless the last line said
+# was for KEY (z/said), so a timer repeats nothing; no KEY clears it.
+sd() {
+  if [ -z "$1" ]; then
+    rm -f "$z/said"
+  elif [ "$1" != "$(cat "$z/said" 2>/dev/null)" ]; then
+    echo "$1" >"$z/said"
+    say "$2" >&2
+  fi
+}
+
+# cab_sample: the sampler (mode sample). The metric names and StatsD types are the contract in
+# monitoring_metrics.py. State lives in z, under /run (tmpfs: emptied at boot, nothing left on disk): the
+# previous lost counter, the last drift line's key, whether this boot restored the limit once.
+# lost: the increase since the previous sample; the counter itself when it went down (a boot reset it) or
+# there is none. Target: the state file's (what the last acting apply or boot run chose), else the inputs'.
+# Drift (docs/design.md, "Drift"): where auditd (or no one) owns the socket and the rules are not immutable,
+# auditctl -b TARGET once per boot; another owner's limit is only reported, so we never fight it in a loop.
+cab_sample() {
+  local z=$R/run/cdk-audit-backlog a=${CAB_STATSD:-127.0.0.1:8125} bk wa t p n ow dr x l
+  trap 'say "error $LINENO: $BASH_COMMAND" >&2' ERR
+  mkdir -p "$z"
+  read -r en lo bk bl bw wa pd < <(ss) || :
+  if [ -z "$bl" ]; then
+    sd - "sample: no audit status (auditctl -s)"
+    exit 3
+  fi
+  t=$(sed -n 's/^target=\([0-9][0-9]*\)$/\1/p' "$R/var/lib/cdk-audit-backlog/state" 2>/dev/null) || :
+  if [ -z "$t" ]; then
+    t=$CAB_TARGET
+    if [ "$t" = auto ]; then
+      kib=$(awk '/^MemTotal:/{print $2}' "$R/proc/meminfo" 2>/dev/null) || :
+      t=$(cab_limit_for_kib "${kib:-0}")
+    fi
+  fi
+  p=$(cat "$z/lost" 2>/dev/null) || :
+  n=$lo
+  [[ ! $p =~ ^[0-9]+$ ]] || ((lo<p)) || n=$((lo-p))
+  echo "$lo" >"$z/lost"
+  ow=$(cm "$pd")
+  dr=$((bl>0&&bl<t?t-bl:0))
+  l=("AuditLostEvents:$n|c" "AuditBacklog:$bk|g" "AuditBacklogLimit:$bl|g" "AuditBacklogUsePercent:$((bl>0?bk*100/bl:0))|g")
+  [ "$bw" = - ] || l+=("AuditBacklogWaitTime:$bw|g")
+  [ "$wa" = - ] || l+=("AuditBacklogWaitTimeActual:$wa|g")
+  l+=("AuditBacklogTarget:$t|g" "AuditBacklogDrift:$dr|g" "AuditSocketOwner:1|g|#Owner:$ow")
+  x=$(printf '%s\n' "${l[@]}")
+  echo "$x"
+  # One datagram through bash's own UDP socket (/dev/udp is bash's, not a file: no $R). bash writes a
+  # builtin's output line by line (one datagram each), so cat, which has the whole here-string at once,
+  # writes it in one. Nothing listening loses it silently; a send that fails is not an error.
+  { cat <<<"$x" >"/dev/udp/${a%:*}/${a##*:}"; } 2>/dev/null || :
+  if ((dr)); then
+    x="left to it"
+    if [ "$ow" = auditd ] || [ "$ow" = none ]; then
+      if [ "$en" = 2 ]; then
+        x="immutable, left for the next boot"
+      elif [ -e "$z/restored" ]; then
+        x="restored once this boot already, left"
+      else
+        : >"$z/restored"
+        x="restore failed"
+        ! q 5 auditctl -b "$t" || x="restored"
+      fi
+    fi
+    sd "$ow $bl" "drift: $ow (pid $pd) has backlog_limit $bl, our target $t: $x"
+  else
+    sd ""
+  fi
 }
 # @@CAB_ENDIF@@
 
@@ -226,10 +363,28 @@ cab_main() {
   trap 'say "error $LINENO: $BASH_COMMAND"' ERR
   umask 027
   # Its globals (mo t s kib pm pkg w m c k x ok ch d n o lost state v): see the legend at the top.
-  # @@CAB_IF unit@@
+  # @@CAB_IF unit|monitor@@
   mo=${1:-apply}
+  # @@CAB_ENDIF@@
+  # @@CAB_IF monitor@@
+  if [ "$mo" = sample ]; then
+    # The inputs the boot unit or the sampler's install left (the target when no run recorded one).
+    if [ -f "$V" ]; then
+      # shellcheck disable=SC1090  # our own root-owned file, written by wr
+      . "$V"
+    fi
+    cab_sample
+    exit 0
+  fi
+  # @@CAB_ENDIF@@
+  # @@CAB_IF unit@@
   if [ "$mo" = install ]; then
     cab_unit || return
+    # @@CAB_ENDIF@@
+    # @@CAB_IF unit&monitor@@
+    [ -z "$CAB_MONITOR" ] || cab_mon || return
+    # @@CAB_ENDIF@@
+    # @@CAB_IF unit@@
     return 0
   fi
   [ "$mo" = apply ] || [ "$mo" = boot ] || { say "unknown mode $mo (apply, boot, install)"; return 2; }
@@ -336,6 +491,15 @@ cab_main() {
       if [ "$en" = 2 ]; then
         m=next-boot
         say "immutable: takes effect at next boot"
+      # @@CAB_IF monitor@@
+      # Another program owns the audit socket (auditbeat, osqueryd, go-audit...): its limit is its decision.
+      # Said in one line, whether it agrees with the target (at least the target, or 0: no limit) or not
+      # (exit 7); never changed (docs/design.md, "Drift").
+      elif [ -n "$CAB_MONITOR" ] && read -r _ _ _ _ _ _ pd < <(ss) && oc=$(cm "$pd") && [ "$oc" != auditd ] && [ "$oc" != none ]; then
+        ag="agrees with"
+        ((!bl||bl>=t)) || { ag="is below"; v=7; }
+        say "owner: $oc (pid $pd) has the audit socket, its backlog_limit $bl $ag our target $t: left to it"
+      # @@CAB_ENDIF@@
       else
         [ "$bl" = "$n" ] || ! q 20 auditctl -b "$n" || m=auditctl
         # @@CAB_IF wait@@
@@ -359,6 +523,10 @@ cab_main() {
   # A unit that cannot be installed is reported; it does not change the exit status of apply.
   [ "$mo" != apply ] || [ "$CAB_UNIT" = off ] || cab_unit || :
   # @@CAB_ENDIF@@
+  # @@CAB_IF monitor@@
+  # So is a sampler that cannot be installed.
+  [ "$mo" != apply ] || [ -z "$CAB_MONITOR" ] || cab_mon || :
+  # @@CAB_ENDIF@@
   lost=${bl:+$lo}
   say "backlog_limit $o -> ${bl:-?} ($s; method $m; lost ${lost:-?})"
   state=$R/var/lib/cdk-audit-backlog/state
@@ -371,7 +539,9 @@ cab_main() {
   # The exit status, for a caller that reads it (an SSM association: non-zero makes the instance
   # NON_COMPLIANT; user data ignores it; the boot unit shows failed): 0 done, nothing to do, or immutable
   # (next boot); 3 no auditctl; 4 the kernel's limit is not the one applied; 5 not persisted (the next
-  # boot reverts); 6 (install mode) the boot unit could not be installed.
+  # boot reverts); 6 (install mode) the boot unit (or, with monitoring, the sampler) could not be installed;
+  # 7 (with monitoring) another program owns the audit socket and its limit is below the target: left to
+  # it. Mode sample exits 0, or 3 when auditctl -s reports nothing.
   [ $ok$v != no0 ] || v=5
   exit $v
 }

@@ -27,6 +27,7 @@ we do not need (the document is generated and checked here, see :func:`check_com
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from importlib import resources
@@ -37,8 +38,8 @@ from aws_cdk import aws_imagebuilder as imagebuilder
 from constructs import Construct
 
 from .policy import BacklogPolicy
-from .tuning_options import TuningOptions
-from .user_data import FEATURES, _compact_body, script_text
+from .tuning_options import TuningOptions, validate_monitor_interval
+from .user_data import FEATURES, _compact_body, deterministic_gzip, script_text
 
 __all__ = [
     "AuditBacklogComponent",
@@ -89,19 +90,43 @@ _PARAMETERS = {
 }  # fmt: skip
 
 
-def component_script() -> str:
+def component_script(monitor_interval: Optional[int] = None) -> str:
     """The script the component installs: ``userdata/audit-backlog.sh`` with its input section as shipped
     (every input from the environment, with the script's defaults) and its body compacted as for the
-    user-data block, with the optional parts an image needs: auto, wait time and the boot unit."""
+    user-data block, with the optional parts an image needs: auto, wait time and the boot unit; and, with
+    ``monitor_interval`` (seconds), the sampler, its interval the script's default for ``CAB_MONITOR``
+    (without it the ``CAB_MONITOR`` line is left out, so the script is the one it was before the sampler).
+    With the sampler the script is shipped gzip-compressed and Base64-encoded in a file that evaluates it
+    (the plain one would not fit Image Builder's inline limit)."""
     from . import user_data
 
+    interval = validate_monitor_interval(monitor_interval)
     text = script_text()
     inputs = text.split(user_data._INPUTS_BEGIN, 1)[1].split(user_data._INPUTS_END, 1)[0]
-    lines = [
-        line.strip() for line in inputs.splitlines() if line.strip() and not line.strip().startswith("#")
-    ]
-    features = frozenset(f for f in ("auto", "wait", "unit") if f in FEATURES)
-    return "#!/bin/bash\n" + "\n".join(lines) + "\n" + _compact_body(features)
+    lines = []
+    for line in inputs.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("CAB_MONITOR="):
+            if interval is None:
+                continue
+            line = f'CAB_MONITOR="${{CAB_MONITOR:-{interval}}}"'
+        lines.append(line)
+    wanted = ("auto", "wait", "unit") + (() if interval is None else ("monitor",))
+    features = frozenset(f for f in wanted if f in FEATURES)
+    script = "#!/bin/bash\n" + "\n".join(lines) + "\n" + _compact_body(features)
+    if interval is None:
+        return script
+    # With the sampler the plain script would take the document over Image Builder's 16,000 inline
+    # characters: the file holds it gzip-compressed and Base64-encoded and evaluates it. It is still one file
+    # (BASH_SOURCE), which install mode copies for the unit and the timer, and that copy runs the same way.
+    packed = base64.b64encode(deterministic_gzip(script.encode("utf-8"))).decode("ascii")
+    return (
+        "#!/bin/bash\n"
+        "# cdk-audit-backlog (userdata/audit-backlog.sh, gzip+base64): read it with base64 -d | gzip -dc\n"
+        f"eval \"$(base64 -d <<<'{packed}'|gzip -dc)\"\n"
+    )
 
 
 # -- the document ---------------------------------------------------------------------------------
@@ -156,8 +181,11 @@ def _bash_step(name: str, script: str) -> Dict[str, Any]:
     return {"name": name, "action": "ExecuteBash", "inputs": {"commands": [script]}}
 
 
-def component_document(parameters: Dict[str, str], *, name: str, description: str) -> str:
-    """The YAML component document with ``parameters`` (name -> default value)."""
+def component_document(
+    parameters: Dict[str, str], *, name: str, description: str, monitor_interval: Optional[int] = None
+) -> str:
+    """The YAML component document with ``parameters`` (name -> default value); with ``monitor_interval``
+    the installed script also installs the sampler (see :func:`component_script`)."""
     inputs = "".join(f"{var}={{{{ {param} }}}}\n" for param, (var, _, _) in _PARAMETERS.items())
     document = {
         "name": name,
@@ -177,7 +205,7 @@ def component_document(parameters: Dict[str, str], *, name: str, description: st
                         "action": "CreateFile",
                         "inputs": [
                             {"path": _INPUTS_FILE, "content": inputs},
-                            {"path": _SCRIPT_FILE, "content": component_script()},
+                            {"path": _SCRIPT_FILE, "content": component_script(monitor_interval)},
                         ],
                     },
                     _bash_step("InstallBootUnit", build_script()),
@@ -297,6 +325,11 @@ class AuditBacklogComponent(Construct):
     :param backlog_wait_time: ``--backlog_wait_time`` in kernel ticks, 0..60000 (``BacklogWaitTime``).
         Default: None (left as the image has it).
     :param allow_lower: lower a larger limit the image ships (``AllowLower``). Default: False.
+    :param monitor_interval: seconds between two samples of the audit status published to the CloudWatch
+        agent's StatsD listener, 10..3600: the build also installs the sampler's systemd timer, so every
+        instance of the image samples from its first boot. Fixed in the installed script when the document
+        is synthesized (not a component parameter: a new interval is a new component version). Default:
+        None (no sampler).
     :param supported_os_versions: ``SupportedOsVersions`` of the component. Default: None (any Linux).
     :param description: the component's description. Default: a sentence saying what it does.
     """
@@ -312,6 +345,7 @@ class AuditBacklogComponent(Construct):
         policy: Optional[BacklogPolicy] = None,
         backlog_wait_time: Optional[int] = None,
         allow_lower: bool = False,
+        monitor_interval: Optional[int] = None,
         supported_os_versions: Optional[Sequence[str]] = None,
         description: str = "Sizes the Linux audit backlog (auditctl -b) from memory on every boot, "
         "before the audit rules load (cdk-audit-backlog boot unit)",
@@ -332,6 +366,7 @@ class AuditBacklogComponent(Construct):
             policy=policy,
             backlog_wait_time=backlog_wait_time,
             allow_lower=allow_lower,
+            monitor_interval=monitor_interval,
         )
         if supported_os_versions is not None and (
             isinstance(supported_os_versions, str)
@@ -346,7 +381,12 @@ class AuditBacklogComponent(Construct):
         #: Default value of each component parameter (what a recipe gets unless it overrides them).
         self.parameters: Dict[str, str] = component_parameters(self.tuning)
         #: The YAML component document (the component's ``Data``).
-        self.document = component_document(self.parameters, name=component_name, description=description)
+        self.document = component_document(
+            self.parameters,
+            name=component_name,
+            description=description,
+            monitor_interval=self.tuning.monitor_interval,
+        )
         size = len(self.document)
         if size > COMPONENT_DATA_LIMIT:
             raise ValueError(

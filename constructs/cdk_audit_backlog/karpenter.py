@@ -45,6 +45,7 @@ def karpenter_user_data(
     allow_lower: bool = False,
     user_data: Optional[str] = None,
     compact_block: Optional[bool] = None,
+    monitor_interval: Optional[int] = None,
 ) -> str:
     """The ``spec.userData`` text of an EC2NodeClass whose nodes size their audit backlog.
 
@@ -66,6 +67,9 @@ def karpenter_user_data(
         gzip-compressed and Base64-encoded, its ``CAB_*`` lines plain) where the returned text would exceed
         EC2's 16,384 bytes; ``True`` always compact (Karpenter adds its own part to what this returns: pass
         True when you are close to the limit); ``False`` always plain. Default: None.
+    :param monitor_interval: seconds between two samples of the audit status published to the CloudWatch
+        agent's StatsD listener, 10..3600 (AL2023/AL2): the block also installs the sampler's systemd timer
+        (about 4 KB more block). Default: None (no sampler).
 
     Every error names this function and the option at fault.
     """
@@ -81,6 +85,7 @@ def karpenter_user_data(
                 # Karpenter's nodes boot from this user data once: no boot unit, no kernel command line.
                 boot_unit=False,
                 compact_block=compact_block,
+                monitor_interval=monitor_interval,
             ),
             instance_types,
             user_data,
@@ -103,10 +108,12 @@ def _node_class_user_data(
     types = _instance_types(instance_types)
 
     if ami_family == "Bottlerocket":
-        if tuning.backlog_wait_time is not None or tuning.install_auditd:
+        shell_only = (tuning.backlog_wait_time, tuning.install_auditd or None, tuning.monitor_interval)
+        if any(v is not None for v in shell_only):
             raise ValueError(
-                "backlog_wait_time and install_auditd do not apply to ami_family='Bottlerocket' "
-                "(no auditd; only the kernel parameter audit_backlog_limit is set)"
+                "backlog_wait_time, install_auditd and monitor_interval do not apply to "
+                "ami_family='Bottlerocket' (no auditd, no shell at boot; only the kernel parameter "
+                "audit_backlog_limit is set)"
             )
         if user_data and user_data.strip() and not bottlerocket.is_bottlerocket_toml(user_data):
             raise ValueError("user_data for ami_family='Bottlerocket' must be TOML settings ([settings...])")

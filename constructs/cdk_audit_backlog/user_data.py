@@ -156,10 +156,32 @@ def script_text() -> str:
     return resources.files(__package__).joinpath("userdata", SCRIPT_NAME).read_text(encoding="utf-8")
 
 
-#: Optional parts of the script, each between ``# @@CAB_IF <name>@@`` and ``# @@CAB_ENDIF@@``.
-FEATURES = ("auto", "wait", "install", "cmdline", "unit")
-_IF_RE = re.compile(r"^# @@CAB_IF ([a-z]+)@@$")
+#: Optional parts of the script, each between ``# @@CAB_IF <gate>@@`` and ``# @@CAB_ENDIF@@``.
+FEATURES = ("auto", "wait", "install", "cmdline", "unit", "monitor")
+#: A gate: one feature, ``a|b`` (kept when any is on) or ``a&!b`` (when all hold; ``!`` for a feature that is
+#: off). Two features share a part with ``|``; a line that differs when a second feature is on comes in an
+#: ``a&!b`` and an ``a&b`` part, so the blocks without the second feature keep their bytes.
+_IF_RE = re.compile(r"^# @@CAB_IF (!?[a-z]+(?:[|&]!?[a-z]+)*)@@$")
 _ENDIF = "# @@CAB_ENDIF@@"
+
+
+def gate_terms(gate: str) -> tuple[str, list[tuple[bool, str]]]:
+    """``("|" or "&", [(wanted on, feature), ...])`` of a gate's expression; a RuntimeError for one that mixes
+    ``|`` and ``&`` or names an unknown feature."""
+    if "|" in gate and "&" in gate:
+        raise RuntimeError(f"{SCRIPT_NAME}: bad gate {gate!r} (mixes | and &)")
+    op = "&" if "&" in gate else "|"
+    terms = [(not t.startswith("!"), t.lstrip("!")) for t in gate.split(op)]
+    if any(name not in FEATURES for _, name in terms):
+        raise RuntimeError(f"{SCRIPT_NAME}: bad gate {gate!r} (known features: {FEATURES})")
+    return op, terms
+
+
+def gate_keeps(gate: str, features: frozenset) -> bool:
+    """Whether the part behind ``gate`` is in the block for ``features``."""
+    op, terms = gate_terms(gate)
+    hits = [(name in features) == on for on, name in terms]
+    return all(hits) if op == "&" else any(hits)
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,9 +209,9 @@ def _compact_body(features: frozenset = frozenset(FEATURES)) -> str:
         stripped = line.strip()
         gate = _IF_RE.match(stripped)
         if gate:
-            if open_gate is not None or gate.group(1) not in FEATURES:
+            if open_gate is not None:
                 raise RuntimeError(f"{SCRIPT_NAME}: bad or nested gate {stripped!r}")
-            open_gate, keep = gate.group(1), gate.group(1) in features
+            open_gate, keep = gate.group(1), gate_keeps(gate.group(1), features)
             continue
         if stripped == _ENDIF:
             if open_gate is None:
@@ -207,12 +229,24 @@ def _compact_body(features: frozenset = frozenset(FEATURES)) -> str:
     return body
 
 
-# How the block runs its here-document. Without the unit: ``bash -s`` reads it from stdin. With the unit:
-# the body goes to a temporary file first and bash runs that file, so the script has a file of its own
-# (``BASH_SOURCE``) to install as the unit's ``/usr/local/sbin/cdk-audit-backlog``; the file is removed
-# afterwards. Both run in their own /bin/bash: nothing reaches the user's shell.
+# How the block runs its here-document. Without the unit or the sampler: ``bash -s`` reads it from stdin.
+# With either: the body goes to a temporary file first and bash runs that file, so the script has a file of
+# its own (``BASH_SOURCE``) to install as ``/usr/local/sbin/cdk-audit-backlog``, which the unit and the
+# sampler's timer run; the file is removed afterwards. Both run in their own /bin/bash: nothing reaches the
+# user's shell.
 _RUN_STDIN = f"/bin/bash -s <<'{_HEREDOC}' || true\n"
 _RUN_FILE = f"/bin/bash -c 'f=$(mktemp)&&cat>\"$f\"&&/bin/bash \"$f\";rm -f \"$f\"' <<'{_HEREDOC}' || true\n"
+# The run command's file form (the SSM document with the sampler): the same, with the script's exit status
+# kept for the step.
+_RUN_FILE_STATUS = (
+    "/bin/bash -c 'f=$(mktemp)&&cat>\"$f\"&&/bin/bash \"$f\";r=$?;rm -f \"$f\";exit $r' "
+    f"<<'{_HEREDOC}'"
+)
+
+
+def _runs_from_file(inputs: "BlockInputs") -> bool:
+    """The unit and the sampler install the script's own file: the block must run from one."""
+    return inputs.boot_unit != "off" or inputs.monitor_interval is not None
 
 
 # The compact form (docs/design.md, "The compact block"): the inputs stay plain text on the block's stdin, the
@@ -265,7 +299,7 @@ def render_block(inputs: BlockInputs, *, compact: bool = False) -> str:
     return "".join(
         [
             BLOCK_BEGIN + "\n",
-            _RUN_STDIN if inputs.boot_unit == "off" else _RUN_FILE,
+            _RUN_FILE if _runs_from_file(inputs) else _RUN_STDIN,
             "\n".join(inputs.assignments()) + "\n",
             _compact_body(inputs.features()),
             _HEREDOC + "\n",
@@ -279,9 +313,11 @@ def render_run_command(inputs: BlockInputs) -> list[str]:
     the lines of a POSIX shell script whose status is the script's own (0 done or nothing to do, non-zero
     when the limit could not be applied, verified or persisted; see docs/design.md). Unlike the user data
     block there is no ``|| true`` and no begin/end marker: nothing runs after it, and SSM must see failure.
+    With the sampler (``monitor_interval``) the script runs from a temporary file, as the block does, so it
+    can install that file for the timer; the status is still the script's.
     """
     return [
-        f"/bin/bash -s <<'{_HEREDOC}'",
+        _RUN_FILE_STATUS if _runs_from_file(inputs) else f"/bin/bash -s <<'{_HEREDOC}'",
         *inputs.assignments(),
         *_compact_body(inputs.features()).splitlines(),
         _HEREDOC,

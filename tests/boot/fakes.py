@@ -4,8 +4,10 @@
 Run as ``python fakes.py NAME ARGS...`` (the fixture's ``sbin``/``bin`` hold one tiny wrapper per name).
 Everything lives under ``$CAB_ROOT``:
 
-- ``.fake/kernel.json``: the emulated kernel audit state (enabled, backlog_limit, lost, backlog_wait_time,
-  pid, the loaded rules, how many times a rule set was loaded);
+- ``.fake/kernel.json``: the emulated kernel audit state (enabled, backlog_limit, lost, backlog,
+  backlog_wait_time, backlog_wait_time_actual (shown by audit 3+ builds), pid, the loaded rules, how many
+  times a rule set was loaded); ``proc/PID/comm`` under the root names the owner of the audit socket
+  (auditd's start writes its own);
 - ``.fake/config.json``: what this "distribution" is (auditctl version and ``-s`` format, HZ, how auditd
   loads rules at start, whether the auditd unit refuses manual stop, the package name);
 - ``.fake/calls``: one line per call, ``NAME ARG...``, for the tests to assert on.
@@ -104,7 +106,7 @@ def status_text(k: dict, cfg: dict) -> str:
     if cfg.get("bwt_supported", True):
         out += f"backlog_wait_time {k['backlog_wait_time']}\n"
         if cfg.get("version", "3.0") >= "3":
-            out += "backlog_wait_time_actual 0\n"
+            out += f"backlog_wait_time_actual {k.get('backlog_wait_time_actual', 0)}\n"
     return out + "loginuid_immutable 0 unlocked\n"
 
 
@@ -320,12 +322,25 @@ def load_rules() -> int:
     return try_load(kernel(), cfg, dest) if dest.exists() else 0
 
 
+AUDITD_PID = 4242
+
+
+def set_comm(root: Path, pid: int, comm: str) -> None:
+    """``/proc/PID/comm`` under the root: the command of the process that owns the audit socket (what
+    ``auditctl -s`` shows as ``pid``); written only when it changes (tests compare mtimes)."""
+    path = root / "proc" / str(pid) / "comm"
+    if not path.exists() or path.read_text() != comm + "\n":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(comm + "\n")
+
+
 def start_auditd() -> int:
     """What auditd's start does to the rules: loads them itself (audit 2.x/3.x), or nothing (audit 4.0:
     audit-rules.service loaded them before auditd started)."""
     k = kernel()
-    k["pid"] = 4242
+    k["pid"] = AUDITD_PID
     save_kernel(k)
+    set_comm(ROOT, AUDITD_PID, "auditd")
     if config().get("rules_service", "auditd") == "audit-rules":
         return 0
     return load_rules()
