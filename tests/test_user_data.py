@@ -41,6 +41,7 @@ def inputs_for(features: frozenset, source: str = LONGEST_SOURCE) -> BlockInputs
         allow_lower=True,
         source=source,
         boot_unit=("auto" if "auto" in features else "fixed") if "unit" in features else "off",
+        monitor_interval=3600 if "monitor" in features else None,
     )
 
 

@@ -156,8 +156,10 @@ def script_text() -> str:
     return resources.files(__package__).joinpath("userdata", SCRIPT_NAME).read_text(encoding="utf-8")
 
 
-#: Optional parts of the script, each between ``# @@CAB_IF <name>@@`` and ``# @@CAB_ENDIF@@``.
-FEATURES = ("auto", "wait", "install", "cmdline", "unit")
+#: Optional parts of the script, each between ``# @@CAB_IF <name>@@`` and ``# @@CAB_ENDIF@@``. (``monitor``,
+#: the sampler ``monitor_interval`` turns on, is known here before the script has its part: until then a block
+#: with it carries ``CAB_MONITOR`` and no sampler.)
+FEATURES = ("auto", "wait", "install", "cmdline", "unit", "monitor")
 _IF_RE = re.compile(r"^# @@CAB_IF ([a-z]+)@@$")
 _ENDIF = "# @@CAB_ENDIF@@"
 
