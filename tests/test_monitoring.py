@@ -478,3 +478,57 @@ def test_alarm_period_is_whole_minutes_up_to_a_day(seconds):
     else:
         with pytest.raises(ValueError, match="^alarm_period must"):
             MonitoringOptions(alarm_period=cdk.Duration.seconds(seconds))
+
+
+# -- the one step simulated: the agent's translation of StatsD into CloudWatch metrics ---------------------
+
+
+def _simulated_agent(config: dict, lines: list, host: dict) -> dict:
+    """What the agent publishes for one aggregation interval, as its configuration says: counters (``c``)
+    summed, gauges (``g``) the last value; ``append_dimensions`` resolved from ``host`` and added, then one
+    series per ``aggregation_dimensions`` entry. Returns {(namespace, name, ((dim, value),)): value}."""
+    metrics = config["metrics"]
+    values: dict = {}
+    for line in lines:
+        name_value, kind = line.split("|")[:2]
+        name, value = name_value.split(":")
+        values[name] = values.get(name, 0) + float(value) if kind == "c" else float(value)
+    appended = {dim: host[src[len("${aws:"):-1]] for dim, src in metrics["append_dimensions"].items()
+                if src[len("${aws:"):-1] in host}
+    out = {}
+    for dims in metrics["aggregation_dimensions"]:
+        if all(d in appended for d in dims):
+            key_dims = tuple((d, appended[d]) for d in dims)
+            for name, value in values.items():
+                out[(metrics["namespace"], name, key_dims)] = value
+    return out
+
+
+def test_a_lost_event_in_a_statsd_datagram_reaches_the_groups_alarm_through_the_simulated_agent(full):
+    _, t, ids, _ = full
+    (param,) = _of_type(t, "AWS::SSM::Parameter").values()
+    config = json.loads(param["Properties"]["Value"])
+    # one machine of the Workers group, two samples in the minute: 4 then 3 events lost, the backlog 90 % full
+    lines = [f"AuditLostEvents:4|{mm.BY_NAME['AuditLostEvents'].statsd_type}",
+             f"AuditLostEvents:3|{mm.BY_NAME['AuditLostEvents'].statsd_type}",
+             f"AuditBacklogUsePercent:90|{mm.BY_NAME['AuditBacklogUsePercent'].statsd_type}"]
+    group_ref = {"Ref": ids["workers"]}
+    published = _simulated_agent(config, lines, {"InstanceId": "i-0abc", "AutoScalingGroupName": "GROUP"})
+    fired = []
+    for name, stat, dims, threshold, _, namespace in _alarms(t):
+        if dims != {mm.GROUP_DIMENSION: group_ref}:
+            continue
+        value = published[(namespace, name, ((mm.GROUP_DIMENSION, "GROUP"),))]
+        assert stat in ("Sum", "Maximum")  # one datapoint: both are the value
+        if value > threshold:
+            fired.append(name)
+    assert sorted(fired) == ["AuditBacklogUsePercent", "AuditLostEvents"]  # 7 > 5, 90 > 75
+    assert ("CdkAuditBacklog", "AuditLostEvents", (("InstanceId", "i-0abc"),)) in published
+
+
+def test_the_documented_metric_table_is_the_contract():
+    with open(os.path.join(REPO, "docs", "monitoring.md"), encoding="utf-8") as f:
+        text = f.read()
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| `Audit")]
+    table = [tuple(cell.strip().strip("`") for cell in row[:4]) for row in rows]
+    assert table == [(m.name, m.statsd_type, m.unit, m.statistic) for m in mm.METRICS]
