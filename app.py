@@ -59,7 +59,9 @@ class ExampleStack(cdk.Stack):
 
 app = cdk.App()
 ExampleStack(app, "AuditBacklogExample")
-# The one line: every EC2 launch in the app (and in any Stage) boots with a tuned audit backlog, and
-# association=True tunes the machines that already run too (SSM State Manager, no restart).
-AuditBacklog.apply_to(app, association=True)
+# The one line: every EC2 launch in the app (and in any Stage) boots with a tuned audit backlog,
+# association=True tunes the machines that already run too (SSM State Manager, no restart), and
+# monitoring=True publishes each machine's audit status to CloudWatch (through the CloudWatch agent) with
+# alarms on lost events and backlog use, and a dashboard (docs/monitoring.md).
+AuditBacklog.apply_to(app, association=True, monitoring=True)
 app.synth()

@@ -17,7 +17,8 @@ VENV_BIN = os.path.join(REPO, ".venv", "bin")
 
 def _env(**extra):
     env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ["PATH"], **extra)
-    env.pop("PYTHONPATH", None)
+    # This checkout's package, whatever the venv has installed (an editable install may point elsewhere).
+    env["PYTHONPATH"] = os.path.join(REPO, "constructs")
     return env
 
 
@@ -58,12 +59,19 @@ def test_cfn_lint_finds_no_errors(example_template):
 def test_the_association_targets_the_instance_and_the_group_by_the_stack_name_tag(example_template):
     template, _ = example_template
     res = template["Resources"]
-    (assoc,) = [r for r in res.values() if r["Type"] == "AWS::SSM::Association"]
     (doc_id,) = [k for k, r in res.items() if r["Type"] == "AWS::SSM::Document"]
-    assert assoc["Properties"]["Name"] == {"Ref": doc_id}
-    assert assoc["Properties"]["Targets"] == [
-        {"Key": "tag:aws:cloudformation:stack-name", "Values": [{"Ref": "AWS::StackName"}]}
-    ]
+    # the tuning association (its own document) and the monitoring's (the AWS document that configures the
+    # CloudWatch agent): both on the stack's machines
+    associations = sorted(
+        (r for r in res.values() if r["Type"] == "AWS::SSM::Association"),
+        key=lambda r: str(r["Properties"]["Name"]),
+    )
+    names = [a["Properties"]["Name"] for a in associations]
+    assert names == ["AmazonCloudWatch-ManageAgent", {"Ref": doc_id}]
+    for assoc in associations:
+        assert assoc["Properties"]["Targets"] == [
+            {"Key": "tag:aws:cloudformation:stack-name", "Values": [{"Ref": "AWS::StackName"}]}
+        ]
     # CloudFormation puts that tag on the stack's Instances and on its Auto Scaling groups and their
     # instances: both launches are resources of this very template (not of a nested stack).
     kinds = {r["Type"] for r in res.values()}
@@ -95,6 +103,31 @@ def test_moto_creates_the_document_skips_the_association_and_tags_the_instance(e
         assert len(tagged) >= 1  # the Instance (moto does not copy the stack tags onto group instances)
         with pytest.raises(Exception, match="not been implemented"):
             boto3.client("ssm").list_associations()
+
+
+def test_the_example_monitors_its_instance_and_its_group(example_template):
+    from cdk_audit_backlog import monitoring_metrics as mm
+
+    template, _ = example_template
+    res = template["Resources"]
+    by_type = {}
+    for logical_id, r in res.items():
+        by_type.setdefault(r["Type"], []).append((logical_id, r))
+    (instance_id,) = [k for k, _ in by_type["AWS::EC2::Instance"]]
+    (group_id,) = [k for k, _ in by_type["AWS::AutoScaling::AutoScalingGroup"]]
+    assert len(by_type["AWS::SSM::Parameter"]) == 1 and len(by_type["AWS::CloudWatch::Dashboard"]) == 1
+    watched = sorted(
+        (p["Metrics"][0]["MetricStat"]["Metric"]["MetricName"],
+         json.dumps(p["Metrics"][0]["MetricStat"]["Metric"]["Dimensions"]))
+        for p in (r["Properties"] for _, r in by_type["AWS::CloudWatch::Alarm"])
+    )
+    assert watched == sorted(
+        (name, json.dumps([{"Name": dim, "Value": {"Ref": ref}}]))
+        for name in ("AuditLostEvents", "AuditBacklogUsePercent")
+        for dim, ref in ((mm.INSTANCE_DIMENSION, instance_id), (mm.GROUP_DIMENSION, group_id))
+    )
+    # the sampler is on in both launches' blocks and in the association's command
+    assert json.dumps(template).count(f"CAB_MONITOR={mm.DEFAULT_INTERVAL_S}") == 3
 
 
 @pytest.mark.cli

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from .aspect import EC2_USER_DATA_LIMIT, METADATA_KEY, AuditBacklog
     from .association import AssociationOptions, AssociationTarget, AuditBacklogAssociation
     from .check import AuditBacklogCheck
+    from .monitoring import AuditBacklogMonitoring, MonitoringOptions
 
 __all__ = [
     "AuditBacklog",
@@ -16,7 +17,9 @@ __all__ = [
     "AssociationOptions",
     "AssociationTarget",
     "AuditBacklogCheck",
+    "AuditBacklogMonitoring",
     "BacklogPolicy",
+    "MonitoringOptions",
     "TuningOptions",
     "METADATA_KEY",
     "EC2_USER_DATA_LIMIT",
@@ -30,12 +33,15 @@ _LAZY = {
     "AuditBacklogAssociation": "association",
     "AssociationOptions": "association",
     "AssociationTarget": "association",
+    "AuditBacklogMonitoring": "monitoring",
+    "MonitoringOptions": "monitoring",
 }
 
 
 def __getattr__(name: str) -> Any:
-    # aspect.py, association.py and check.py import aws_cdk, which starts a Node process (about 1 s): load
-    # them on first use, so the operator CLI (`cdk-audit-backlog plan`, `report`) starts without it.
+    # aspect.py, association.py, check.py and monitoring.py import aws_cdk, which starts a Node process (about
+    # 1 s): load them on first use, so the operator CLI (`cdk-audit-backlog plan`, `report`) starts without
+    # it.
     if name in _LAZY:
         import importlib
 

@@ -29,9 +29,10 @@ from .diagnostics import (
 from .launch_decision import AspectSettings, exclusion_reason
 from .launch_reader import get, index_groups, key, launch_references, read_stack, scan
 from .launch_tuning import Tuning
+from .monitoring import MONITORING_ID, AuditBacklogMonitoring, MonitoringOptions
 from .registry import AppRegistry
 
-__all__ = ["Hook", "add_associations"]
+__all__ = ["Hook", "add_associations", "monitoring_of"]
 
 
 class Hook(Construct):
@@ -117,7 +118,11 @@ def _tune_scope(hook: Hook) -> None:
         unchecked = [(g, k) for g, k in found_groups if key(g) not in registry.checked_groups]
         if not pending and not unchecked:
             continue
-        needs_groups = unchecked or any(k == "AWS::EC2::LaunchTemplate" for _, k in pending)
+        needs_groups = (
+            unchecked
+            or any(k == "AWS::EC2::LaunchTemplate" for _, k in pending)
+            or (getattr(aspect, "monitoring", None) is not None and bool(pending))
+        )
         launches, groups = read_stack(stack, pending, found_groups if needs_groups else [])
         # Groups whose resolved launch template is a Ref to one read here are in reach; any other is checked
         # the exact way, through its reference token.
@@ -142,6 +147,52 @@ def _tune_scope(hook: Hook) -> None:
             tuning.write()
             if _has_reference(launch.user_data):
                 hook.recheck.setdefault(key(stack), (stack, []))[1].append(tuning)
+        _monitor(stack, launches, groups, found.skipped)
+
+
+def _monitor(stack: Stack, launches: List[Any], groups: List[Any], skipped: Dict[str, str]) -> None:
+    """With monitoring on (on the aspect that won each launch): the stack's ``AuditBacklogMonitoring`` watches
+    the Instances tuned here and the Auto Scaling groups that launch from a launch template or configuration
+    tuned here, and (``grant_permissions``) the policy goes on each tuned launch's role."""
+    tuned_ids = set()
+    monitoring: Optional[AuditBacklogMonitoring] = None
+    options: Optional[MonitoringOptions] = None
+    registry = AppRegistry.of(stack)
+    for launch in launches:
+        tuning = Tuning.of(launch.resource, launch.cfn_resource_type, registry)
+        options = getattr(tuning.winner, "monitoring", None)
+        if options is None or "skipped" in tuning.decision().metadata:
+            continue
+        monitoring = monitoring or monitoring_of(stack, options)
+        if monitoring is None:
+            return
+        if monitoring.policy is not None:
+            monitoring.grant(launch.resource)
+        if launch.cfn_resource_type == "AWS::EC2::Instance":
+            monitoring.watch(launch.resource, launch.resource.node.scope)
+        elif launch.logical_id:
+            tuned_ids.add(launch.logical_id)
+    if monitoring is None or not tuned_ids:
+        return
+    for group in groups:
+        if group.cfn_resource_type != "AWS::AutoScaling::AutoScalingGroup":
+            continue
+        if skipped.get(key(group.resource)):
+            continue
+        refs = launch_references(group.cfn_resource_type, group.props, get).all()
+        if any(isinstance(ref, dict) and ref.get("Ref") in tuned_ids for ref in refs):
+            monitoring.watch(group.resource, group.resource.node.scope)
+
+
+def monitoring_of(stack: Stack, options: Optional[MonitoringOptions]) -> Optional[AuditBacklogMonitoring]:
+    """The stack's ``AuditBacklogMonitoring`` (id ``AuditBacklogMonitoring``), added with ``options`` the
+    first time; None where ``options`` is None or the user has another construct with that id."""
+    existing = stack.node.try_find_child(MONITORING_ID)
+    if isinstance(existing, AuditBacklogMonitoring):
+        return existing
+    if existing is not None or options is None:
+        return None
+    return AuditBacklogMonitoring.from_options(stack, MONITORING_ID, options)
 
 
 def _refers_to(kind: str, props: Any, launch_ids: set) -> bool:

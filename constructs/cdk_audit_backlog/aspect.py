@@ -21,14 +21,14 @@ that resource only), naming every way out.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import jsii
-from aws_cdk import CfnResource, IAspect, Stage
+from aws_cdk import CfnResource, IAspect, Stack, Stage
 from constructs import IConstruct
 
 from . import running_instances as running_instances_module
-from .apply_to_hook import Hook, add_associations
+from .apply_to_hook import Hook, add_associations, monitoring_of
 from .diagnostics import (
     TUNES_SCOPE,
     is_covered,
@@ -37,8 +37,9 @@ from .diagnostics import (
     warn_if_launch_is_out_of_reach,
 )
 from .launch_decision import exclusion_reason
-from .launch_reader import CONSUMER_TYPES, USER_DATA_PATH, SkipMarker, skip_marker_reason
+from .launch_reader import CONSUMER_TYPES, USER_DATA_PATH, SkipMarker, key, skip_marker_reason
 from .launch_tuning import EC2_USER_DATA_LIMIT, METADATA_KEY, Tuning
+from .monitoring import MONITORING_ID, AuditBacklogMonitoring, MonitoringOptions, monitoring_options
 from .policy import BacklogPolicy
 from .registry import AppRegistry
 from .tuning_options import TuningOptions, validate_flag
@@ -89,6 +90,12 @@ class AuditBacklog:
         (8192 or more, both). Turns ``kernel_cmdline`` on and raises the policy's minimum to 8192; a launch
         whose smallest type's memory the floor takes more than 5 % of at worst gets a warning. Default: None.
         See :mod:`.compliance`.
+    :param monitoring: live health: ``True`` (``MonitoringOptions()``) or a ``monitoring.MonitoringOptions``
+        turns the sampler on in every tuned launch's block (``monitor_interval`` = the options' ``interval``)
+        and adds one ``AuditBacklogMonitoring`` (CloudWatch agent configuration, alarms, dashboard) to every
+        stack with a tuned launch, watching that stack's tuned Instances and Auto Scaling groups. An
+        association added by ``apply_to`` installs the sampler on running machines too. Default: None (off).
+        See :mod:`.monitoring`.
     """
 
     def __init__(
@@ -106,7 +113,10 @@ class AuditBacklog:
         exclude: Optional[Callable[[CfnResource], bool]] = None,
         running_instances: str = "keep",
         compliance: Optional[str] = None,
+        monitoring: Any = None,
     ) -> None:
+        #: The live-health monitoring (None: off), see :mod:`.monitoring`.
+        self.monitoring: Optional[MonitoringOptions] = monitoring_options(monitoring)
         #: The tuning options every launch (and an association added by ``apply_to``) is rendered with.
         self.options = TuningOptions(
             backlog_limit=backlog_limit,
@@ -118,6 +128,7 @@ class AuditBacklog:
             boot_unit=boot_unit,
             compliance=compliance,
             compact_block=compact_block,
+            monitor_interval=None if self.monitoring is None else self.monitoring.interval,
         )
         validate_flag("bottlerocket", bottlerocket)
         if exclude is not None and not callable(exclude):
@@ -128,6 +139,7 @@ class AuditBacklog:
         self.bottlerocket = bottlerocket
         self.exclude = exclude
         self.running_instances = running_instances
+        self._pending_groups: Dict[str, List[CfnResource]] = {}  # the plain path: groups seen before a launch
 
     # The tuning options, read where the aspect's own keywords are expected.
     backlog_limit = property(lambda self: self.options.backlog_limit)
@@ -157,7 +169,9 @@ class AuditBacklog:
         :param association: also tune the machines that already run: ``True`` or an
             ``association.AssociationOptions`` adds an ``AuditBacklogAssociation`` (SSM document and State
             Manager association, same tuning options as the aspect) to every stack with an EC2 launch, Stages
-            and nested stacks included. Default: False.
+            and nested stacks included; with ``monitoring`` on, it installs the sampler too. Default: False.
+        :param options: the aspect's keywords, ``monitoring`` included (one ``AuditBacklogMonitoring`` per
+            stack with a tuned launch).
         """
         aspect = cls(**options)
         if association is not False:
@@ -187,10 +201,37 @@ class AuditBacklog:
             tuning = Tuning.of(node, kind, AppRegistry.of(node))
             tuning.claim(self)
             tuning.attach_lazily()
+            if self.monitoring is not None and not self._skips(node):
+                self._monitor_launch(node, kind)
         elif kind in CONSUMER_TYPES and not self._skips(node):
             properties = node._cfn_properties
             warn_if_launch_is_out_of_reach(node, kind, properties)
             warn_about_inline_launch_specifications(node, kind, properties)
+            if self.monitoring is not None and kind == "AWS::AutoScaling::AutoScalingGroup":
+                self._monitor_group(node)
+
+    # The plain aspect decides lazily, at synthesis, after the visits: it watches every launch it claims that
+    # is not excluded, and every Auto Scaling group of a stack with such a launch (apply_to's hook watches
+    # exactly the launches it tuned and the groups that launch from them).
+    def _monitor_launch(self, node: CfnResource, kind: str) -> None:
+        stack = Stack.of(node)
+        monitoring = monitoring_of(stack, self.monitoring)
+        if monitoring is None:
+            return
+        if monitoring.policy is not None:
+            monitoring.grant(node)
+        if kind == "AWS::EC2::Instance":
+            monitoring.watch(node, node.node.scope)
+        for group in self._pending_groups.pop(key(stack), []):
+            monitoring.watch(group, group.node.scope)
+
+    def _monitor_group(self, node: CfnResource) -> None:
+        stack = Stack.of(node)
+        existing = stack.node.try_find_child(MONITORING_ID)
+        if isinstance(existing, AuditBacklogMonitoring):
+            existing.watch(node, node.node.scope)
+        else:
+            self._pending_groups.setdefault(key(stack), []).append(node)
 
     def _skips(self, node: CfnResource) -> bool:
         return bool(skip_marker_reason(node, AppRegistry.of(node)) or exclusion_reason(node, self))
