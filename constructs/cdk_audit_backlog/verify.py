@@ -209,6 +209,88 @@ def _chunks(items: Sequence[str], n: int) -> Iterable[Sequence[str]]:
         yield items[i : i + n]
 
 
+@dataclass(frozen=True)
+class Machine:
+    """One EC2 instance of a stack: its own ``AWS::EC2::Instance`` or a member of one of its Auto Scaling
+    groups. ``state`` is EC2's (``running``, ...), ``gone`` when EC2 no longer lists it."""
+
+    instance_id: str
+    label: str
+    group: Optional[str]
+    instance_type: Optional[str]
+    state: str
+
+
+@dataclass(frozen=True)
+class StackMachines:
+    """What :func:`find_machines` found: ``machines`` by instance id, ``labels`` (instance id -> the
+    logical id, ``"<group logical id> instance"`` for a group's member) and ``launch_templates``
+    (physical id -> logical id)."""
+
+    machines: Dict[str, Machine]
+    labels: Dict[str, str]
+    launch_templates: Dict[str, str]
+
+
+def find_machines(cfn: Any, ec2: Any, asg: Any, stack: str) -> StackMachines:
+    """The instances of a deployed stack (its own, its Auto Scaling groups', nested stacks') and its launch
+    templates, through CloudFormation, Auto Scaling and EC2; every list call paginated. botocore's errors
+    become :class:`CliError` s naming the stack (``verify`` and ``health`` share this)."""
+    what = f"stack {stack}"
+    resources = aws_errors(what, lambda: _stack_resources(cfn, stack))
+    instance_ids: Dict[str, str] = {}  # id -> label
+    groups: Dict[str, Optional[str]] = {}  # id -> the group's physical name
+    asg_names: Dict[str, str] = {}  # physical name -> logical id
+    lt_ids: Dict[str, str] = {}
+    for r in resources:
+        pid = r.get("PhysicalResourceId")
+        if not pid:
+            continue
+        rtype = r.get("ResourceType")
+        if rtype == INSTANCE:
+            instance_ids[pid] = r["LogicalResourceId"]
+        elif rtype == AUTO_SCALING_GROUP:
+            asg_names[pid] = r["LogicalResourceId"]
+        elif rtype == LAUNCH_TEMPLATE:
+            lt_ids[pid] = r["LogicalResourceId"]
+
+    def asg_instances() -> None:
+        for names in _chunks(sorted(asg_names), 50):
+            for page in asg.get_paginator("describe_auto_scaling_groups").paginate(
+                AutoScalingGroupNames=list(names)
+            ):
+                for g in page.get("AutoScalingGroups", []):
+                    for i in g.get("Instances", []):
+                        label = asg_names.get(g["AutoScalingGroupName"], g["AutoScalingGroupName"])
+                        if i["InstanceId"] not in instance_ids:
+                            instance_ids[i["InstanceId"]] = f"{label} instance"
+                            groups[i["InstanceId"]] = g["AutoScalingGroupName"]
+
+    aws_errors(what, asg_instances)
+
+    types: Dict[str, Tuple[Optional[str], str]] = {}
+
+    def describe() -> None:
+        ids = sorted(instance_ids)
+        for chunk in _chunks(ids, 200):
+            # A filter, not InstanceIds: an id terminated since the listing must not fail the whole chunk.
+            filters = [{"Name": "instance-id", "Values": list(chunk)}]
+            for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
+                for res in page.get("Reservations", []):
+                    for inst in res.get("Instances", []):
+                        types[inst["InstanceId"]] = (
+                            inst.get("InstanceType"),
+                            inst.get("State", {}).get("Name", "?"),
+                        )
+
+    aws_errors(what, describe)
+    machines = {
+        iid: Machine(iid, label, groups.get(iid), *types.get(iid, (None, "gone")))
+        for iid, label in instance_ids.items()
+    }
+    return StackMachines(machines, instance_ids, lt_ids)
+
+
 def check_stack(
     stack: str,
     *,
@@ -237,51 +319,10 @@ def check_stack(
         lambda: [session.client(s, config=config, **kw) for s in ("cloudformation", "ec2", "autoscaling")],
     )
 
-    resources = aws_errors(what, lambda: _stack_resources(cfn, stack))
+    found = find_machines(cfn, ec2, asg, stack)
     kept = aws_errors(what, lambda: _kept_launches(cfn, stack))
-    instance_ids: Dict[str, str] = {}  # id -> label
-    asg_names: Dict[str, str] = {}  # physical name -> logical id
-    lt_ids: Dict[str, str] = {}
-    for r in resources:
-        pid = r.get("PhysicalResourceId")
-        if not pid:
-            continue
-        rtype = r.get("ResourceType")
-        if rtype == INSTANCE:
-            instance_ids[pid] = r["LogicalResourceId"]
-        elif rtype == AUTO_SCALING_GROUP:
-            asg_names[pid] = r["LogicalResourceId"]
-        elif rtype == LAUNCH_TEMPLATE:
-            lt_ids[pid] = r["LogicalResourceId"]
-
-    def asg_instances() -> None:
-        for names in _chunks(sorted(asg_names), 50):
-            for page in asg.get_paginator("describe_auto_scaling_groups").paginate(
-                AutoScalingGroupNames=list(names)
-            ):
-                for g in page.get("AutoScalingGroups", []):
-                    for i in g.get("Instances", []):
-                        label = asg_names.get(g["AutoScalingGroupName"], g["AutoScalingGroupName"])
-                        instance_ids.setdefault(i["InstanceId"], f"{label} instance")
-
-    aws_errors(what, asg_instances)
-
-    types: Dict[str, Tuple[Optional[str], str]] = {}
-
-    def describe() -> None:
-        ids = sorted(instance_ids)
-        for chunk in _chunks(ids, 200):
-            # A filter, not InstanceIds: an id terminated since the listing must not fail the whole chunk.
-            filters = [{"Name": "instance-id", "Values": list(chunk)}]
-            for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
-                for res in page.get("Reservations", []):
-                    for inst in res.get("Instances", []):
-                        types[inst["InstanceId"]] = (
-                            inst.get("InstanceType"),
-                            inst.get("State", {}).get("Name", "?"),
-                        )
-
-    aws_errors(what, describe)
+    instance_ids, lt_ids = found.labels, found.launch_templates
+    types = {iid: (m.instance_type, m.state) for iid, m in found.machines.items()}
 
     def expected_for(itype: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
         mib = instance_memory.memory_mib(itype) if itype else None
