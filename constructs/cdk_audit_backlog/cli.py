@@ -39,12 +39,12 @@ import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, TextIO
 
 from . import instance_memory
 from .aws_api import boto3_module
 from .errors import CliError
-from .plan import PlanRow, plan_rows, type_sort_key
+from .plan import OWNER_SETTINGS, PlanRow, owner_settings, plan_rows, type_sort_key
 from .policy import MAX_AUDIT_MESSAGE_LENGTH, BacklogPolicy
 from .refresh import (
     DEFAULT_REGIONS,
@@ -127,16 +127,34 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError("plan: give at least one instance type (e.g. m5.large), a size (16GiB), or --all")
     names = sorted(instance_memory.all_types(), key=type_sort_key) if args.all else args.types
     rows = plan_rows(names, policy)
+    owners = list(OWNER_SETTINGS) if args.owners else []
+
+    def settings(r: PlanRow) -> Dict[str, Optional[str]]:
+        known = owner_settings(r.limit) if r.limit is not None else {}
+        return {o: known.get(o) for o in owners}
+
     if args.format == "json":
-        json.dump([asdict(r) for r in rows], out, indent=2)
+        json.dump([dict(asdict(r), **({"owner_settings": settings(r)} if owners else {})) for r in rows],
+                  out, indent=2)
         out.write("\n")
     elif args.format == "csv":
         w = csv.writer(out, lineterminator="\n")
-        w.writerow(_PLAN_HEADERS)
+        w.writerow(list(_PLAN_HEADERS) + owners)
         for r in rows:
-            w.writerow(["" if v is None else v for v in asdict(r).values()])
+            extra = [settings(r)[o] or "" for o in owners]
+            w.writerow(["" if v is None else v for v in asdict(r).values()] + extra)
     else:
         out.write(format_table(_PLAN_HEADERS, [_plan_cells(r) for r in rows]))
+        if owners:
+            out.write("\nanother owner of the audit socket sets the limit itself; give it the same value:\n")
+            for r in rows:
+                if r.limit is None:
+                    out.write(f"  {r.type}: auto (computed at boot): read the machine's limit (verify, "
+                              "health)\n")
+                    continue
+                out.write(f"  {r.type} ({r.limit}):\n")
+                for owner, setting in settings(r).items():
+                    out.write(f"    {owner:<9}  {setting:<30}  ({OWNER_SETTINGS[owner][0]})\n")
     unknown = [r.type for r in rows if r.memory_mib is None]
     if unknown:
         print(
@@ -288,6 +306,10 @@ def _cmd_report(args: argparse.Namespace, out: TextIO) -> int:
         print(f"report: {len(kept)} running instance(s) keep their user data (recorded as deployed)",
               file=sys.stderr)
     doubled = [r for r in rows if r.blocks is not None and r.blocks > 1]
+    owned = [r for r in rows if r.owners]
+    if owned:
+        print(f"report: {len(owned)} launch resource(s) configure another owner of the audit socket, which "
+              "sets its own backlog_limit (see the reason)", file=sys.stderr)
     if untuned:
         print(f"report: {len(untuned)} launch resource(s) without the block", file=sys.stderr)
     if doubled:
@@ -433,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
         "types", nargs="*", metavar="TYPE", help="instance types (m5.large) or sizes (4096MiB, 16GiB)"
     )
     p.add_argument("--all", action="store_true", help="every type in the bundled table")
+    p.add_argument("--owners", action="store_true",
+                   help="also the value for each other owner of the audit socket (auditbeat, osqueryd, "
+                   "go-audit)")
     _add_policy_args(p)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.set_defaults(func=_cmd_plan)

@@ -22,7 +22,7 @@ from .aws_api import NotFound, aws_errors, boto3_module, client_config, deployed
 from .deployed_context import user_data_kept
 from .policy import BacklogPolicy
 from .template_relations import AUTO_SCALING_GROUP, INSTANCE, LAUNCH_TEMPLATE
-from .testing import METADATA_KEY, blocks
+from .testing import METADATA_KEY, OWNER_LINE_RE, blocks
 
 
 def decode_stored_user_data(value: Optional[str]) -> Optional[str]:
@@ -119,6 +119,56 @@ def parse_console_result(console: Optional[str]) -> Optional[ConsoleResult]:
     )
 
 
+@dataclass(frozen=True)
+class ConsoleOwner:
+    """Another process owns the audit socket, as the script's console line says (``OWNER_LINE_RE`` of
+    :mod:`.testing`). ``limit`` is the owner's backlog_limit, ``target`` ours; None where the line does not
+    say."""
+
+    owner: str
+    pid: Optional[int]
+    limit: Optional[int]
+    target: Optional[str]
+    line: str
+
+
+def parse_console_owner(console: Optional[str]) -> Optional[ConsoleOwner]:
+    """The last ``cdk-audit-backlog: owner: ...`` line of a console log naming an owner other than auditd
+    (auditd is ours to tune), or None."""
+    found = None
+    for line in (console or "").splitlines():
+        m = OWNER_LINE_RE.search(line)
+        if m:
+            found = (m, line)
+    if not found or found[0].group("owner") in ("auditd", "none"):
+        return None
+    m, line = found
+    return ConsoleOwner(
+        owner=m.group("owner"),
+        pid=int(m.group("pid")) if m.group("pid") else None,
+        limit=int(m.group("limit")) if m.group("limit") else None,
+        target=m.group("target"),
+        line=line.strip(),
+    )
+
+
+def owner_verdict(owner: str, limit: Optional[int], expected: Optional[int]) -> Tuple[bool, str]:
+    """``(below policy, sentence)`` for another owner that sets the limit itself."""
+    if limit is None:
+        return False, f"{owner} owns the audit socket and sets its own backlog_limit (value not shown)"
+    head = f"{owner} owns the audit socket and sets backlog_limit {limit}"
+    if expected is None:
+        return False, f"{head} (the policy's limit is computed at boot: compare with plan)"
+    if limit == 0:
+        return False, f"{head} (no limit at all), not the policy's {expected}"
+    if limit < expected:
+        return True, (f"{head} < policy {expected}: set {expected} in {owner}'s own configuration "
+                      "(cdk-audit-backlog plan TYPE --owners)")
+    if limit == expected:
+        return False, f"{head}, which agrees with the policy"
+    return False, f"{head}, above the policy's {expected} (more memory at worst than the policy allows)"
+
+
 @dataclass
 class LaunchCheck:
     """One instance or launch template of a stack, checked.
@@ -144,6 +194,10 @@ class LaunchCheck:
     #: the least limit accepted when it differs from ``expected`` (see ``note``).
     floor: Optional[int] = None
     note: str = ""
+    #: another owner of the audit socket (auditbeat, osqueryd, go-audit, ...) named on the console, and the
+    #: backlog_limit it sets; an owner's limit below the policy makes the check ``below-policy``.
+    owner: Optional[str] = None
+    owner_limit: Optional[int] = None
 
     @property
     def failed(self) -> bool:
@@ -360,6 +414,7 @@ def check_stack(
             c.floor = policy.limit_for_memory(mib * 9 // 10)
             if block_is_mixed(text):
                 c.note = "a mixed group: sized at boot from MemTotal"
+        other: Optional[ConsoleOwner] = None
         if console and state == "running":
             try:
                 out = aws_errors(f"instance {iid}", lambda: ec2.get_console_output(InstanceId=iid))
@@ -375,7 +430,19 @@ def check_stack(
             res = parse_console_result(log)
             if res:
                 c.applied, c.console_line = res.new, res.line
+            other = parse_console_owner(log)
+            if other:
+                c.owner, c.owner_limit = other.owner, other.limit
         _classify(c)
+        if c.owner and not c.failed:
+            below, said = owner_verdict(
+                c.owner + (f" (pid {other.pid})" if other and other.pid else ""), c.owner_limit,
+                c.floor if c.floor is not None else c.expected,
+            )
+            if below:
+                c.status, c.problem = "below-policy", said
+            else:
+                c.note = f"{c.note}; {said}" if c.note else said
         if c.status == "untuned" and instance_ids[iid] in kept:
             c.status, c.problem = "kept", ""
             c.note = "user data kept (it ran before the library was adopted); the SSM association tunes it"
