@@ -13,10 +13,13 @@
 4. runs the operator's check, ``cdk-audit-backlog verify --stack AuditBacklogExample``, against it;
 5. runs ``cdk-audit-backlog impact`` on the same cloud assembly against the deployed stack: what a second
    ``cdk deploy`` would do to each launch resource and its machines (nothing: it interrupts no machine);
-6. stops the emulator.
+6. puts an hour of the sampler's metrics for every machine of the stack into moto's CloudWatch (sample
+   StatsD datagrams, turned into ``PutMetricData`` as the CloudWatch agent would by ``e2e/statsd_agent.py``:
+   the one simulated step) and runs ``cdk-audit-backlog health --stack AuditBacklogExample --recommend``;
+7. stops the emulator.
 
-Exit status 0 when every launch carries the block and a second deploy interrupts nothing, 1 when not, 2 when
-a step fails.
+Exit status 0 when every launch carries the block, a second deploy interrupts nothing and no machine lost
+events, 1 when not, 2 when a step fails.
 Against a real account the same deploy is ``npx cdk deploy`` with your credentials, and the same check is
 ``cdk-audit-backlog verify --stack AuditBacklogExample``.
 """
@@ -39,6 +42,7 @@ from typing import Dict, List, Optional
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # e2e.statsd_agent
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
 STACK = "AuditBacklogExample"
@@ -230,6 +234,59 @@ def run_impact(env: Dict[str, str], cdk_out: Path) -> int:
     return proc.returncode
 
 
+def sample_datagrams(index: int, minute: int) -> str:
+    """The datagram machine ``index`` sends at ``minute`` of the hour: a quiet backlog with a few bursts, no
+    event lost, auditd owning the socket (the sampler's StatsD lines, ``monitoring_metrics``)."""
+    from e2e.statsd_agent import datagram
+
+    limit = 1024 if index == 0 else 8192
+    backlog = (minute * 37 + index * 11) % 50 + (limit // 4 if minute % 20 == 7 else 0)
+    return datagram(owner="auditd", AuditLostEvents=0, AuditBacklog=backlog, AuditBacklogLimit=limit,
+                    AuditBacklogUsePercent=round(100 * backlog / limit, 1), AuditBacklogTarget=limit,
+                    AuditBacklogDrift=0)
+
+
+def publish_samples(endpoint: str) -> int:
+    """An hour of samples (one a minute) for every running machine of the stack, put into moto's CloudWatch
+    the way the CloudWatch agent would; returns the number of machines."""
+    import datetime as dt
+
+    import boto3
+
+    from cdk_audit_backlog.verify import find_machines
+    from e2e.statsd_agent import put_datagram
+
+    session = boto3.session.Session(
+        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+    )
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    cfn, ec2, asg, cw = (session.client(s) for s in ("cloudformation", "ec2", "autoscaling", "cloudwatch"))
+    found = find_machines(cfn, ec2, asg, STACK)
+    machines = sorted(found.machines.values(), key=lambda m: (m.group is not None, m.instance_id))
+    now = dt.datetime.now(dt.timezone.utc)
+    for index, m in enumerate(machines):
+        for minute in range(60):
+            put_datagram(cw, sample_datagrams(index, minute), m.instance_id, m.group,
+                         now - dt.timedelta(minutes=60 - minute))
+    log(f"health: put 60 samples for each of {len(machines)} machine(s) into CloudWatch (the agent's StatsD "
+        "input simulated)")
+    return len(machines)
+
+
+def run_health(env: Dict[str, str]) -> int:
+    """``health`` on the stack, as users run it: the CLI in its own process."""
+    cmd = [sys.executable, "-m", "cdk_audit_backlog", "health", "--stack", STACK, "--region", REGION,
+           "--recommend"]
+    log(f"health: cdk-audit-backlog health --stack {STACK} --region {REGION} --recommend")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    print(proc.stdout, end="", flush=True)
+    summary = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    log(f"health: exit {proc.returncode}: {summary}")
+    if proc.returncode not in (0, 1):
+        sys.stderr.write(proc.stderr)
+    return proc.returncode
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", help="cloud assembly directory (default: a temporary one)")
@@ -253,6 +310,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         show_association(server.url)
         verify_rc = run_verify(env)
         impact_rc = run_impact(env, out_dir)
+        publish_samples(server.url)
+        health_rc = run_health(env)
     except RuntimeError as e:
         log(f"error: {e}")
         return 2
@@ -263,9 +322,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     log(f"{'every launch carries the block' if not untuned else f'{untuned} launch(es) WITHOUT the block'}; "
         f"total {time.monotonic() - started:.1f} s")
-    if 2 in (verify_rc, impact_rc):
+    if 2 in (verify_rc, impact_rc, health_rc):
         return 2
-    return 1 if untuned or verify_rc or impact_rc else 0
+    return 1 if untuned or verify_rc or impact_rc or health_rc else 0
 
 
 if __name__ == "__main__":

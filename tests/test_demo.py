@@ -62,6 +62,14 @@ def test_demo_deploys_the_example_to_moto_and_every_launch_is_tuned():
                      r"tag:aws:cloudformation:stack-name=AuditBacklogExample, schedule rate\(1 day\); moto's "
                      r"CloudFormation skips AWS::SSM::Association", out), out
     assert "!!" not in out + proc.stderr  # no Node end-of-life banner in the demo's output
+    # health on the sampler's metrics (datagrams put into moto's CloudWatch as the agent would): every machine
+    # has data, auditd owns the socket, nothing lost.
+    assert re.search(r"demo: health: put 60 samples for each of \d+ machine\(s\)", out), out
+    assert re.search(r"demo: health: exit 0: health: \d+ machine\(s\) over 24 h, 0 lost events", out), out
+    health_rows = [line.split() for line in out.split("demo: health: cdk-audit-backlog health")[1]
+                   .split("recommendations")[0].splitlines()[3:] if line.strip()]
+    assert health_rows and all(r[3] == "0" and r[6] == "auditd" for r in health_rows), health_rows
+    assert {r[2] for r in health_rows} == {"t3.micro", "m5.large"}
 
     rows = _rows(out)
     by_label = {re.search(r"\((.*)\)", r["resource"]).group(1): r for r in rows}

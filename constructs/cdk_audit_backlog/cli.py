@@ -10,15 +10,18 @@ Sub-commands (``--help`` on each for the options):
     checks that every instance of a deployed stack booted with the block and the expected limit.
 ``report CDK_OUT_DIR``
     what the aspect chose for every launch resource of a synthesized cloud assembly (``make synth``).
+``health --stack NAME``
+    lost events, peak backlog against the limit, use %, the audit socket's owner and drift per machine of a
+    deployed stack, from the sampler's CloudWatch metrics; ``--recommend`` sizes each limit from them.
 ``impact [CDK_OUT_DIR]``
     what the next ``cdk deploy`` of the assembly does to each deployed launch resource and its machines;
     ``--record`` writes the running Instances into ``cdk.context.json`` so their user data is kept.
 
 Exit status: 0 fine, 1 a check failed (untuned or below policy, unknown type in ``plan``, a running
-machine the deploy would interrupt in ``impact``), 2 usage or
+machine the deploy would interrupt in ``impact``, lost events in ``health``), 2 usage or
 AWS errors (no credentials, unknown stack, throttled after retries).
 
-boto3 is needed only by ``refresh-types``, ``verify`` and ``impact``
+boto3 is needed only by ``refresh-types``, ``verify``, ``health`` and ``impact``
 (``pip install 'cdk-audit-backlog[cli]'``);
 it is imported lazily so ``plan`` and ``report`` work without it.
 
@@ -36,12 +39,12 @@ import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, TextIO
 
 from . import instance_memory
 from .aws_api import boto3_module
 from .errors import CliError
-from .plan import PlanRow, plan_rows, type_sort_key
+from .plan import OWNER_SETTINGS, PlanRow, owner_settings, plan_rows, type_sort_key
 from .policy import MAX_AUDIT_MESSAGE_LENGTH, BacklogPolicy
 from .refresh import (
     DEFAULT_REGIONS,
@@ -62,6 +65,9 @@ from .verify import (
     decode_stored_user_data,
     parse_console_result,
 )
+if TYPE_CHECKING:  # pragma: no cover
+    from . import health
+
 __all__ = [
     "main",
     "CliError",
@@ -121,16 +127,34 @@ def _cmd_plan(args: argparse.Namespace, out: TextIO) -> int:
         raise CliError("plan: give at least one instance type (e.g. m5.large), a size (16GiB), or --all")
     names = sorted(instance_memory.all_types(), key=type_sort_key) if args.all else args.types
     rows = plan_rows(names, policy)
+    owners = list(OWNER_SETTINGS) if args.owners else []
+
+    def settings(r: PlanRow) -> Dict[str, Optional[str]]:
+        known = owner_settings(r.limit) if r.limit is not None else {}
+        return {o: known.get(o) for o in owners}
+
     if args.format == "json":
-        json.dump([asdict(r) for r in rows], out, indent=2)
+        json.dump([dict(asdict(r), **({"owner_settings": settings(r)} if owners else {})) for r in rows],
+                  out, indent=2)
         out.write("\n")
     elif args.format == "csv":
         w = csv.writer(out, lineterminator="\n")
-        w.writerow(_PLAN_HEADERS)
+        w.writerow(list(_PLAN_HEADERS) + owners)
         for r in rows:
-            w.writerow(["" if v is None else v for v in asdict(r).values()])
+            extra = [settings(r)[o] or "" for o in owners]
+            w.writerow(["" if v is None else v for v in asdict(r).values()] + extra)
     else:
         out.write(format_table(_PLAN_HEADERS, [_plan_cells(r) for r in rows]))
+        if owners:
+            out.write("\nanother owner of the audit socket sets the limit itself; give it the same value:\n")
+            for r in rows:
+                if r.limit is None:
+                    out.write(f"  {r.type}: auto (computed at boot): read the machine's limit (verify, "
+                              "health)\n")
+                    continue
+                out.write(f"  {r.type} ({r.limit}):\n")
+                for owner, setting in settings(r).items():
+                    out.write(f"    {owner:<9}  {setting:<30}  ({OWNER_SETTINGS[owner][0]})\n")
     unknown = [r.type for r in rows if r.memory_mib is None]
     if unknown:
         print(
@@ -282,6 +306,10 @@ def _cmd_report(args: argparse.Namespace, out: TextIO) -> int:
         print(f"report: {len(kept)} running instance(s) keep their user data (recorded as deployed)",
               file=sys.stderr)
     doubled = [r for r in rows if r.blocks is not None and r.blocks > 1]
+    owned = [r for r in rows if r.owners]
+    if owned:
+        print(f"report: {len(owned)} launch resource(s) configure another owner of the audit socket, which "
+              "sets its own backlog_limit (see the reason)", file=sys.stderr)
     if untuned:
         print(f"report: {len(untuned)} launch resource(s) without the block", file=sys.stderr)
     if doubled:
@@ -326,6 +354,77 @@ def _cmd_impact(args: argparse.Namespace, out: TextIO) -> int:
     return 1 if interrupting else 0
 
 
+# ------------------------------------------------------------------------------------------ health
+
+
+_HEALTH_HEADERS = ("instance", "group", "type", "lost", "peak/limit", "use_%", "owner", "drift")
+
+
+def _health_cells(h: "health.MachineHealth") -> List[str]:
+    def num(v: Optional[int]) -> str:
+        return "-" if v is None else str(v)
+
+    if not h.has_data:
+        return [h.instance_id, h.group or "-", h.instance_type or "-", "no data", "-", "-", h.owner or "-",
+                "-"]
+    use = "-" if h.use_percent is None else f"{h.use_percent:.1f}"
+    return [h.instance_id, h.group or "-", h.instance_type or "-", num(h.lost),
+            f"{num(h.peak_backlog)}/{num(h.limit)}", use, h.owner or "-", num(h.drift)]
+
+
+def _cmd_health(args: argparse.Namespace, out: TextIO) -> int:
+    from . import health
+
+    policy = _policy_from_args(args)
+    rows = health.stack_health(
+        args.stack, region=args.region, hours=args.hours, policy=policy, recommend_limits=args.recommend,
+        max_workers=args.max_workers,
+    )
+    if not rows:
+        if args.format == "json":
+            out.write("[]\n")
+        else:
+            out.write(f"stack {args.stack}: no instances\n")
+        return 0
+    if args.format == "json":
+        json.dump(
+            [dict(asdict(h), has_data=h.has_data, lost_events=h.lost_events, hours=args.hours) for h in rows],
+            out, indent=2,
+        )
+        out.write("\n")
+    else:
+        out.write(format_table(_HEALTH_HEADERS, [_health_cells(h) for h in rows]))
+        recs = [h for h in rows if h.recommendation is not None]
+        if recs:
+            out.write("\nrecommendations (over the last %d h):\n" % args.hours)
+        for h in recs:
+            r = h.recommendation
+            assert r is not None
+            mem = "memory unknown" if h.memory_mib is None else f"{h.memory_mib} MiB"
+            head = f"{h.instance_id} ({h.instance_type or '?'}, {mem}): {r.action}"
+            if r.limit is not None:
+                head += f" {h.limit} -> {r.limit}"
+            out.write(f"  {head}: {r.reason}\n")
+            if r.setting:
+                out.write(f"    set: {r.setting}\n")
+    silent = [h for h in rows if not h.has_data]
+    lost = [h for h in rows if h.lost_events]
+    if silent:
+        print(f"health: {len(silent)} machine(s) with {health.MONITORING_HINT}", file=sys.stderr)
+    print(f"health: {len(rows)} machine(s) over {args.hours} h, {len(lost)} lost events", file=sys.stderr)
+    return 1 if lost else 0
+
+
+def _hours(text: str) -> int:
+    """argparse type of ``health --hours``."""
+    from .health import MAX_HOURS, MIN_HOURS
+
+    value = int(text) if re.fullmatch(r"[0-9]{1,6}", text.strip()) else 0
+    if not MIN_HOURS <= value <= MAX_HOURS:
+        raise argparse.ArgumentTypeError(f"must be an integer from {MIN_HOURS} to {MAX_HOURS}, got {text!r}")
+    return value
+
+
 # -------------------------------------------------------------------------------------------- main
 
 
@@ -356,6 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
         "types", nargs="*", metavar="TYPE", help="instance types (m5.large) or sizes (4096MiB, 16GiB)"
     )
     p.add_argument("--all", action="store_true", help="every type in the bundled table")
+    p.add_argument("--owners", action="store_true",
+                   help="also the value for each other owner of the audit socket (auditbeat, osqueryd, "
+                   "go-audit)")
     _add_policy_args(p)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p.set_defaults(func=_cmd_plan)
@@ -415,6 +517,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the CDK context file to record into (default cdk.context.json)")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.set_defaults(func=_cmd_impact)
+    p = sub.add_parser(
+        "health",
+        help="lost events, peak backlog and the socket's owner per machine of a deployed stack (CloudWatch)",
+        description="Reads the sampler's metrics (CloudWatch GetMetricData and ListMetrics) for every "
+        "machine of a deployed stack over the last --hours. Exit 1 if any machine lost audit events.",
+    )
+    p.add_argument("--stack", required=True, metavar="NAME", help="CloudFormation stack name or id")
+    p.add_argument("--hours", type=_hours, default=24, help="the window, 1..455 hours back (default 24)")
+    p.add_argument("--recommend", action="store_true",
+                   help="size each machine's limit from the evidence (bounded by 5 %% of its memory)")
+    p.add_argument("--region", help="AWS region (default: the environment's)")
+    p.add_argument(
+        "--max-workers",
+        type=_workers,
+        default=8,
+        help=f"ListMetrics calls at once, 1..{MAX_WORKERS} (default 8)",
+    )
+    p.add_argument("--format", choices=("text", "table", "json"), default="text",
+                   help="text (a table; 'table' is the same) or json")
+    _add_policy_args(p)
+    p.set_defaults(func=_cmd_health)
     return parser
 
 

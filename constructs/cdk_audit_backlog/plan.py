@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 from . import instance_memory
 from .errors import CliError
@@ -59,6 +59,20 @@ def plan_rows(names: Iterable[str], policy: BacklogPolicy) -> List[PlanRow]:
         )
     return rows
 
+
+
+#: Where another owner of the audit socket takes its backlog limit (it sets the kernel's limit itself and
+#: would override ours): owner -> (where, the setting with ``{limit}``). See docs/cli.md, "Other owners".
+OWNER_SETTINGS: Dict[str, Tuple[str, str]] = {
+    "auditbeat": ("auditbeat.yml, auditd module, socket_type: unicast", "backlog_limit: {limit}"),
+    "osqueryd": ("osquery flags, with --audit_allow_config=true", "--audit_backlog_limit={limit}"),
+    "go-audit": ("go-audit.yaml, an item of rules:", "- -b {limit}"),
+}
+
+
+def owner_settings(limit: int) -> Dict[str, str]:
+    """Owner -> the line that gives it ``limit`` in its own configuration."""
+    return {owner: setting.format(limit=limit) for owner, (_, setting) in OWNER_SETTINGS.items()}
 
 
 def type_sort_key(name: str) -> Tuple[str, int, str]:

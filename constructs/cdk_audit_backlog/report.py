@@ -34,6 +34,16 @@ class ReportRow:
     per_type: Dict[str, int] = field(default_factory=dict)
     #: the Instance already runs and the aspect kept its user data (the association tunes it).
     kept: bool = False
+    #: another owner of the audit socket its user data configures -> the backlog_limit set there
+    #: (auditbeat's ``backlog_limit``, osquery's ``--audit_backlog_limit``, a go-audit ``-b`` rule).
+    owners: Dict[str, int] = field(default_factory=dict)
+
+    def owner_notes(self) -> List[str]:
+        """One sentence per other owner: the limit it sets and whether it agrees with the launch's limit."""
+        from .verify import owner_verdict
+
+        expected = int(self.limit) if self.limit.isdigit() else None
+        return [owner_verdict(owner, value, expected)[1] for owner, value in self.owners.items()]
 
     @property
     def limit_shown(self) -> str:
@@ -83,5 +93,9 @@ def report_assembly(cdk_out: Path) -> List[ReportRow]:
                 row.kept = user_data_kept(meta)
                 if launch is not None:
                     row.per_type = launch.per_type
+            if launch is not None and launch.user_data:
+                row.owners = testing.other_owner_settings(launch.user_data)
+                if row.owners:
+                    row.reason += "; " + "; ".join(row.owner_notes())
             rows.append(row)
     return rows

@@ -65,6 +65,9 @@ __all__ = [
     "is_mime",
     "template_dict",
     "user_data_value",
+    "OWNER_LINE_RE",
+    "OWNER_SETTING_RES",
+    "other_owner_settings",
 ]
 
 #: Resource types that launch EC2 instances with their own user data.
@@ -81,6 +84,27 @@ METADATA_KEY = "cdk-audit-backlog"
 #: The block's first and last lines.
 BLOCK_BEGIN = "# >>> cdk-audit-backlog >>>"
 BLOCK_END = "# <<< cdk-audit-backlog <<<"
+#: The script's console line naming another owner of the audit socket, e.g. ``cdk-audit-backlog: owner:
+#: auditbeat (pid 812) controls the audit socket; its backlog_limit 4096, our target 8192``. The script's
+#: exact wording is still being written, so this reads only what any wording of it must hold: the owner's
+#: command right after ``owner:``, then anywhere later on the line an optional ``(pid N)``,
+#: ``backlog_limit N`` (the owner's) and ``target N`` (ours). One constant for every reader (``verify``);
+#: tighten it once the script lands.
+OWNER_LINE_RE = re.compile(
+    r"cdk-audit-backlog: owner: (?P<owner>[A-Za-z0-9_.+-]+)"
+    r"(?:[^\r\n]*?\(pid (?P<pid>[0-9]+)\))?"
+    r"(?:[^\r\n]*?backlog_limit[\s=:]*(?P<limit>[0-9]+))?"
+    r"(?:[^\r\n]*?target[\s=:]*(?P<target>[0-9]+|auto))?"
+)
+#: Another owner's own backlog setting in user data that configures it (read outside our block): the owner's
+#: name must appear in the user data too. auditbeat: ``backlog_limit: N`` (auditbeat.yml, auditd module);
+#: osquery: ``--audit_backlog_limit=N`` (a flag); go-audit: a ``- -b N`` item of its ``rules:``.
+OWNER_SETTING_RES: Dict[str, "re.Pattern[str]"] = {
+    "auditbeat": re.compile(r"^\s*backlog_limit\s*:\s*['\"]?([0-9]+)", re.MULTILINE),
+    "osqueryd": re.compile(r"--audit_backlog_limit(?:=|\s+)['\"]?([0-9]+)"),
+    "go-audit": re.compile(r"^\s*-\s+['\"]?-b\s+([0-9]+)", re.MULTILINE),
+}
+_OWNER_MENTION = {"auditbeat": "auditbeat", "osqueryd": "osquery", "go-audit": "go-audit"}
 # The here-document delimiter of the block's script (a compact block has two here-documents, both ending so).
 _HEREDOC = "CDK_AUDIT_BACKLOG"
 _ASSIGNMENT_RE = re.compile(r"^(CAB_[A-Z_]+)=(.*)$")
@@ -409,6 +433,29 @@ def blocks(user_data: str) -> List[Block]:
 def block_settings(user_data: str) -> List[Dict[str, str]]:
     """The ``CAB_*`` assignments of every block in the shell parts of ``user_data``, one dict per block."""
     return [b.settings for b in blocks(user_data)]
+
+
+def other_owner_settings(user_data: str) -> Dict[str, int]:
+    """Owner command -> the backlog limit that user data configures for another owner of the audit socket
+    (:data:`OWNER_SETTING_RES`), read outside the ``cdk-audit-backlog`` block; the last value of each wins."""
+    outside: List[str] = []
+    inside = False
+    for line in user_data.splitlines():
+        if line == BLOCK_BEGIN:
+            inside = True
+        elif line == BLOCK_END:
+            inside = False
+        elif not inside:
+            outside.append(line)
+    text = "\n".join(outside)
+    found: Dict[str, int] = {}
+    for owner, pattern in OWNER_SETTING_RES.items():
+        if _OWNER_MENTION[owner] not in text:
+            continue
+        values = pattern.findall(text)
+        if values:
+            found[owner] = int(values[-1])
+    return found
 
 
 def tuning_of(user_data: str) -> Optional[Tuning]:

@@ -22,7 +22,7 @@ from .aws_api import NotFound, aws_errors, boto3_module, client_config, deployed
 from .deployed_context import user_data_kept
 from .policy import BacklogPolicy
 from .template_relations import AUTO_SCALING_GROUP, INSTANCE, LAUNCH_TEMPLATE
-from .testing import METADATA_KEY, blocks
+from .testing import METADATA_KEY, OWNER_LINE_RE, blocks
 
 
 def decode_stored_user_data(value: Optional[str]) -> Optional[str]:
@@ -119,6 +119,56 @@ def parse_console_result(console: Optional[str]) -> Optional[ConsoleResult]:
     )
 
 
+@dataclass(frozen=True)
+class ConsoleOwner:
+    """Another process owns the audit socket, as the script's console line says (``OWNER_LINE_RE`` of
+    :mod:`.testing`). ``limit`` is the owner's backlog_limit, ``target`` ours; None where the line does not
+    say."""
+
+    owner: str
+    pid: Optional[int]
+    limit: Optional[int]
+    target: Optional[str]
+    line: str
+
+
+def parse_console_owner(console: Optional[str]) -> Optional[ConsoleOwner]:
+    """The last ``cdk-audit-backlog: owner: ...`` line of a console log naming an owner other than auditd
+    (auditd is ours to tune), or None."""
+    found = None
+    for line in (console or "").splitlines():
+        m = OWNER_LINE_RE.search(line)
+        if m:
+            found = (m, line)
+    if not found or found[0].group("owner") in ("auditd", "none"):
+        return None
+    m, line = found
+    return ConsoleOwner(
+        owner=m.group("owner"),
+        pid=int(m.group("pid")) if m.group("pid") else None,
+        limit=int(m.group("limit")) if m.group("limit") else None,
+        target=m.group("target"),
+        line=line.strip(),
+    )
+
+
+def owner_verdict(owner: str, limit: Optional[int], expected: Optional[int]) -> Tuple[bool, str]:
+    """``(below policy, sentence)`` for another owner that sets the limit itself."""
+    if limit is None:
+        return False, f"{owner} owns the audit socket and sets its own backlog_limit (value not shown)"
+    head = f"{owner} owns the audit socket and sets backlog_limit {limit}"
+    if expected is None:
+        return False, f"{head} (the policy's limit is computed at boot: compare with plan)"
+    if limit == 0:
+        return False, f"{head} (no limit at all), not the policy's {expected}"
+    if limit < expected:
+        return True, (f"{head} < policy {expected}: set {expected} in {owner}'s own configuration "
+                      "(cdk-audit-backlog plan TYPE --owners)")
+    if limit == expected:
+        return False, f"{head}, which agrees with the policy"
+    return False, f"{head}, above the policy's {expected} (more memory at worst than the policy allows)"
+
+
 @dataclass
 class LaunchCheck:
     """One instance or launch template of a stack, checked.
@@ -144,6 +194,10 @@ class LaunchCheck:
     #: the least limit accepted when it differs from ``expected`` (see ``note``).
     floor: Optional[int] = None
     note: str = ""
+    #: another owner of the audit socket (auditbeat, osqueryd, go-audit, ...) named on the console, and the
+    #: backlog_limit it sets; an owner's limit below the policy makes the check ``below-policy``.
+    owner: Optional[str] = None
+    owner_limit: Optional[int] = None
 
     @property
     def failed(self) -> bool:
@@ -209,6 +263,88 @@ def _chunks(items: Sequence[str], n: int) -> Iterable[Sequence[str]]:
         yield items[i : i + n]
 
 
+@dataclass(frozen=True)
+class Machine:
+    """One EC2 instance of a stack: its own ``AWS::EC2::Instance`` or a member of one of its Auto Scaling
+    groups. ``state`` is EC2's (``running``, ...), ``gone`` when EC2 no longer lists it."""
+
+    instance_id: str
+    label: str
+    group: Optional[str]
+    instance_type: Optional[str]
+    state: str
+
+
+@dataclass(frozen=True)
+class StackMachines:
+    """What :func:`find_machines` found: ``machines`` by instance id, ``labels`` (instance id -> the
+    logical id, ``"<group logical id> instance"`` for a group's member) and ``launch_templates``
+    (physical id -> logical id)."""
+
+    machines: Dict[str, Machine]
+    labels: Dict[str, str]
+    launch_templates: Dict[str, str]
+
+
+def find_machines(cfn: Any, ec2: Any, asg: Any, stack: str) -> StackMachines:
+    """The instances of a deployed stack (its own, its Auto Scaling groups', nested stacks') and its launch
+    templates, through CloudFormation, Auto Scaling and EC2; every list call paginated. botocore's errors
+    become :class:`CliError` s naming the stack (``verify`` and ``health`` share this)."""
+    what = f"stack {stack}"
+    resources = aws_errors(what, lambda: _stack_resources(cfn, stack))
+    instance_ids: Dict[str, str] = {}  # id -> label
+    groups: Dict[str, Optional[str]] = {}  # id -> the group's physical name
+    asg_names: Dict[str, str] = {}  # physical name -> logical id
+    lt_ids: Dict[str, str] = {}
+    for r in resources:
+        pid = r.get("PhysicalResourceId")
+        if not pid:
+            continue
+        rtype = r.get("ResourceType")
+        if rtype == INSTANCE:
+            instance_ids[pid] = r["LogicalResourceId"]
+        elif rtype == AUTO_SCALING_GROUP:
+            asg_names[pid] = r["LogicalResourceId"]
+        elif rtype == LAUNCH_TEMPLATE:
+            lt_ids[pid] = r["LogicalResourceId"]
+
+    def asg_instances() -> None:
+        for names in _chunks(sorted(asg_names), 50):
+            for page in asg.get_paginator("describe_auto_scaling_groups").paginate(
+                AutoScalingGroupNames=list(names)
+            ):
+                for g in page.get("AutoScalingGroups", []):
+                    for i in g.get("Instances", []):
+                        label = asg_names.get(g["AutoScalingGroupName"], g["AutoScalingGroupName"])
+                        if i["InstanceId"] not in instance_ids:
+                            instance_ids[i["InstanceId"]] = f"{label} instance"
+                            groups[i["InstanceId"]] = g["AutoScalingGroupName"]
+
+    aws_errors(what, asg_instances)
+
+    types: Dict[str, Tuple[Optional[str], str]] = {}
+
+    def describe() -> None:
+        ids = sorted(instance_ids)
+        for chunk in _chunks(ids, 200):
+            # A filter, not InstanceIds: an id terminated since the listing must not fail the whole chunk.
+            filters = [{"Name": "instance-id", "Values": list(chunk)}]
+            for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
+                for res in page.get("Reservations", []):
+                    for inst in res.get("Instances", []):
+                        types[inst["InstanceId"]] = (
+                            inst.get("InstanceType"),
+                            inst.get("State", {}).get("Name", "?"),
+                        )
+
+    aws_errors(what, describe)
+    machines = {
+        iid: Machine(iid, label, groups.get(iid), *types.get(iid, (None, "gone")))
+        for iid, label in instance_ids.items()
+    }
+    return StackMachines(machines, instance_ids, lt_ids)
+
+
 def check_stack(
     stack: str,
     *,
@@ -237,51 +373,10 @@ def check_stack(
         lambda: [session.client(s, config=config, **kw) for s in ("cloudformation", "ec2", "autoscaling")],
     )
 
-    resources = aws_errors(what, lambda: _stack_resources(cfn, stack))
+    found = find_machines(cfn, ec2, asg, stack)
     kept = aws_errors(what, lambda: _kept_launches(cfn, stack))
-    instance_ids: Dict[str, str] = {}  # id -> label
-    asg_names: Dict[str, str] = {}  # physical name -> logical id
-    lt_ids: Dict[str, str] = {}
-    for r in resources:
-        pid = r.get("PhysicalResourceId")
-        if not pid:
-            continue
-        rtype = r.get("ResourceType")
-        if rtype == INSTANCE:
-            instance_ids[pid] = r["LogicalResourceId"]
-        elif rtype == AUTO_SCALING_GROUP:
-            asg_names[pid] = r["LogicalResourceId"]
-        elif rtype == LAUNCH_TEMPLATE:
-            lt_ids[pid] = r["LogicalResourceId"]
-
-    def asg_instances() -> None:
-        for names in _chunks(sorted(asg_names), 50):
-            for page in asg.get_paginator("describe_auto_scaling_groups").paginate(
-                AutoScalingGroupNames=list(names)
-            ):
-                for g in page.get("AutoScalingGroups", []):
-                    for i in g.get("Instances", []):
-                        label = asg_names.get(g["AutoScalingGroupName"], g["AutoScalingGroupName"])
-                        instance_ids.setdefault(i["InstanceId"], f"{label} instance")
-
-    aws_errors(what, asg_instances)
-
-    types: Dict[str, Tuple[Optional[str], str]] = {}
-
-    def describe() -> None:
-        ids = sorted(instance_ids)
-        for chunk in _chunks(ids, 200):
-            # A filter, not InstanceIds: an id terminated since the listing must not fail the whole chunk.
-            filters = [{"Name": "instance-id", "Values": list(chunk)}]
-            for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
-                for res in page.get("Reservations", []):
-                    for inst in res.get("Instances", []):
-                        types[inst["InstanceId"]] = (
-                            inst.get("InstanceType"),
-                            inst.get("State", {}).get("Name", "?"),
-                        )
-
-    aws_errors(what, describe)
+    instance_ids, lt_ids = found.labels, found.launch_templates
+    types = {iid: (m.instance_type, m.state) for iid, m in found.machines.items()}
 
     def expected_for(itype: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
         mib = instance_memory.memory_mib(itype) if itype else None
@@ -319,6 +414,7 @@ def check_stack(
             c.floor = policy.limit_for_memory(mib * 9 // 10)
             if block_is_mixed(text):
                 c.note = "a mixed group: sized at boot from MemTotal"
+        other: Optional[ConsoleOwner] = None
         if console and state == "running":
             try:
                 out = aws_errors(f"instance {iid}", lambda: ec2.get_console_output(InstanceId=iid))
@@ -334,7 +430,19 @@ def check_stack(
             res = parse_console_result(log)
             if res:
                 c.applied, c.console_line = res.new, res.line
+            other = parse_console_owner(log)
+            if other:
+                c.owner, c.owner_limit = other.owner, other.limit
         _classify(c)
+        if c.owner and not c.failed:
+            below, said = owner_verdict(
+                c.owner + (f" (pid {other.pid})" if other and other.pid else ""), c.owner_limit,
+                c.floor if c.floor is not None else c.expected,
+            )
+            if below:
+                c.status, c.problem = "below-policy", said
+            else:
+                c.note = f"{c.note}; {said}" if c.note else said
         if c.status == "untuned" and instance_ids[iid] in kept:
             c.status, c.problem = "kept", ""
             c.note = "user data kept (it ran before the library was adopted); the SSM association tunes it"
