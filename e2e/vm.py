@@ -89,6 +89,10 @@ class Run:
     storm_begin: Dict[str, str] = field(default_factory=dict)
     storm_errors: List[str] = field(default_factory=list)
     storm_kernel: List[str] = field(default_factory=list)
+    # The sampler around the storm (guest/e2e-storm.sh): each sample run by hand, its timer, its CPU.
+    samples: List["Sample"] = field(default_factory=list)
+    sampler: Dict[str, str] = field(default_factory=dict)
+    sample_cpu: Dict[str, str] = field(default_factory=dict)
 
     def boot(self, n: int = 1) -> Dict[str, str]:
         if n not in self.boots:
@@ -298,6 +302,43 @@ def _parse(run: Run) -> None:
         i = text.find("E2E-STORM-BEGIN ")
         if i >= 0:
             run.storm_begin = dict(_KV.findall(text[i:]))
+        m = _SAMPLE.search(text)
+        if m:
+            run.samples.append(Sample(*m.groups()))
+        for tag, attr in (("E2E-SAMPLER ", "sampler"), ("E2E-SAMPLE-CPU ", "sample_cpu")):
+            i = text.find(tag)
+            if i >= 0:
+                setattr(run, attr, dict(_KV.findall(text[i + len(tag):])))
+
+
+@dataclass
+class Sample:
+    """One sample the sampler published in the storm boot: ``tag`` (``pre run=SPEC``, ``mid run=SPEC``,
+    ``post run=SPEC``, ``drift-...``), whether what it printed is what the listener caught (``same``: yes, no,
+    or - for the one taken inside the burst), its console line (``said``, - for none), and the datagram."""
+
+    tag: str
+    same: str
+    said: str
+    datagram: str
+
+    @property
+    def metrics(self) -> Dict[str, int]:
+        """metric name -> value of the datagram's lines (``Name:value|type[|#tags]``)."""
+        out: Dict[str, int] = {}
+        for line in self.datagram.split(";"):
+            name, _, rest = line.partition(":")
+            if rest:
+                out[name] = int(rest.split("|", 1)[0])
+        return out
+
+    @property
+    def owner(self) -> str:
+        m = re.search(r"#Owner:(\S+?)(?:;|$)", self.datagram)
+        return m.group(1) if m else ""
+
+
+_SAMPLE = re.compile(r"E2E-STATSD tag=(.*?) same=(\S+) said=(.*) datagram=(\S*)$")
 
 
 def audit_status(report: Dict[str, str]) -> Dict[str, str]:

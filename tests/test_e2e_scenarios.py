@@ -231,6 +231,73 @@ def test_small_storm_loses_records_at_320_and_none_at_the_tuned_limit(al2):
     assert all(r["drained"] == "yes" for r in runs.values())
 
 
+# -- Live health: the sampler the example app's monitoring installs, around the same storm -------------------
+
+def _samples(run, prefix):
+    return [x for x in run.samples if x.tag.startswith(prefix)]
+
+
+def test_sampler_timer_is_installed_and_ran_before_the_storm(al2):
+    run = al2.runs[0]
+    assert run.sampler.get("timer") == "active", run.sampler
+    assert run.sampler.get("service_result") == "success", run.sampler
+    assert int(run.sampler.get("service_ran_us", "0")) > 0, run.sampler  # the timer fired at least once
+    assert run.sampler.get("interval") == "60s", run.sampler  # app.py's monitoring=True: the default 60 s
+    out = vm.outputs(run.boot(1))
+    assert any(line.startswith("cdk-audit-backlog: monitor: sampler every 60s") for line in out), out
+
+
+def test_published_lost_events_equal_the_kernels_and_backlog_use_rises_while_auditd_is_paused(al2):
+    """Per storm run: the lost increases the sampler published from just before to just after the run add up
+    to what the kernel counted over the run (896-ish at 320, 0 at the tuned limit); the sample taken inside
+    the burst, auditd still stopped, shows the queue's use; auditd owns the socket throughout."""
+    run = al2.runs[0]
+    storms = {r["limit"]: r for r in run.storm}
+    for spec, limit in (("320:0:1000:5", "320"), ("boot:0:1000:5", "8192")):
+        pre, mid, post = (_samples(run, f"{phase} run={spec}") for phase in ("pre", "mid", "post"))
+        assert len(pre) == len(mid) == len(post) == 1, [x.tag for x in run.samples]
+        published = mid[0].metrics["AuditLostEvents"] + post[0].metrics["AuditLostEvents"]
+        assert published == int(storms[limit]["lost"]), (spec, published, storms[limit])
+        use = mid[0].metrics["AuditBacklogUsePercent"]
+        if limit == "320":
+            assert published > 500 and use >= 90, (published, use)
+        else:
+            assert published == 0 and 0 < use < 100, (published, use)
+        assert post[0].metrics["AuditBacklog"] < mid[0].metrics["AuditBacklog"]  # drained after the pause
+        for x in pre + mid + post:
+            assert x.owner == "auditd", x
+            assert x.metrics["AuditBacklogLimit"] == int(limit) and x.metrics["AuditBacklogTarget"] == 8192
+        for x in pre + post:
+            assert x.same == "yes", x  # what it printed is the datagram the listener caught
+
+
+def test_drift_is_restored_once_reported_once_and_never_loops(al2):
+    run = al2.runs[0]
+    by_tag = {x.tag: x for x in run.samples if x.tag.startswith("drift-")}
+    assert set(by_tag) >= {"drift-before", "drift-lowered", "drift-lowered-again", "drift-unchanged",
+                           "drift-audit-off", "drift-restored-by-hand"}, sorted(by_tag)
+    assert by_tag["drift-before"].metrics["AuditBacklogDrift"] == 0 and by_tag["drift-before"].said == "-"
+    lowered = by_tag["drift-lowered"]
+    assert lowered.metrics["AuditBacklogDrift"] == 8192 - 1000
+    assert "drift: auditd (pid " in lowered.said, lowered.said
+    assert "has backlog_limit 1000, our target 8192: restored" in lowered.said, lowered.said
+    again = by_tag["drift-lowered-again"]
+    assert again.metrics["AuditBacklogDrift"] == 8192 - 1000
+    assert "restored once this boot already" in again.said, again.said
+    # the same state again: the figure stays, no new console line; audit off changes no limit and says nothing
+    for tag in ("drift-unchanged", "drift-audit-off"):
+        assert by_tag[tag].metrics["AuditBacklogDrift"] == 8192 - 1000, by_tag[tag]
+        assert by_tag[tag].said == "-", by_tag[tag]
+    assert by_tag["drift-restored-by-hand"].metrics["AuditBacklogDrift"] == 0
+    assert all(x.same == "yes" for x in by_tag.values())
+
+
+def test_sample_cpu_was_measured(al2):
+    """The figure the closing note and docs quote (benchmarks/ prints the ratio); here only that it ran."""
+    cpu = al2.runs[0].sample_cpu
+    assert cpu.get("samples") == "20" and float(cpu["cpu_s"]) > 0 and float(cpu["ref_cpu_s"]) > 0, cpu
+
+
 # -- 7. Resize: the user-data route, 8 GiB -> 1 GiB -> 8 GiB on the same disk --------------------------------
 
 def test_resize_follows_memory_from_the_first_rule_load(al2, resize):

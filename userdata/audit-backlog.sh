@@ -252,7 +252,8 @@ sd() {
 
 # cab_sample: the sampler (mode sample). The metric names and StatsD types are the contract in
 # monitoring_metrics.py. State lives in z, under /run (tmpfs: emptied at boot, nothing left on disk): the
-# previous lost counter, the last drift line's key, whether this boot restored the limit once.
+# previous lost counter, the last drift line's key (owner, limit and what was done: a restore that did not
+# hold is said once more), whether this boot restored the limit once.
 # lost: the increase since the previous sample; the counter itself when it went down (a boot reset it) or
 # there is none. Target: the state file's (what the last acting apply or boot run chose), else the inputs'.
 # Drift (docs/design.md, "Drift"): where auditd (or no one) owns the socket and the rules are not immutable,
@@ -303,7 +304,7 @@ cab_sample() {
         ! q 5 auditctl -b "$t" || x="restored"
       fi
     fi
-    sd "$ow $bl" "drift: $ow (pid $pd) has backlog_limit $bl, our target $t: $x"
+    sd "$ow $bl $x" "drift: $ow (pid $pd) has backlog_limit $bl, our target $t: $x"
   else
     sd ""
   fi
