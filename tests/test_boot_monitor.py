@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cdk_audit_backlog.testing import OWNER_LINE_RE
 from cdk_audit_backlog.user_data import BlockInputs, render_block, render_run_command
 from tests.boot import fakes
 from tests.boot import fixtures as fx
@@ -446,6 +447,10 @@ def test_apply_names_another_owner_and_leaves_its_limit(tmp_path, sandbox, limit
     assert r.returncode == status, r.stdout + r.stderr
     line = f"owner: osqueryd (pid 977) has the audit socket, its backlog_limit {limit} {says}"
     assert line in said(r.stdout)
+    # the readers (verify, report) parse the very line the script printed
+    (printed,) = [x for x in r.stdout.splitlines() if "owner: " in x]
+    m = OWNER_LINE_RE.search(printed)
+    assert m and (m["owner"], m["pid"], m["limit"], m["target"]) == ("osqueryd", "977", str(limit), "16384")
     assert b_calls(root) == [] and fx.kernel(root)["backlog_limit"] == limit
     assert "verify failed" not in r.stdout
     # persisted for auditd's next boot all the same

@@ -199,7 +199,7 @@ def test_health_errors_and_usage(capsys):
         with pytest.raises(SystemExit) as e:
             cli.main(["health", "--stack", "S", "--hours", bad])
         assert e.value.code == 2
-    assert "from 1 to 455" in capsys.readouterr().err
+    assert "from 1 to 1512" in capsys.readouterr().err
 
 
 def test_get_metric_data_sends_at_most_500_queries_a_call():
@@ -272,7 +272,7 @@ policies = st.builds(
     peak_share=st.floats(0, 1.2),
     lost=st.integers(0, 10**6),
     memory_mib=st.integers(0, 2**24),
-    hours=st.integers(1, 455),
+    hours=st.integers(1, 1512),
     policy=policies,
 )
 def test_recommendation_bounds(limit, peak_share, lost, memory_mib, hours, policy):

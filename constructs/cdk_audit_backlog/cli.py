@@ -524,7 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
         "machine of a deployed stack over the last --hours. Exit 1 if any machine lost audit events.",
     )
     p.add_argument("--stack", required=True, metavar="NAME", help="CloudFormation stack name or id")
-    p.add_argument("--hours", type=_hours, default=24, help="the window, 1..455 hours back (default 24)")
+    p.add_argument("--hours", type=_hours, default=24, help="the window, 1..1512 hours back (default 24)")
     p.add_argument("--recommend", action="store_true",
                    help="size each machine's limit from the evidence (bounded by 5 %% of its memory)")
     p.add_argument("--region", help="AWS region (default: the environment's)")

@@ -48,9 +48,10 @@ __all__ = [
 
 #: Most queries one ``GetMetricData`` call takes (the API's limit).
 MAX_QUERIES = 500
-#: ``--hours`` range.
+#: ``--hours`` range: up to 63 days, as long as CloudWatch keeps the 5-minute data points (1-minute ones 15
+#: days); the window is read as one period, so coarser points lose nothing here.
 MIN_HOURS = 1
-MAX_HOURS = 455
+MAX_HOURS = 1512
 #: The memory bound of a recommendation: the largest power of two whose worst case (x 8970 bytes) fits in
 #: this share of the machine's memory (the share over which a compliance floor draws a synth warning).
 RECOMMEND_MEMORY_SHARE = FLOOR_MEMORY_WARNING_SHARE
