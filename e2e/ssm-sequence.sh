@@ -34,6 +34,11 @@ run() {  # step: one association run
 echo "E2E-SSM-BEGIN memtotal_kb=$(awk '/^MemTotal:/{print $2}' /proc/meminfo) script_bytes=$(wc -c < "$CMD")"
 report before -
 run first
+# The example app monitors, so the document installed the sampler and started its timer. It is stopped for
+# the replays below: it would restore their drifts once on its own, at a moment of its choosing.
+echo "E2E-SSM-SAMPLER timer=$(systemctl is-active cdk-audit-backlog-sample.timer) installed=$(
+  [ -f /etc/systemd/system/cdk-audit-backlog-sample.timer ] && echo yes || echo no)"
+systemctl stop cdk-audit-backlog-sample.timer 2>/dev/null
 run second
 
 "$AC" -b 320 >/dev/null
@@ -55,6 +60,15 @@ run no-auditctl
 mv "$AC" "${AC%.e2e-hidden}"
 AC=${AC%.e2e-hidden}
 report auditctl-back -
+
+# A rules file that sorts after ours (version sort puts '_' after letters) with its own smaller -b, as another
+# tool may write: the merge keeps its -b for the next boot. The run applies the limit now, says which -b the
+# rules load, exits 5 (not persisted) and leaves the file alone.
+printf -- '-b 512\n' >/etc/audit/rules.d/_site-override.rules
+chmod 600 /etc/audit/rules.d/_site-override.rules
+run later-file
+echo "E2E-SSM-LATER-FILE content=$(tr '\n' ' ' </etc/audit/rules.d/_site-override.rules)"
+rm -f /etc/audit/rules.d/_site-override.rules
 
 # Immutable (-e 2) after a drift: the kernel refuses changes until reboot; the run persists and says next boot.
 "$AC" -b 320 >/dev/null

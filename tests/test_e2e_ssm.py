@@ -100,3 +100,20 @@ def test_auditd_was_never_restarted(machine):
     steps = machine.steps
     assert {s["pid"] for s in steps.values()} == {steps["before"]["pid"]}
     assert {s["nrestarts"] for s in steps.values()} == {steps["before"]["nrestarts"]}
+
+
+def test_the_document_installs_the_sampler_on_a_running_machine(machine):
+    """The example app monitors: the first run installed the sampler's timer and started it."""
+    line = machine.run.grep(r"E2E-SSM-SAMPLER ")
+    assert line and "timer=active" in line[0] and "installed=yes" in line[0], line
+    said = machine.output("first")
+    assert any(out.startswith("cdk-audit-backlog: monitor: sampler every 60s") for out in said), said
+
+
+def test_a_later_rules_file_with_a_smaller_b_is_reported_not_fought(machine):
+    later = machine.steps["later-file"]
+    assert later["rc"] == NOT_PERSISTED  # the association shows it: NON_COMPLIANT
+    assert later["limit"] == str(_policy_limit(machine))  # applied now all the same
+    assert "cdk-audit-backlog: persist: rules load -b 512" in machine.output("later-file")
+    kept = machine.run.grep(r"E2E-SSM-LATER-FILE ")
+    assert kept and "content=-b 512" in kept[0], kept  # the other tool's file is left as it was
