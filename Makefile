@@ -60,6 +60,7 @@ storm: setup debian-packages
 
 bench: setup
 	$(PY) benchmarks/synth_overhead.py
+	-$(PY) benchmarks/sample_cpu.py  # needs a storm boot (make storm or make test) on this machine
 
 # The release: the sdist, and the wheel built from it, in dist/. --no-isolation builds with the setuptools and
 # wheel pinned in requirements-dev.txt (the same build tools on every machine, no download). twine checks the

@@ -232,6 +232,38 @@ def summary_line(res: Dict[str, object]) -> str:
             f"stall default={s['stall_default_ms']}ms tuned={s['stall_tuned_ms']}ms")  # type: ignore[index]
 
 
+#: The shell loop the guest times beside the sampler (guest/e2e-storm.sh); timed here on the host too, the two
+#: give how much slower the emulated CPU is than the host's.
+REFERENCE_LOOP = "i=0; while ((i < 200000)); do i=$((i + 1)); done"
+DEFAULT_INTERVAL_S = 60
+
+
+def host_reference_cpu_s(repeats: int = 3) -> float:
+    """CPU seconds (user + system) of ``REFERENCE_LOOP`` in a fresh bash on this host, best of ``repeats``."""
+    import resource
+    import subprocess
+
+    best = float("inf")
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run(["bash", "-c", REFERENCE_LOOP], check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        best = min(best, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
+    return best
+
+
+def sample_cpu(measured: Mapping[str, str], host_ref_s: float,
+               interval_s: int = DEFAULT_INTERVAL_S) -> Dict[str, float]:
+    """The sampler's CPU per sample from the guest's ``E2E-SAMPLE-CPU`` line: as measured under TCG, and scaled
+    to the host's speed by the reference loop; the share of one core that is at ``interval_s``."""
+    samples = int(measured["samples"])
+    tcg_s = float(measured["cpu_s"]) / samples
+    slowdown = float(measured["ref_cpu_s"]) / host_ref_s
+    native_s = tcg_s / slowdown
+    return {"tcg_ms": tcg_s * 1000, "slowdown": slowdown, "native_ms": native_s * 1000,
+            "core_percent": 100 * native_s / interval_s, "tcg_core_percent": 100 * tcg_s / interval_s}
+
+
 def main(argv: Sequence[str] = ()) -> int:
     ap = argparse.ArgumentParser(prog="python -m e2e.storm", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bursts", default=",".join(map(str, BURSTS)), help="burst sizes for the headroom curve")
@@ -292,6 +324,11 @@ def main(argv: Sequence[str] = ()) -> int:
         f"run: {run.elapsed_s:.0f} s in the VM, {res['total_seconds']:.0f} s in all; "
         f"raw results {out.relative_to(REPO)}"
     )
+    if run.sample_cpu:
+        c = sample_cpu(run.sample_cpu, host_reference_cpu_s())
+        print(f"sampler: {c['tcg_ms']:.0f} ms of CPU per sample under TCG ({c['tcg_core_percent']:.3f} % of "
+              f"a core at {DEFAULT_INTERVAL_S} s); the emulated CPU is {c['slowdown']:.0f}x slower than this "
+              f"host's, so {c['native_ms']:.1f} ms = {c['core_percent']:.4f} % of a core on real hardware")
     print(summary_line(res))
     return 0
 
