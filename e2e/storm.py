@@ -254,8 +254,8 @@ def host_reference_cpu_s(repeats: int = 3) -> float:
 
 def sample_cpu(measured: Mapping[str, str], host_ref_s: float,
                interval_s: int = DEFAULT_INTERVAL_S) -> Dict[str, float]:
-    """The sampler's CPU per sample from the guest's ``E2E-SAMPLE-CPU`` line: as measured under TCG, and scaled
-    to the host's speed by the reference loop; the share of one core that is at ``interval_s``."""
+    """The sampler's CPU per sample from the guest's ``E2E-SAMPLE-CPU`` line: as measured under TCG, and
+    scaled to the host's speed by the reference loop; the share of one core that is at ``interval_s``."""
     samples = int(measured["samples"])
     tcg_s = float(measured["cpu_s"]) / samples
     slowdown = float(measured["ref_cpu_s"]) / host_ref_s
