@@ -195,7 +195,7 @@ def test_health_recommends_from_the_evidence(capsys):
 def test_health_errors_and_usage(capsys):
     rc, _, err = run(["health", "--stack", "NoSuchStack", "--region", REGION], capsys)
     assert rc == 2 and "NoSuchStack does not exist" in err
-    for bad in ("0", "456", "x"):
+    for bad in ("0", "1513", "x"):
         with pytest.raises(SystemExit) as e:
             cli.main(["health", "--stack", "S", "--hours", bad])
         assert e.value.code == 2

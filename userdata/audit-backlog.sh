@@ -55,7 +55,7 @@ CAB_MONITOR="${CAB_MONITOR:-}"
 #   manager and pkg package (install); w wait time; m method; c the rules need our -b; k the content of f
 #   now, x its new content; ok persisted; ch changed a file; d limit the rules load; n limit the kernel
 #   gets; o kernel limit before; lost events lost (empty when the kernel did not report); state the state
-#   file; v exit status (see the end); pd the audit socket owner's pid, oc its command, ag whether its
+#   file; v exit status (see the end); pd the audit socket owner's pid, ow its command, ag whether its
 #   limit agrees with the target (apply with monitoring).
 #   Set by wr (with monitoring): vw, the env file V was written or found up to date in this run.
 R=${CAB_ROOT:-}
@@ -223,28 +223,43 @@ cab_mon() {
   [ "$res" != failed ] || return 6
 }
 
-# ss: what the sampler reads, from one `auditctl -s` (5 s at most: it runs every interval): "enabled lost
-# backlog backlog_limit backlog_wait_time backlog_wait_time_actual pid", a wait time "-" where this kernel
-# has none; nothing at all when auditctl reports no backlog_limit. (|| : as in st.)
+# ss: what the sampler reads, from one `auditctl -s` (5 s at most: it runs every interval), parsed by bash
+# itself (every program started costs the sampler more than the reading; both output formats, as st reads):
+# sets en lo bk (backlog) bl bw wa (backlog_wait_time_actual) pd (the socket owner's pid); bw and wa are "-"
+# where this kernel has none. Fails, setting nothing, when auditctl reports no backlog_limit.
 ss() {
-  timeout 5 auditctl -s 2>/dev/null | awk -F'[ =]' '{for(i=1;i<NF;i++)v[$i]=$(i+1)}END{w="backlog_wait_time";a=w"_actual";if("backlog_limit" in v)print v["enabled"]+0,v["lost"]+0,v["backlog"]+0,v["backlog_limit"]+0,((w in v)?v[w]+0:"-"),((a in v)?v[a]+0:"-"),v["pid"]+0}' || :
+  local a
+  a=$(timeout 5 auditctl -s 2>/dev/null) || :
+  [[ $a = *backlog_limit* ]] || return 1
+  en=0 lo=0 bk=0 bl=0 bw=- wa=- pd=0
+  # shellcheck disable=SC2086  # the status split into words: each known key is followed by its value
+  set -- ${a//=/ }
+  while (($# > 1)); do
+    case $1 in
+      enabled) en=$2 ;; lost) lo=$2 ;; backlog) bk=$2 ;; backlog_limit) bl=$2 ;;
+      backlog_wait_time) bw=$2 ;; backlog_wait_time_actual) wa=$2 ;; pid) pd=$2 ;;
+    esac
+    shift
+  done
 }
 
-# cm PID: the command that owns the audit socket: PID's comm, with anything but letters, digits and _.- made
-# _ (it becomes a StatsD tag), none for pid 0, unknown when it cannot be read.
+# cm PID: ow, the command that owns the audit socket: PID's comm, with anything but letters, digits and _.-
+# made _ (it becomes a StatsD tag), none for pid 0, unknown when it cannot be read.
 cm() {
-  local c=none
-  [ "$1" = 0 ] || { read -r c <"$R/proc/$1/comm"; } 2>/dev/null || c=
-  c=${c//[^A-Za-z0-9_.-]/_}
-  echo "${c:-unknown}"
+  ow=none
+  [ "$1" = 0 ] || { read -r ow <"$R/proc/$1/comm"; } 2>/dev/null || ow=
+  ow=${ow//[^A-Za-z0-9_.-]/_}
+  ow=${ow:-unknown}
 }
 
 # sd KEY LINE: LINE to stderr (the sampler's console; its stdout is the datagram) unless the last line said
 # was for KEY (z/said), so a timer repeats nothing; no KEY clears it.
 sd() {
+  local k=
+  { read -r k <"$z/said"; } 2>/dev/null || :
   if [ -z "$1" ]; then
-    rm -f "$z/said"
-  elif [ "$1" != "$(cat "$z/said" 2>/dev/null)" ]; then
+    [ -z "$k" ] || : >"$z/said"
+  elif [ "$1" != "$k" ]; then
     echo "$1" >"$z/said"
     say "$2" >&2
   fi
@@ -261,13 +276,16 @@ sd() {
 cab_sample() {
   local z=$R/run/cdk-audit-backlog a=${CAB_STATSD:-127.0.0.1:8125} bk wa t p n ow dr x l
   trap 'say "error $LINENO: $BASH_COMMAND" >&2' ERR
-  mkdir -p "$z"
-  read -r en lo bk bl bw wa pd < <(ss) || :
-  if [ -z "$bl" ]; then
+  [ -d "$z" ] || mkdir -p "$z"
+  if ! ss; then
     sd - "sample: no audit status (auditctl -s)"
     exit 3
   fi
-  t=$(sed -n 's/^target=\([0-9][0-9]*\)$/\1/p' "$R/var/lib/cdk-audit-backlog/state" 2>/dev/null) || :
+  # Builtins only, from here to the datagram (see ss).
+  t=
+  { while IFS='=' read -r x l; do
+    [ "$x" != target ] || [[ ! $l =~ ^[0-9]+$ ]] || t=$l
+  done <"$R/var/lib/cdk-audit-backlog/state"; } 2>/dev/null || :
   if [ -z "$t" ]; then
     t=$CAB_TARGET
     if [ "$t" = auto ]; then
@@ -275,17 +293,19 @@ cab_sample() {
       t=$(cab_limit_for_kib "${kib:-0}")
     fi
   fi
-  p=$(cat "$z/lost" 2>/dev/null) || :
+  p=
+  { read -r p <"$z/lost"; } 2>/dev/null || :
   n=$lo
   [[ ! $p =~ ^[0-9]+$ ]] || ((lo<p)) || n=$((lo-p))
   echo "$lo" >"$z/lost"
-  ow=$(cm "$pd")
+  cm "$pd"
   dr=$((bl>0&&bl<t?t-bl:0))
   l=("AuditLostEvents:$n|c" "AuditBacklog:$bk|g" "AuditBacklogLimit:$bl|g" "AuditBacklogUsePercent:$((bl>0?bk*100/bl:0))|g")
   [ "$bw" = - ] || l+=("AuditBacklogWaitTime:$bw|g")
   [ "$wa" = - ] || l+=("AuditBacklogWaitTimeActual:$wa|g")
   l+=("AuditBacklogTarget:$t|g" "AuditBacklogDrift:$dr|g" "AuditSocketOwner:1|g|#Owner:$ow")
-  x=$(printf '%s\n' "${l[@]}")
+  printf -v x '%s\n' "${l[@]}"
+  x=${x%$'\n'}
   echo "$x"
   # One datagram through bash's own UDP socket (/dev/udp is bash's, not a file: no $R). bash writes a
   # builtin's output line by line (one datagram each), so cat, which has the whole here-string at once,
@@ -496,10 +516,10 @@ cab_main() {
       # Another program owns the audit socket (auditbeat, osqueryd, go-audit...): its limit is its decision.
       # Said in one line, whether it agrees with the target (at least the target, or 0: no limit) or not
       # (exit 7); never changed (docs/design.md, "Drift").
-      elif [ -n "$CAB_MONITOR" ] && read -r _ _ _ _ _ _ pd < <(ss) && oc=$(cm "$pd") && [ "$oc" != auditd ] && [ "$oc" != none ]; then
+      elif [ -n "$CAB_MONITOR" ] && ss && cm "$pd" && [ "$ow" != auditd ] && [ "$ow" != none ]; then
         ag="agrees with"
         ((!bl||bl>=t)) || { ag="is below"; v=7; }
-        say "owner: $oc (pid $pd) has the audit socket, its backlog_limit $bl $ag our target $t: left to it"
+        say "owner: $ow (pid $pd) has the audit socket, its backlog_limit $bl $ag our target $t: left to it"
       # @@CAB_ENDIF@@
       else
         [ "$bl" = "$n" ] || ! q 20 auditctl -b "$n" || m=auditctl
