@@ -2,7 +2,7 @@
 the default interval (60 s), i.e. under 6 ms per sample.
 
 Measured on a real kernel: the storm boot of ``make test`` or ``make storm`` (``e2e/guest/e2e-storm.sh``)
-runs the sampler 20 times and prints the CPU it took (user + system, the sampler and what it runs), and the
+runs the sampler 5 times and prints the CPU it took (user + system, the sampler and what it runs), and the
 CPU of a fixed shell loop. That boot runs under TCG software emulation, so the same loop is timed here on the
 host, in this run: the ratio of the two scales the guest's figure to the host's speed. Reads the last storm
 boot of each suite under ``.cache/e2e/runs`` (``E2E_WORKDIR``); with none, says how to get one.

@@ -128,3 +128,12 @@ def test_plot_only_redraws_from_every_suites_last_results(tmp_path, monkeypatch)
     assert list(storm.suite_results()) == ["trixie"]
     assert storm.main(["--plot-only"]) == 0
     assert (tmp_path / "docs" / "p.png").exists()
+
+
+def test_the_guest_times_the_same_reference_loop_as_the_host():
+    """benchmarks/sample_cpu.py scales the guest's CPU per sample by this loop's time in both: the two must be
+    the very same loop."""
+    from pathlib import Path
+
+    guest = (Path(storm.__file__).parent / "guest" / "e2e-storm.sh").read_text()
+    assert f"cpu bash -c '{storm.REFERENCE_LOOP}'" in guest

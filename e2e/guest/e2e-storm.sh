@@ -161,12 +161,13 @@ if [ "$have_sampler" = yes ]; then
   auditctl -e 0 >/dev/null; sample "drift-audit-off"
   auditctl -e 1 >/dev/null
   auditctl -b "$boot_limit" >/dev/null; sample "drift-restored-by-hand"
-  # CPU of one sample (user + system of the sampler and what it runs, over 20), and of a fixed shell loop
-  # that the host times too: the ratio says how much slower this emulated CPU is than the host's.
+  # CPU of one sample (user + system of the sampler and what it runs, over 5), and of a fixed shell loop
+  # that the host times too (e2e/storm.py REFERENCE_LOOP): the ratio says how much slower this emulated CPU
+  # is than the host's.
   cpu() { local t; t=$( { time -p "$@" >/dev/null 2>&1; } 2>&1 ); echo "$t" | awk '/^(user|sys) /{s+=$2}END{printf "%.3f", s}'; }
   # shellcheck disable=SC2016  # the loop is for the inner bash
-  echo "E2E-SAMPLE-CPU samples=20 cpu_s=$(cpu bash -c 'for i in $(seq 20); do /bin/bash '"$sampler"' sample; done')" \
-    "ref_cpu_s=$(cpu bash -c 'i=0; while ((i < 200000)); do i=$((i + 1)); done')"
+  echo "E2E-SAMPLE-CPU samples=5 cpu_s=$(cpu bash -c 'for i in 1 2 3 4 5; do /bin/bash '"$sampler"' sample; done')" \
+    "ref_cpu_s=$(cpu bash -c 'i=0; while ((i < 50000)); do i=$((i + 1)); done')"
   kill "$listener" 2>/dev/null
   systemctl start cdk-audit-backlog-sample.timer
 fi
