@@ -67,10 +67,6 @@ def pytest_collection_modifyitems(config, items):
                     and os.path.basename(item.nodeid.split("::", 1)[0]) not in BOOT_MODULES})
     if stray:
         raise pytest.UsageError(f"e2e tests outside BOOT_MODULES (tests/conftest.py): {', '.join(stray)}")
-    # The trixie boots first (a stable sort, the same on every worker): the boots-2 worker then builds the
-    # trixie base image at the start, beside boots-1's bookworm build, instead of after its bookworm Image
-    # Builder chain (one base build less on its critical path).
-    items.sort(key=lambda item: 0 if "[trixie]" in item.nodeid and item.get_closest_marker("e2e") else 1)
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
