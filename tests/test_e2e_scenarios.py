@@ -1,8 +1,9 @@
 """Real kernel: the example app's (and e2e/fixture_app.py's) synthesized user data booted under qemu (see
 e2e/), on every suite in ``e2e.image.SUITES`` (Debian 12: kernel 6.1, audit 3.0.9, cloud-init 22.4;
-Debian 13: kernel 6.12, audit 4.0.2, cloud-init 25.1). Slow (1-3 min per boot under TCG; 6 qemu runs, 7 boots per suite, and the mixed
-group's 2 on the default suite); qemu that cannot run fails these tests, it never skips them. Under
-`make test` each suite's boots run on a pytest-xdist worker of their own (tests/conftest.py)."""
+Debian 13: kernel 6.12, audit 4.0.2, cloud-init 25.1). Slow (1-3 min per boot under TCG; 6 qemu runs,
+7 boots per suite, and the mixed group's 2 on the default suite); qemu that cannot run fails these tests,
+it never skips them. Under `make test` each suite's boots run on a pytest-xdist worker of their own
+(tests/conftest.py)."""
 
 from __future__ import annotations
 
