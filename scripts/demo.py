@@ -208,30 +208,33 @@ def show_association(endpoint: str) -> bool:
     return found
 
 
-def run_verify(env: Dict[str, str]) -> int:
-    """The operator's check, as a user runs it: the CLI in its own process, pointed at the emulator."""
-    cmd = [sys.executable, "-m", "cdk_audit_backlog", "verify", "--stack", STACK, "--region", REGION]
-    log(f"verify: cdk-audit-backlog verify --stack {STACK} --region {REGION}")
+def run_cli(env: Dict[str, str], command: str, args: List[str], shown: str = "",
+            print_stdout: bool = True) -> int:
+    """``cdk-audit-backlog COMMAND ARGS`` as a user runs it: the CLI in its own process, pointed at the
+    emulator. Logs the command line (``shown`` in place of ``args``, e.g. a temporary path as ``cdk.out``),
+    prints its table (``print_stdout``), logs the exit status with the last line of stderr, and writes the
+    rest of its output when it failed (an exit status other than 0 or 1)."""
+    cmd = [sys.executable, "-m", "cdk_audit_backlog", command, *args]
+    log(f"{command}: cdk-audit-backlog {command} {shown or ' '.join(args)}")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    if print_stdout:
+        print(proc.stdout, end="", flush=True)
     summary = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-    log(f"verify: exit {proc.returncode}: {summary}")
+    log(f"{command}: exit {proc.returncode}: {summary}")
     if proc.returncode not in (0, 1):
-        sys.stderr.write(proc.stdout + proc.stderr)
+        sys.stderr.write(("" if print_stdout else proc.stdout) + proc.stderr)
     return proc.returncode
+
+
+def run_verify(env: Dict[str, str]) -> int:
+    """The operator's check, pointed at the deployed stack."""
+    return run_cli(env, "verify", ["--stack", STACK, "--region", REGION], print_stdout=False)
 
 
 def run_impact(env: Dict[str, str], cdk_out: Path) -> int:
-    """What the next deploy of the same assembly would do to the deployed stack (the CLI, as users run it)."""
-    cmd = [sys.executable, "-m", "cdk_audit_backlog", "impact", str(cdk_out), "--stack", STACK,
-           "--region", REGION]
-    log(f"impact: cdk-audit-backlog impact cdk.out --stack {STACK} --region {REGION}")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    print(proc.stdout, end="", flush=True)
-    summary = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-    log(f"impact: exit {proc.returncode}: {summary}")
-    if proc.returncode not in (0, 1):
-        sys.stderr.write(proc.stderr)
-    return proc.returncode
+    """What the next deploy of the same assembly would do to the deployed stack."""
+    args = [str(cdk_out), "--stack", STACK, "--region", REGION]
+    return run_cli(env, "impact", args, shown=f"cdk.out --stack {STACK} --region {REGION}")
 
 
 def sample_datagrams(index: int, minute: int) -> str:
@@ -274,17 +277,8 @@ def publish_samples(endpoint: str) -> int:
 
 
 def run_health(env: Dict[str, str]) -> int:
-    """``health`` on the stack, as users run it: the CLI in its own process."""
-    cmd = [sys.executable, "-m", "cdk_audit_backlog", "health", "--stack", STACK, "--region", REGION,
-           "--recommend"]
-    log(f"health: cdk-audit-backlog health --stack {STACK} --region {REGION} --recommend")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    print(proc.stdout, end="", flush=True)
-    summary = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-    log(f"health: exit {proc.returncode}: {summary}")
-    if proc.returncode not in (0, 1):
-        sys.stderr.write(proc.stderr)
-    return proc.returncode
+    """``health`` on the stack, with recommendations."""
+    return run_cli(env, "health", ["--stack", STACK, "--region", REGION, "--recommend"])
 
 
 def main(argv: Optional[List[str]] = None) -> int:
