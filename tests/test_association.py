@@ -152,21 +152,6 @@ def test_a_fixed_backlog_limit_reaches_the_document():
     assert "CAB_TARGET=65536" in _run_command(_template(stack))
 
 
-def _sh_run(tmp_path, lines, root, sandbox):
-    """As the SSM agent runs a runShellScript step: the lines joined into a file, run with `sh -c FILE`."""
-    script = tmp_path / "_script.sh"
-    script.write_text("\n".join(lines) + "\n")
-    script.chmod(0o700)
-    return subprocess.run(
-        [str(sandbox / "sh"), "-c", str(script)],
-        env=fx.script_env(root, sandbox),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
     return fx.make_sandbox(tmp_path_factory.mktemp("sandbox"))
@@ -185,7 +170,7 @@ def test_document_commands_tune_a_running_al2_layout_from_memtotal_and_exit_0(
     root = tmp_path / "al2"
     fx.build(root, "al2", mem_kib=8_000_000)  # 8,000,000 kB -> 8192 by the policy
     loads = fx.kernel(root)["loads"]
-    r = _sh_run(tmp_path, document_lines, root, sandbox)
+    r = fx.run_ssm_step(tmp_path, document_lines, root, sandbox)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (
         "cdk-audit-backlog: backlog_limit 320 -> 8192 (ssm-association, MemTotal 8000000 kB; "
@@ -194,7 +179,7 @@ def test_document_commands_tune_a_running_al2_layout_from_memtotal_and_exit_0(
     assert fx.kernel(root)["backlog_limit"] == 8192 and fx.kernel(root)["loads"] == loads  # no reload
     assert fakes.boot(root)["backlog_limit"] == 8192
     fx.clear_calls(root)
-    again = _sh_run(tmp_path, document_lines, root, sandbox)
+    again = fx.run_ssm_step(tmp_path, document_lines, root, sandbox)
     assert again.returncode == 0 and "method none" in again.stdout
     assert [c for c in fx.calls(root) if c != "auditctl -s"] == []
 
@@ -203,7 +188,7 @@ def test_document_commands_tune_a_running_al2_layout_from_memtotal_and_exit_0(
 def test_document_exit_status_is_the_scripts(tmp_path, sandbox, document_lines, layout, status):
     root = tmp_path / layout
     fx.build(root, layout)
-    r = _sh_run(tmp_path, document_lines, root, sandbox)
+    r = fx.run_ssm_step(tmp_path, document_lines, root, sandbox)
     assert r.returncode == status, r.stdout + r.stderr
 
 

@@ -307,25 +307,12 @@ def user_data(**inputs) -> str:
     return "#!/bin/bash\n" + render_block(BlockInputs(**inputs)) + "echo user-line\n"
 
 
-def run_user_data(root, sandbox, text):
-    r = fx.run_user_data(root, sandbox, text)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.splitlines()[-1] == "user-line", r.stdout
-    return r
-
-
-def block_body(text: str) -> str:
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.endswith("<<'CDK_AUDIT_BACKLOG' || true"))
-    return "\n".join(lines[start + 1 : lines.index("CDK_AUDIT_BACKLOG")]) + "\n"
-
-
 @pytest.mark.parametrize("unit", ["auto", "off"])
 def test_the_block_installs_the_sampler_idempotently(tmp_path, sandbox, udp, unit):
     root = rhel9(tmp_path)
     text = user_data(target=16384, source="m5.xlarge/16384MiB", boot_unit=unit, monitor_interval=30)
     assert "/bin/bash -c 'f=$(mktemp)" in text  # runs from a file, which it installs
-    r = run_user_data(root, sandbox, text)
+    r = fx.run_user_data_ok(root, sandbox, text)
     assert PREFIX + "monitor: sampler every 30s installed" in r.stdout.splitlines()
     assert (root / SERVICE).read_text().splitlines() == [
         "[Unit]",
@@ -349,7 +336,7 @@ def test_the_block_installs_the_sampler_idempotently(tmp_path, sandbox, udp, uni
     ]
     link = root / WANTS
     assert link.is_symlink() and str(link.readlink()) == "/" + TIMER
-    assert (root / COPY).read_text() == block_body(text)
+    assert (root / COPY).read_text() == fx.block_body(text)
     env = (root / ENV).read_text().splitlines()
     assert env[-1] == "CAB_MONITOR=30" and env.count("CAB_MONITOR=30") == 1
     if unit == "auto":  # the boot unit's file, with the sampler's line
@@ -365,7 +352,7 @@ def test_the_block_installs_the_sampler_idempotently(tmp_path, sandbox, udp, uni
     # a rerun changes nothing: no file (nor its mtime), no systemctl
     before = fx.tree_digest(root)
     fx.clear_calls(root)
-    again = run_user_data(root, sandbox, text)
+    again = fx.run_user_data_ok(root, sandbox, text)
     assert PREFIX + "monitor: sampler every 30s up to date" in again.stdout.splitlines()
     assert fx.tree_digest(root) == before
     assert [c for c in fx.calls(root) if not c.startswith("auditctl -s")] == []
@@ -379,9 +366,9 @@ def test_the_block_installs_the_sampler_idempotently(tmp_path, sandbox, udp, uni
 
 def test_an_interval_change_rewrites_the_timer_and_restarts_it(tmp_path, sandbox):
     root = rhel9(tmp_path)
-    run_user_data(root, sandbox, user_data(target=8192, monitor_interval=60))
+    fx.run_user_data_ok(root, sandbox, user_data(target=8192, monitor_interval=60))
     fx.clear_calls(root)
-    r = run_user_data(root, sandbox, user_data(target=8192, monitor_interval=300))
+    r = fx.run_user_data_ok(root, sandbox, user_data(target=8192, monitor_interval=300))
     assert PREFIX + "monitor: sampler every 300s installed" in r.stdout.splitlines()
     assert "OnUnitActiveSec=300" in (root / TIMER).read_text().splitlines()
     assert "CAB_MONITOR=300" in (root / ENV).read_text().splitlines()
@@ -392,7 +379,7 @@ def test_blocks_without_monitoring_install_no_sampler(tmp_path, sandbox):
     root = rhel9(tmp_path)
     text = user_data(target=8192, boot_unit="auto")
     assert "cab_sample" not in text and "CAB_MONITOR" not in text
-    r = run_user_data(root, sandbox, text)
+    r = fx.run_user_data_ok(root, sandbox, text)
     assert "monitor" not in r.stdout
     assert not (root / TIMER).exists() and not (root / RUN).exists()
     assert "CAB_MONITOR" not in (root / ENV).read_text()
@@ -401,7 +388,7 @@ def test_blocks_without_monitoring_install_no_sampler(tmp_path, sandbox):
 def test_not_installed_without_systemd(tmp_path, sandbox):
     root = tmp_path / "al1"
     fx.build(root, "al1")  # SysV
-    r = run_user_data(root, sandbox, user_data(target=8192, monitor_interval=60))
+    r = fx.run_user_data_ok(root, sandbox, user_data(target=8192, monitor_interval=60))
     assert PREFIX + "monitor: not installed (needs systemd, a script file)" in r.stdout.splitlines()
     assert not (root / "etc/systemd").exists()
 
@@ -467,26 +454,11 @@ def test_apply_under_auditd_says_nothing_about_owners(tmp_path, sandbox):
 # -- the SSM run command ---------------------------------------------------------------------------------
 
 
-def sh_run(tmp_path, lines, root, sandbox):
-    """As the SSM agent runs a runShellScript step: the lines in a file, run with ``sh -c FILE``."""
-    script = tmp_path / "_script.sh"
-    script.write_text("\n".join(lines) + "\n")
-    script.chmod(0o700)
-    return subprocess.run(
-        [str(sandbox / "sh"), "-c", str(script)],
-        env=fx.script_env(root, sandbox),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def test_run_command_installs_the_sampler_and_keeps_the_exit_status(tmp_path, sandbox):
     lines = render_run_command(BlockInputs(source="ssm-association", monitor_interval=120))
     assert lines[0].startswith("/bin/bash -c 'f=$(mktemp)") and "exit $r" in lines[0]
     root = rhel9(tmp_path)
-    r = sh_run(tmp_path, lines, root, sandbox)
+    r = fx.run_ssm_step(tmp_path, lines, root, sandbox)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "monitor: sampler every 120s installed" in said(r.stdout)
     assert (root / COPY).read_text() == "\n".join(lines[1:-1]) + "\n"
@@ -494,9 +466,9 @@ def test_run_command_installs_the_sampler_and_keeps_the_exit_status(tmp_path, sa
     # another owner below the target: the step fails with 7, as SSM must see it
     fx.set_kernel(root, backlog_limit=1024, pid=812)
     fakes.set_comm(root, 812, "go-audit")
-    r = sh_run(tmp_path, lines, root, sandbox)
+    r = fx.run_ssm_step(tmp_path, lines, root, sandbox)
     assert r.returncode == 7, r.stdout + r.stderr
     # no auditctl at all: 3, as without the sampler
     for cmd in ("auditctl", "augenrules"):
         (root / "sbin" / cmd).unlink()
-    assert sh_run(tmp_path, lines, root, sandbox).returncode == 3
+    assert fx.run_ssm_step(tmp_path, lines, root, sandbox).returncode == 3

@@ -48,21 +48,6 @@ def user_data(**inputs) -> str:
     return "#!/bin/bash\n" + render_block(BlockInputs(**inputs)) + "echo user-line\n"
 
 
-def run_user_data(root, sandbox, text):
-    r = fx.run_user_data(root, sandbox, text)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.splitlines()[-1] == "user-line", r.stdout
-    return r
-
-
-def block_body(text: str) -> str:
-    """The here-document the block runs: what the script installs as itself."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.endswith("<<'CDK_AUDIT_BACKLOG' || true"))
-    end = lines.index("CDK_AUDIT_BACKLOG")
-    return "\n".join(lines[start + 1 : end]) + "\n"
-
-
 def unit_exec_start(root: Path) -> list[str]:
     lines = (root / UNIT).read_text().splitlines()
     (cmd,) = [line.split("=", 1)[1] for line in lines if line.startswith("ExecStart=")]
@@ -113,7 +98,7 @@ def test_unit_file_orders_before_both_rule_loaders_and_runs_the_installed_script
     root = tmp_path / "al2"
     fx.build(root, "al2")
     text = user_data(target=8192, source="m5.large/8192MiB")
-    r = run_user_data(root, sandbox, text)
+    r = fx.run_user_data_ok(root, sandbox, text)
     assert "unit: installed (boot target auto)" in said(r.stdout)
     unit = (root / UNIT).read_text().splitlines()
     assert unit == [
@@ -138,7 +123,7 @@ def test_unit_file_orders_before_both_rule_loaders_and_runs_the_installed_script
         link = root / wants / "cdk-audit-backlog.service"
         assert link.is_symlink() and os.readlink(link) == "/" + UNIT
     # the installed script is the block's own body, byte for byte (one source, not a copy of its logic)
-    assert (root / SCRIPT).read_text() == block_body(text)
+    assert (root / SCRIPT).read_text() == fx.block_body(text)
     # the unit's inputs: auto, because the aspect chose 8192 from the instance type; same policy
     assert (root / ENV).read_text().splitlines() == [
         "CAB_TARGET=auto",
@@ -158,16 +143,16 @@ def test_unit_file_orders_before_both_rule_loaders_and_runs_the_installed_script
     assert not [c for c in fx.calls(root) if c.startswith(("systemctl", "service", "augenrules --load"))]
     # the temporary file the block ran from is gone
     assert not any(p.name.startswith("tmp.") for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("tmp.*")
-                   if p.is_file() and p.read_text(errors="replace") == block_body(text))
+                   if p.is_file() and p.read_text(errors="replace") == fx.block_body(text))
 
 
 def test_rerunning_the_user_data_installs_nothing_twice(tmp_path, sandbox):
     root = tmp_path / "al2"
     fx.build(root, "al2")
     text = user_data(target=8192, source="m5.large/8192MiB")
-    run_user_data(root, sandbox, text)
+    fx.run_user_data_ok(root, sandbox, text)
     before = fx.tree_digest(root)
-    r = run_user_data(root, sandbox, text)
+    r = fx.run_user_data_ok(root, sandbox, text)
     assert "unit: up to date (boot target auto)" in said(r.stdout)
     assert fx.tree_digest(root) == before  # same content, mode and mtime: nothing written
     links = [p for p in (root / "etc/systemd/system").rglob("*") if p.name == "cdk-audit-backlog.service"]
@@ -224,7 +209,7 @@ def test_a_resize_resizes_our_own_file_both_ways_before_the_rules_load(tmp_path,
     own file, from MemTotal, before auditd's start loads the rules (no auditctl -b: no race)."""
     root = tmp_path / "al2"
     fx.build(root, "al2")
-    run_user_data(root, sandbox, user_data(target=8192, source="m5.large/8192MiB"))
+    fx.run_user_data_ok(root, sandbox, user_data(target=8192, source="m5.large/8192MiB"))
     assert our_b(root) == "-b 8192\n"
     shipped = (root / "etc/audit/rules.d/audit.rules").read_text()
     for mem, want, old in ((GIB_1, 1024, 8192), (GIB_8, 8192, 1024), (GIB_64, 65536, 8192)):
@@ -253,7 +238,7 @@ def test_the_distributions_larger_limit_is_kept_at_boot(tmp_path, sandbox):
     """Debian ships -b 8192: a t3.micro block, then a 1 GiB boot, never lowers it; our file is not made."""
     root = tmp_path / "debian12"
     fx.build(root, "debian12", mem_kib=GIB_1)
-    run_user_data(root, sandbox, user_data(target=1024, source="t3.micro/1024MiB"))
+    fx.run_user_data_ok(root, sandbox, user_data(target=1024, source="t3.micro/1024MiB"))
     before = fx.tree_digest(root)
     k, out = reboot(root, sandbox, GIB_1)
     assert k["backlog_limit"] == 8192
@@ -270,7 +255,7 @@ def test_our_own_earlier_value_is_emptied_when_the_distribution_covers_the_new_m
     no longer raises anything: it is emptied and the rules load Debian's 8192 (resized down, not below)."""
     root = tmp_path / "debian12"
     fx.build(root, "debian12", mem_kib=16_200_000)
-    run_user_data(root, sandbox, user_data(target=16384, source="c5.2xlarge/16384MiB"))
+    fx.run_user_data_ok(root, sandbox, user_data(target=16384, source="c5.2xlarge/16384MiB"))
     assert our_b(root) == "-b 16384\n"
     k, out = reboot(root, sandbox, GIB_1)
     assert k["backlog_limit"] == 8192 and our_b(root) == "\n"
@@ -292,7 +277,7 @@ def test_a_command_line_limit_is_kept_by_the_block_and_by_the_unit_on_every_boot
     boots say 8192 -> 8192 (0.1.x: -b 1024 written, and the unit reported 8192 -> 1024)."""
     root = tmp_path / "debian12"
     _stig_debian(root)
-    r = run_user_data(root, sandbox, user_data(target=1024, source="t3.micro/1024MiB"))
+    r = fx.run_user_data_ok(root, sandbox, user_data(target=1024, source="t3.micro/1024MiB"))
     assert "persist: kept -b 8192" in said(r.stdout)
     assert said(r.stdout)[-1] == "backlog_limit 8192 -> 8192 (t3.micro/1024MiB; method none; lost 0)"
     assert "-b" not in our_b(root)
@@ -324,7 +309,7 @@ def test_install_mode_unit_keeps_a_command_line_limit(tmp_path, sandbox):
 def test_allow_lower_lets_the_unit_lower_the_distributions_limit(tmp_path, sandbox):
     root = tmp_path / "debian12"
     fx.build(root, "debian12")
-    run_user_data(root, sandbox, user_data(target=8192, source="m5.large/8192MiB", allow_lower=True))
+    fx.run_user_data_ok(root, sandbox, user_data(target=8192, source="m5.large/8192MiB", allow_lower=True))
     k, _ = reboot(root, sandbox, GIB_1)
     assert k["backlog_limit"] == 1024 and our_b(root) == "-b 1024\n"
 
@@ -332,7 +317,7 @@ def test_allow_lower_lets_the_unit_lower_the_distributions_limit(tmp_path, sandb
 def test_a_limit_the_user_fixed_stays_fixed_across_a_resize(tmp_path, sandbox):
     root = tmp_path / "al2"
     fx.build(root, "al2")
-    r = run_user_data(root, sandbox, user_data(target=16384, boot_unit="fixed"))
+    r = fx.run_user_data_ok(root, sandbox, user_data(target=16384, boot_unit="fixed"))
     assert "unit: installed (boot target 16384)" in said(r.stdout)
     assert (root / ENV).read_text().startswith("CAB_TARGET=16384\n")
     for mem in (GIB_1, GIB_64):
@@ -343,7 +328,8 @@ def test_a_limit_the_user_fixed_stays_fixed_across_a_resize(tmp_path, sandbox):
 def test_wait_time_is_persisted_by_the_unit_too(tmp_path, sandbox):
     root = tmp_path / "al2"
     fx.build(root, "al2")
-    run_user_data(root, sandbox, user_data(target=8192, source="m5.large/8192MiB", backlog_wait_time=60000))
+    text = user_data(target=8192, source="m5.large/8192MiB", backlog_wait_time=60000)
+    fx.run_user_data_ok(root, sandbox, text)
     k, _ = reboot(root, sandbox, GIB_1)
     assert our_b(root) == "--backlog_wait_time 60000\n-b 1024\n"
     assert k["backlog_limit"] == 1024 and k["backlog_wait_time"] == 60000
@@ -352,7 +338,7 @@ def test_wait_time_is_persisted_by_the_unit_too(tmp_path, sandbox):
 def test_the_unit_never_touches_the_kernel_command_line_or_installs_packages(tmp_path, sandbox):
     root = tmp_path / "ubuntu"
     fx.build(root, "ubuntu2204")
-    run_user_data(root, sandbox, user_data(target=16384, kernel_cmdline=True, install_auditd=True))
+    fx.run_user_data_ok(root, sandbox, user_data(target=16384, kernel_cmdline=True, install_auditd=True))
     grub = (root / "etc/default/grub").read_text()
     k, out = reboot(root, sandbox, GIB_64)
     assert not [c for c in fx.calls(root) if c.startswith(("update-grub", "grubby", "apt-get"))]
@@ -366,7 +352,7 @@ def test_the_unit_never_touches_the_kernel_command_line_or_installs_packages(tmp
 def test_sysv_amazon_linux_1_keeps_todays_behaviour_and_gets_no_unit(tmp_path, sandbox):
     root = tmp_path / "al1"
     fx.build(root, "al1")
-    r = run_user_data(root, sandbox, user_data(target=8192, source="m5.large/8192MiB"))
+    r = fx.run_user_data_ok(root, sandbox, user_data(target=8192, source="m5.large/8192MiB"))
     assert "unit: not installed (needs systemd, augenrules, a script file)" in said(r.stdout)
     assert said(r.stdout)[-1] == "backlog_limit 320 -> 8192 (m5.large/8192MiB; method auditctl; lost 0)"
     assert (root / "etc/audit/audit.rules").read_text().splitlines()[0] == "-b 8192"
@@ -378,7 +364,7 @@ def test_sysv_amazon_linux_1_keeps_todays_behaviour_and_gets_no_unit(tmp_path, s
 def test_without_auditd_no_unit_is_installed(tmp_path, sandbox):
     root = tmp_path / "ubuntu"
     fx.build(root, "ubuntu2404-no-auditd")
-    r = run_user_data(root, sandbox, user_data(target=8192))
+    r = fx.run_user_data_ok(root, sandbox, user_data(target=8192))
     assert "unit: not installed (needs systemd, augenrules, a script file)" in said(r.stdout)
     assert not (root / UNIT).exists()
 
@@ -388,7 +374,7 @@ def test_boot_unit_off_installs_nothing_and_keeps_the_stdin_block(tmp_path, sand
     fx.build(root, "al2")
     text = user_data(target=8192, boot_unit="off")
     assert "/bin/bash -s <<'CDK_AUDIT_BACKLOG' || true" in text and "CAB_UNIT" not in text
-    r = run_user_data(root, sandbox, text)
+    r = fx.run_user_data_ok(root, sandbox, text)
     assert not [line for line in said(r.stdout) if line.startswith("unit:")]
     assert not (root / "etc/systemd").exists() and not (root / SCRIPT).exists()
 
@@ -398,7 +384,7 @@ def test_a_read_only_install_location_is_reported_and_the_limit_still_applied(tm
     fx.build(root, "al2")
     (root / "usr/local").mkdir(parents=True)
     (root / "usr/local/sbin").write_text("not a directory\n")
-    r = run_user_data(root, sandbox, user_data(target=8192, source="m5.large/8192MiB"))
+    r = fx.run_user_data_ok(root, sandbox, user_data(target=8192, source="m5.large/8192MiB"))
     assert "unit: failed (boot target auto)" in said(r.stdout)
     assert said(r.stdout)[-1].startswith("backlog_limit 320 -> 8192 (")
 
@@ -441,7 +427,7 @@ def unit_dir(tmp_path, sandbox):
         pytest.skip("make boot-tools has not unpacked Debian's auditd")
     root = tmp_path / "root"
     fx.build(root, "al2")
-    run_user_data(root, sandbox, user_data(target=8192))
+    fx.run_user_data_ok(root, sandbox, user_data(target=8192))
     d = tmp_path / "units"
     d.mkdir()
     shutil.copy(root / UNIT, d / "cdk-audit-backlog.service")
@@ -475,7 +461,7 @@ def test_our_own_command_line_value_and_the_unit_agree_on_later_boots(tmp_path, 
     -b line (emptied once, then left alone) and the machine stays at 8192; a resize up still raises it."""
     root = tmp_path / "al2023"
     fx.build(root, "al2023-fedora-file")
-    run_user_data(root, sandbox, user_data(target=8192, source="m5.large/8192MiB", kernel_cmdline=True))
+    fx.run_user_data_ok(root, sandbox, user_data(target=8192, source="m5.large/8192MiB", kernel_cmdline=True))
     assert our_b(root) == "-b 8192\n"
     assert "audit_backlog_limit=8192" in fakes.loader_cmdline(root).split()
     for _ in range(2):

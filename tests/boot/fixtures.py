@@ -334,6 +334,38 @@ def run_user_data(root: Path, sandbox: Path, text: str, timeout: float = 60):
     )
 
 
+def run_user_data_ok(root: Path, sandbox: Path, text: str):
+    """``run_user_data`` for a script whose last line is ``echo user-line``: it exited 0 and that line ran
+    last (the block never stops the user's script)."""
+    r = run_user_data(root, sandbox, text)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1] == "user-line", r.stdout
+    return r
+
+
+def block_body(text: str) -> str:
+    """The here-document a block in user data runs: what the script installs as itself."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.endswith("<<'CDK_AUDIT_BACKLOG' || true"))
+    end = lines.index("CDK_AUDIT_BACKLOG")
+    return "\n".join(lines[start + 1 : end]) + "\n"
+
+
+def run_ssm_step(tmp_path: Path, lines: list[str], root: Path, sandbox: Path):
+    """As the SSM agent runs a runShellScript step: the lines joined into a file, run with ``sh -c FILE``."""
+    script = tmp_path / "_script.sh"
+    script.write_text("\n".join(lines) + "\n")
+    script.chmod(0o700)
+    return subprocess.run(
+        [str(sandbox / "sh"), "-c", str(script)],
+        env=script_env(root, sandbox),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def console_lines(stdout: str) -> list[str]:
     return [line for line in stdout.splitlines() if line.startswith("cdk-audit-backlog: ")]
 
