@@ -23,6 +23,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [REPO, os.path.join(REPO, "constructs")]
 
+from cdk_audit_backlog.monitoring_metrics import DEFAULT_INTERVAL_S  # noqa: E402
 from cdk_audit_backlog.user_data import BlockInputs, render_block  # noqa: E402
 from e2e import storm  # noqa: E402
 from e2e.scenarios import WORK  # noqa: E402
@@ -43,7 +44,7 @@ def _cpu(cmd, env=None) -> float:
 
 def native() -> None:
     block = render_block(BlockInputs(target=8192, source="m5.large/8192MiB", boot_unit="auto",
-                                     monitor_interval=60))
+                                     monitor_interval=DEFAULT_INTERVAL_S))
     start = block.index("<<'CDK_AUDIT_BACKLOG'")
     body = block[block.index("\n", start) + 1:block.rindex("CDK_AUDIT_BACKLOG")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -63,9 +64,9 @@ def native() -> None:
         sample = min(_cpu(["bash", "-c", loop], env) for _ in range(3)) / RUNS
         fake_loop = f"for i in $(seq {RUNS}); do {fake}; done"
         stand_in = min(_cpu(["bash", "-c", fake_loop]) for _ in range(3)) / RUNS
-    share = 100 * sample / storm.DEFAULT_INTERVAL_S
+    share = 100 * sample / DEFAULT_INTERVAL_S
     print(f"native, this host: {sample * 1000:.1f} ms of CPU per sample (the stand-in auditctl "
-          f"{stand_in * 1000:.1f} ms of it) = {share:.4f} % of a core at {storm.DEFAULT_INTERVAL_S} s; "
+          f"{stand_in * 1000:.1f} ms of it) = {share:.4f} % of a core at {DEFAULT_INTERVAL_S} s; "
           f"goal {GOAL_PERCENT} %: {share / GOAL_PERCENT:.2f}x of it")
 
 
@@ -84,7 +85,7 @@ def real_kernel() -> None:
         c = storm.sample_cpu(measured, host)
         print(f"real kernel, {suite} under TCG: {c['tcg_ms']:.0f} ms per sample; the reference loop "
               f"{c['slowdown']:.0f}x slower than here -> at most {c['native_ms']:.1f} ms per sample = "
-              f"{c['core_percent']:.4f} % of a core at {storm.DEFAULT_INTERVAL_S} s")
+              f"{c['core_percent']:.4f} % of a core at {DEFAULT_INTERVAL_S} s")
 
 
 if __name__ == "__main__":

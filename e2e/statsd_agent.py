@@ -19,11 +19,11 @@ by :func:`metric_data`. What it does, as the agent's configuration asks (``monit
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from cdk_audit_backlog.monitoring_metrics import BY_NAME, GROUP_DIMENSION, INSTANCE_DIMENSION, NAMESPACE
 
-__all__ = ["metric_data", "put_datagram", "datagram"]
+__all__ = ["metric_data", "put_datagram", "datagram", "parse"]
 
 
 def datagram(owner: Optional[str] = None, **values: float) -> str:
@@ -32,6 +32,25 @@ def datagram(owner: Optional[str] = None, **values: float) -> str:
     if owner is not None:
         lines.append(f"AuditSocketOwner:1|g|#Owner:{owner}")
     return "\n".join(lines) + "\n"
+
+
+def parse(text: str) -> List[Tuple[str, str, str, Dict[str, str]]]:
+    """Each StatsD line ``NAME:VALUE|TYPE[|#KEY:VALUE,...]`` of a datagram as (name, value, type, tags), in
+    order; blank lines are skipped."""
+    out = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        name_value, kind, *rest = line.split("|")
+        name, value = name_value.split(":", 1)
+        tags: Dict[str, str] = {}
+        for part in rest:
+            if part.startswith("#"):
+                for tag in part[1:].split(","):
+                    key, _, val = tag.partition(":")
+                    tags[key] = val
+        out.append((name, value, kind, tags))
+    return out
 
 
 def metric_data(
@@ -43,20 +62,10 @@ def metric_data(
     """The ``MetricData`` entries the agent would put for one datagram from ``instance_id``."""
     stamp = timestamp or _dt.datetime.now(_dt.timezone.utc)
     out: List[Dict[str, Any]] = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        name_value, kind, *rest = line.split("|")
-        name, value = name_value.split(":", 1)
+    for name, value, kind, tags in parse(text):
         metric = BY_NAME[name]
         if kind != metric.statsd_type:
             raise ValueError(f"{name}: StatsD type {kind!r}, the contract says {metric.statsd_type!r}")
-        tags: Dict[str, str] = {}
-        for part in rest:
-            if part.startswith("#"):
-                for tag in part[1:].split(","):
-                    key, _, val = tag.partition(":")
-                    tags[key] = val
         full = {INSTANCE_DIMENSION: instance_id, **({GROUP_DIMENSION: group} if group else {}), **tags}
         rollups: Sequence[Dict[str, str]] = [full, {INSTANCE_DIMENSION: instance_id}]
         if group:

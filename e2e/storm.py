@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Sequence
 
+from cdk_audit_backlog.monitoring_metrics import DEFAULT_INTERVAL_S
+
 from . import image as images
 from . import scenarios, vm
 
@@ -235,7 +237,6 @@ def summary_line(res: Dict[str, object]) -> str:
 #: The shell loop the guest times beside the sampler (guest/e2e-storm.sh); timed here on the host too, the two
 #: give how much slower the emulated CPU is than the host's.
 REFERENCE_LOOP = "i=0; while ((i < 50000)); do i=$((i + 1)); done"
-DEFAULT_INTERVAL_S = 60
 
 
 def host_reference_cpu_s(repeats: int = 3) -> float:

@@ -325,17 +325,20 @@ class Sample:
     @property
     def metrics(self) -> Dict[str, int]:
         """metric name -> value of the datagram's lines (``Name:value|type[|#tags]``)."""
-        out: Dict[str, int] = {}
-        for line in self.datagram.split(";"):
-            name, _, rest = line.partition(":")
-            if rest:
-                out[name] = int(rest.split("|", 1)[0])
-        return out
+        return {name: int(value) for name, value, _, _ in _statsd_lines(self.datagram)}
 
     @property
     def owner(self) -> str:
-        m = re.search(r"#Owner:(\S+?)(?:;|$)", self.datagram)
-        return m.group(1) if m else ""
+        """The ``Owner`` tag of the datagram's ``AuditSocketOwner`` line ("" when there is none)."""
+        return next((tags["Owner"] for *_, tags in _statsd_lines(self.datagram) if "Owner" in tags), "")
+
+
+def _statsd_lines(datagram: str) -> list:
+    """The datagram as the listener kept it (lines joined by ``;``; ``-`` for none caught), parsed by the one
+    StatsD reader of the harness."""
+    from .statsd_agent import parse
+
+    return [] if datagram == "-" else parse(datagram.replace(";", "\n"))
 
 
 _SAMPLE = re.compile(r"E2E-STATSD tag=(.*?) same=(\S+) said=(.*) datagram=(\S*)$")

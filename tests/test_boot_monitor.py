@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from cdk_audit_backlog.testing import OWNER_LINE_RE
 from cdk_audit_backlog.user_data import BlockInputs, render_block, render_run_command
+from e2e.statsd_agent import parse
 from tests.boot import fakes
 from tests.boot import fixtures as fx
 
@@ -88,11 +89,7 @@ def addr(s: socket.socket) -> str:
 
 def metrics(text: str) -> dict:
     """{name: value} of StatsD lines NAME:VALUE|TYPE[|#TAG]."""
-    out = {}
-    for line in text.splitlines():
-        name, rest = line.split(":", 1)
-        out[name] = rest.split("|")[0]
-    return out
+    return {name: value for name, value, _, _ in parse(text)}
 
 
 def sampled(root, sandbox, udp, **inputs) -> tuple[dict, str]:

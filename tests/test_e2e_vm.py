@@ -61,3 +61,18 @@ def test_a_later_panic_on_an_earlier_runs_disk_fails(monkeypatch, tmp_path):
     else:
         raise AssertionError("a panic on a disk an earlier run changed must fail, not be retried")
     assert len(calls) == 1
+
+
+def test_a_sample_line_reads_its_datagram_with_the_one_statsd_reader():
+    """The storm boot's ``E2E-STATSD`` lines: the datagram as the guest's listener kept it (``;`` between
+    lines)."""
+    line = ("E2E-STATSD tag=pre run=320:0:1000:5 same=yes said=cdk-audit-backlog: drift: x "
+            "datagram=AuditLostEvents:3|c;AuditBacklog:0|g;AuditSocketOwner:1|g|#Owner:go-audit")
+    run = vm.Run(name="t", log=Path("t.log"), elapsed_s=0, accel="tcg", append="", lines=[(0.0, line)])
+    vm._parse(run)
+    (sample,) = run.samples
+    assert (sample.tag, sample.same) == ("pre run=320:0:1000:5", "yes")
+    assert sample.said == "cdk-audit-backlog: drift: x"
+    assert sample.metrics == {"AuditLostEvents": 3, "AuditBacklog": 0, "AuditSocketOwner": 1}
+    assert sample.owner == "go-audit"
+    assert vm.Sample("mid", "-", "-", "-").metrics == {} and vm.Sample("mid", "-", "-", "-").owner == ""
