@@ -259,15 +259,18 @@ def test_published_lost_events_equal_the_kernels_and_backlog_use_rises_while_aud
         assert len(pre) == len(mid) == len(post) == 1, [x.tag for x in run.samples]
         published = mid[0].metrics["AuditLostEvents"] + post[0].metrics["AuditLostEvents"]
         assert published == int(storms[limit]["lost"]), (spec, published, storms[limit])
-        # The queue's use rose while auditd was stopped (kernel 6.1 showed 100 % at 320, 6.12 about 70 %: its
-        # kauditd moves records off the queue into its hold queue), and below 100 % at the tuned limit.
+        # At 320 the queue's use rose while auditd was stopped (kernel 6.1 showed 100 %, 6.12 about 70 %: its
+        # kauditd moves records off the queue into its hold queue). At the tuned limit it stays below 100 %;
+        # how many records sit in the queue at that moment depends on how far the guest's kauditd got with
+        # them (seen: 5,100 on a loaded host, 40-206 on a quiet one), so there only the bound is checked.
         use = mid[0].metrics["AuditBacklogUsePercent"]
-        assert use > pre[0].metrics["AuditBacklogUsePercent"], (pre[0], mid[0])
         if limit == "320":
+            assert use > pre[0].metrics["AuditBacklogUsePercent"], (pre[0], mid[0])
             assert published > 500, published
+            assert post[0].metrics["AuditBacklog"] < mid[0].metrics["AuditBacklog"]  # drained after the pause
         else:
             assert published == 0 and use < 100, (published, use)
-        assert post[0].metrics["AuditBacklog"] < mid[0].metrics["AuditBacklog"]  # drained after the pause
+            assert post[0].metrics["AuditBacklog"] <= mid[0].metrics["AuditBacklog"]
         for x in pre + mid + post:
             assert x.owner == "auditd", x
             assert x.metrics["AuditBacklogLimit"] == int(limit) and x.metrics["AuditBacklogTarget"] == 8192
