@@ -64,3 +64,7 @@ printf '[Journal]\nStorage=volatile\n' > "$root/etc/systemd/journald.conf.d/90-e
 if [ ! -e "$root/lib/systemd/system/cloud-init-main.service" ] && [ ! -e "$root/usr/lib/systemd/system/cloud-init-main.service" ]; then
   ln -sf /dev/null "$root/etc/systemd/system/cloud-config.service"
 fi
+# Mark /etc and /var as up to date with /usr, as on an image that has booted once (systemd-update-done
+# writes these stamps with /usr's time): without them every fresh overlay counts as an updated /usr and
+# starts ldconfig, the journal catalog rebuild and sysusers at each boot (10-13 s under emulation on Debian 13).
+touch -r "$root/usr" "$root/etc/.updated" "$root/var/.updated"
