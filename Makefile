@@ -2,6 +2,12 @@
 # package-lock.json (run with npx), and, for the real-boot tests, the Debian packages in scripts/setup-debian.sh.
 SHELL := /bin/bash
 PY := .venv/bin/python
+# The machine's python3 (read before PATH puts the venv first, and handed to sub-makes): the e2e image builder
+# needs only the standard library and runs while the venv is being made.
+ifndef HOST_PY
+HOST_PY := $(shell command -v python3)
+endif
+export HOST_PY
 VENV_STAMP := .venv/.installed
 NODE_STAMP := node_modules/.installed
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
@@ -10,7 +16,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 # cdk.json runs `python3 app.py`: the venv's python3 must come first.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup demo synth test test-fast lint storm bench dist clean
+.PHONY: setup demo synth test test-fast lint storm bench dist clean debian-packages boot-tools e2e-images
 
 setup: $(VENV_STAMP) $(NODE_STAMP)
 
@@ -44,8 +50,15 @@ TEST_WORKERS ?= 3
 lint: setup
 	.venv/bin/ruff check .
 
-test: setup lint debian-packages boot-tools
+# The set-up steps run side by side (the venv's pip, npm, the boot tools, and the e2e images of both suites,
+# which need only the Debian packages and the standard library), so the boots start as soon as pytest does.
+test:
+	$(MAKE) --no-print-directory -j4 --output-sync=target setup lint boot-tools e2e-images
 	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
+
+# Every image variant of both suites (cached by key under .cache/e2e: a no-op when nothing changed).
+e2e-images: debian-packages
+	$(HOST_PY) -m e2e.image --all
 
 # Real Debian 12 augenrules, gawk and busybox awk for tests/test_boot_script.py, unpacked, not installed.
 boot-tools: .cache/boot-tools/.stamp
