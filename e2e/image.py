@@ -13,9 +13,10 @@ Two cache levels under ``.cache/e2e/`` (``E2E_CACHE``; gitignored):
 * ``base-<key>/``: the mmdebstrap tree of one suite plus the kernel and initrd taken out of its ``/boot``. The
   key covers the suite, the package list, mmdebstrap's version, the apt sources and the customize hook; the
   file ``suite`` inside names the suite, so a new key of one suite replaces only that suite's old tree.
-* ``base-<key>/img-<variant>-<key>.raw``: an ext4 file system made with ``mkfs.ext4 -d`` from a copy of the
-  tree with the guest reporter installed and a layout variant applied. Its key adds the guest files and the
-  variant's files (as written on that suite).
+* ``base-<key>/pristine.raw``: the tree as an ext4 file system (``mkfs.ext4 -d``), made once.
+* ``base-<key>/img-<variant>-<key>.raw``: a sparse copy of ``pristine.raw`` with the guest reporter installed
+  and a layout variant applied by ``debugfs -w``, every written file read back and compared. Its key adds the
+  guest files and the variant's files (as written on that suite).
 
 Boots never write to these: every boot gets its own qcow2 overlay (``vm.py``). Builds take a lock file
 per suite (``lock-<suite>``): ``make test`` boots from two pytest-xdist workers at once, and two processes
@@ -282,48 +283,114 @@ def build_image(variant: Variant = DEBIAN, suite: str = DEFAULT_SUITE) -> Image:
                  timings=timings)
 
 
+#: The units the image enables for the reporter (wants directory -> unit): cloud-init.target for a boot with
+#: cloud-init, multi-user.target for one with cloud-init disabled, sysinit.target for the early audit status.
+_WANTS = (
+    ("cloud-init.target", "e2e-guest.service"),
+    ("multi-user.target", "e2e-guest.service"),
+    ("sysinit.target", "e2e-early.service"),
+)
+
+
+def _pristine_disk(base: Path) -> Path:
+    """The base tree as an ext4 image (``mkfs.ext4 -d``), made once per base tree: every variant starts as a
+    sparse copy of it (caller holds the suite's lock)."""
+    raw = base / "pristine.raw"
+    if not raw.exists():
+        tmp = base / "pristine.raw.tmp"
+        _run(["mkfs.ext4", "-q", "-F", "-L", "e2e-root", "-d", str(base / "tree"), str(tmp), IMAGE_SIZE],
+             base / "mkfs.log", timeout=600)
+        tmp.rename(raw)
+    return raw
+
+
 def _build_disk(base: Path, variant: Variant, guest: Tuple[Tuple[str, int, bytes], ...], disk: Path,
                 timings: Dict[str, float]) -> None:
-    if not disk.exists():  # another process may have built it while this one waited for the lock
-        started = time.monotonic()
-        work = Path(tempfile.mkdtemp(prefix=f"img-{variant.name}.", dir=base))
-        try:
-            tree = work / "tree"
-            subprocess.run(["cp", "-a", "--reflink=auto", str(base / "tree"), str(tree)], check=True)
-            for rel, mode, content in guest:
-                _write(tree / rel, mode, content)
-            for wants, unit in (
-                ("cloud-init.target", "e2e-guest.service"),
-                ("multi-user.target", "e2e-guest.service"),  # boots with cloud-init disabled
-                ("sysinit.target", "e2e-early.service"),
-            ):
-                link = tree / f"etc/systemd/system/{wants}.wants/{unit}"
-                link.parent.mkdir(parents=True, exist_ok=True)
-                if not link.is_symlink():
-                    link.symlink_to(f"/etc/systemd/system/{unit}")
-            for rel, mode, text in variant.files:
-                _write(tree / rel, mode, text.encode())
-            for rel in variant.remove:
-                (tree / rel).unlink(missing_ok=True)
-            raw = work / "disk.raw"
-            _run(["mkfs.ext4", "-q", "-F", "-L", "e2e-root", "-d", str(tree), str(raw), IMAGE_SIZE],
-                 work / "mkfs.log", timeout=600)
-            raw.rename(disk)
-            for old in base.glob(f"img-{variant.name}-*.raw"):  # superseded guest files or variant edits
-                if old != disk:
-                    old.unlink()
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        timings["image_build_s"] = time.monotonic() - started
+    """The variant's disk: a sparse copy of the pristine image with the guest files, the reporter's unit links
+    and the variant's files written into it, and the variant's removals made, by ``debugfs -w`` (no copy of
+    the tree, no second mkfs: about a fifth of the time per variant). Each written file is read back and
+    compared (content, mode, owner), since debugfs reports a failed command only in its output."""
+    if disk.exists():  # another process may have built it while this one waited for the lock
+        return
+    started = time.monotonic()
+    pristine = _pristine_disk(base)
+    work = Path(tempfile.mkdtemp(prefix=f"img-{variant.name}.", dir=base))
+    try:
+        raw = work / "disk.raw"
+        subprocess.run(["cp", "--sparse=always", str(pristine), str(raw)], check=True)
+        tree = base / "tree"  # what the pristine image holds
+        made: set = set()
+        cmds = []
+
+        def parents(rel: str) -> None:
+            parts = rel.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                d = "/".join(parts[:i])
+                if d not in made and not (tree / d).is_dir():
+                    cmds.append(f"mkdir /{d}")
+                    made.add(d)
+
+        files = [(rel, mode, content) for rel, mode, content in guest]
+        files += [(rel, mode, text.encode()) for rel, mode, text in variant.files]
+        written = {}
+        for i, (rel, mode, content) in enumerate(files):
+            src = work / f"file-{i}"
+            src.write_bytes(content)
+            parents(rel)
+            if rel in written or (tree / rel).is_symlink() or (tree / rel).exists():
+                cmds.append(f"rm /{rel}")
+            cmds += [f"write {src} /{rel}", f"sif /{rel} mode 0{0o100000 | mode:o}",
+                     f"sif /{rel} uid 0", f"sif /{rel} gid 0"]
+            written[rel] = (mode, content)
+        links = {}
+        for wants, unit in _WANTS:
+            rel = f"etc/systemd/system/{wants}.wants/{unit}"
+            if not (tree / rel).is_symlink():
+                parents(rel)
+                cmds.append(f"symlink /{rel} /etc/systemd/system/{unit}")
+                links[rel] = f"/etc/systemd/system/{unit}"
+        for rel in variant.remove:
+            if (tree / rel).exists() or rel in written:
+                cmds.append(f"rm /{rel}")
+                written.pop(rel, None)
+        script = work / "debugfs.cmds"
+        script.write_text("\n".join(cmds) + "\n")
+        _run(["debugfs", "-w", "-f", str(script), str(raw)], work / "debugfs.log", timeout=300)
+        _check_written(raw, written, links, work)
+        raw.rename(disk)
+        for old in base.glob(f"img-{variant.name}-*.raw"):  # superseded guest files or variant edits
+            if old != disk:
+                old.unlink()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    timings["image_build_s"] = time.monotonic() - started
 
 
-def _write(path: Path, mode: int, content: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_symlink() or path.exists():
-        path.unlink()
-    path.write_bytes(content)
-    os.chown(path, 0, 0)
-    os.chmod(path, mode)
+def _check_written(raw: Path, written: Dict[str, Tuple[int, bytes]], links: Dict[str, str],
+                   work: Path) -> None:
+    """Reads every written file back out of the image (``debugfs dump -p`` keeps mode and owner) and each
+    symbolic link's target, and raises unless they are what was asked."""
+    out = work / "check"
+    out.mkdir()
+    names = {rel: out / f"f{i}" for i, rel in enumerate(written)}
+    script = work / "check.cmds"
+    script.write_text("".join(f"dump -p /{rel} {names[rel]}\n" for rel in written)
+                      + "".join(f"stat /{rel}\n" for rel in links))
+    log = work / "check.log"
+    _run(["debugfs", "-f", str(script), str(raw)], log, timeout=300)
+    said = log.read_text(errors="replace")
+    for rel, target in links.items():
+        if f'Fast link dest: "{target}"' not in said:
+            raise RuntimeError(f"e2e image: the link /{rel} -> {target} was not made (see {log})")
+    for rel, (mode, content) in written.items():
+        got = names[rel]
+        if not got.exists():
+            raise RuntimeError(f"e2e image: /{rel} was not written (see {work / 'debugfs.log'})")
+        st = got.stat()
+        if got.read_bytes() != content or (st.st_mode & 0o7777) != mode or (st.st_uid, st.st_gid) != (0, 0):
+            raise RuntimeError(f"e2e image: /{rel} reads back as mode {st.st_mode & 0o7777:o} "
+                               f"owner {st.st_uid}:{st.st_gid}, {got.stat().st_size} bytes; asked for "
+                               f"mode {mode:o}, root, {len(content)} bytes")
 
 
 def build_all(suite: str) -> Dict[str, Image]:
