@@ -87,4 +87,4 @@ run immutable
 
 echo "E2E-SSM-END"
 sync
-systemctl --no-block poweroff
+systemctl poweroff --force  # as the reporter does (e2e/guest/e2e-guest.sh)

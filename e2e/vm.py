@@ -26,7 +26,12 @@ from typing import Dict, List, Optional, Tuple
 
 from .image import Image
 
-BASE_APPEND = "root=/dev/vda rw console=ttyS0 quiet"
+#: The guest's disks are two namespaces of one NVMe controller (as on EC2's Nitro types): the root (1) and
+#: the NoCloud seed (2). The cloud kernel has NVMe and ext4 built in, so the harness boots without an
+#: initramfs (measured: 3-5 s less per boot under TCG, about a tenth of a cloud-init boot), and the names do
+#: not depend on module load order: the seed is there before cloud-init looks for it.
+ROOT_DEVICE = "/dev/nvme0n1"
+BASE_APPEND = f"root={ROOT_DEVICE} rw console=ttyS0 quiet"
 #: For a boot in which nothing of ours runs through cloud-init (the same instance started again: a resize, the
 #: bootloader's new arguments, an image launched with no user data): cloud-init's generator leaves all of its
 #: stages out. On EC2 they would run and find nothing new for the instance (the block runs once per
@@ -233,9 +238,12 @@ def _boot_once(
         "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
         "-accel", "tcg,thread=multi" if accel == "tcg" else accel,
         "-smp", str(smp), "-m", str(memory_mib),
-        "-kernel", str(image.kernel), "-initrd", str(image.initrd), "-append", full_append,
-        "-drive", f"file={overlay},if=virtio,format=qcow2",
-        "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
+        "-kernel", str(image.kernel), "-append", full_append,
+        "-drive", f"file={overlay},if=none,id=root,format=qcow2",
+        "-drive", f"file={seed},if=none,id=seed,format=raw,readonly=on",
+        "-device", "nvme,id=nvme0,serial=e2e",
+        "-device", "nvme-ns,drive=root,bus=nvme0,nsid=1",
+        "-device", "nvme-ns,drive=seed,bus=nvme0,nsid=2",
         "-device", "virtio-rng-pci",
         "-nic", "none",
         "-serial", "stdio",

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from e2e import userdata, vm
-from e2e.scenarios import RESULT_LINE, grub_args, merged_b, rules_d_b
+from e2e.scenarios import RESULT_LINE, grub_args, merged_b, rules_d_b, without_initramfs
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=300)
 
@@ -101,6 +101,11 @@ def test_grub_args_are_what_grub_passes():
     assert grub_args(line) == "root=UUID=ab-cd ro console=ttyS0 audit_backlog_limit=1024 quiet"
     with pytest.raises(ValueError):
         grub_args("initrd /boot/initrd.img")
+
+
+def test_the_rerun_boots_grubs_arguments_with_the_root_named_by_device():
+    args = "root=UUID=ab-cd ro console=ttyS0 audit_backlog_limit=1024 quiet"
+    assert without_initramfs(args) == "root=/dev/nvme0n1 ro console=ttyS0 audit_backlog_limit=1024 quiet"
 
 
 def test_rules_d_merge_follows_ls_v_order_and_last_b_wins():

@@ -4,7 +4,8 @@
 set -eu
 root="$1"
 echo e2e > "$root/etc/hostname"
-printf '/dev/vda / ext4 rw,errors=remount-ro 0 1\n' > "$root/etc/fstab"
+# The root is the first namespace of the guest's NVMe controller (e2e/vm.py).
+printf '/dev/nvme0n1 / ext4 rw,errors=remount-ro 0 1\n' > "$root/etc/fstab"
 mkdir -p "$root/etc/cloud/cloud.cfg.d"
 cat > "$root/etc/cloud/cloud.cfg.d/90-e2e.cfg" <<'CFG'
 datasource_list: [ NoCloud, None ]

@@ -196,6 +196,9 @@ if [ -n "$spec" ] && [ "$boot" -eq "$(cmdline_opt storm_boot 1)" ]; then
   /usr/local/sbin/e2e-storm "$spec"
 fi
 r phase "done"
+# Everything is reported and on disk: the guest stops without stopping its units one by one (--force: all
+# processes get SIGTERM, then the file systems are unmounted or made read-only, as in a full shutdown; no unit
+# of the product acts at shutdown). 2-4 s less per boot under TCG; later runs of the same disk find it clean.
 sync
 
 if [ "$(cmdline_opt hold 0)" = 1 ]; then exit 0; fi
@@ -204,7 +207,7 @@ if [ "$boot" -lt "$(cmdline_opt boots 1)" ]; then
   # once per instance), so its stages are left out (they cost 30-50 s under TCG; see vm.NO_CLOUD_INIT).
   touch /etc/cloud/cloud-init.disabled
   sync
-  systemctl --no-block reboot
+  systemctl reboot --force
 else
-  systemctl --no-block poweroff
+  systemctl poweroff --force
 fi
