@@ -26,10 +26,11 @@ from typing import Dict, List, Optional, Tuple
 
 from .image import Image
 
-#: The guest's disks are two namespaces of one NVMe controller (as on EC2's Nitro types): the root (1) and
-#: the NoCloud seed (2). The cloud kernel has NVMe and ext4 built in, so the harness boots without an
-#: initramfs (measured: 3-5 s less per boot under TCG, about a tenth of a cloud-init boot), and the names do
-#: not depend on module load order: the seed is there before cloud-init looks for it.
+#: The root disk is the one namespace of an NVMe controller (as on EC2's Nitro types): the cloud kernels build
+#: NVMe and ext4 in, so the harness boots without an initramfs (measured: 3-5 s less per boot under TCG). It
+#: must be the only NVMe namespace: kernel 6.12 scans namespaces in parallel, and a second one (the seed,
+#: tried first) took the name nvme0n1 in some boots. The NoCloud seed is the one virtio disk, /dev/vda (udev
+#: loads virtio_blk), which cloud-init's network stage waits for (``guest/customize.sh``).
 ROOT_DEVICE = "/dev/nvme0n1"
 BASE_APPEND = f"root={ROOT_DEVICE} rw console=ttyS0 quiet"
 #: For a boot in which nothing of ours runs through cloud-init (the same instance started again: a resize, the
@@ -240,10 +241,8 @@ def _boot_once(
         "-smp", str(smp), "-m", str(memory_mib),
         "-kernel", str(image.kernel), "-append", full_append,
         "-drive", f"file={overlay},if=none,id=root,format=qcow2",
-        "-drive", f"file={seed},if=none,id=seed,format=raw,readonly=on",
-        "-device", "nvme,id=nvme0,serial=e2e",
-        "-device", "nvme-ns,drive=root,bus=nvme0,nsid=1",
-        "-device", "nvme-ns,drive=seed,bus=nvme0,nsid=2",
+        "-device", "nvme,drive=root,serial=e2e",
+        "-drive", f"file={seed},if=virtio,format=raw,readonly=on",
         "-device", "virtio-rng-pci",
         "-nic", "none",
         "-serial", "stdio",

@@ -4,8 +4,16 @@
 set -eu
 root="$1"
 echo e2e > "$root/etc/hostname"
-# The root is the first namespace of the guest's NVMe controller (e2e/vm.py).
+# The root is the guest's one NVMe namespace, the NoCloud seed its one virtio disk (e2e/vm.py). Without an
+# initramfs, virtio_blk is loaded by udev once systemd runs, and cloud-init's local stage may look before the
+# seed is there; the network stage (where a NoCloud seed's user data is taken: its dsmode is net) waits for
+# it. cloud-init before 24.3 (Debian 12) runs that stage in cloud-init.service, later releases signal it
+# from cloud-init-network.service.
 printf '/dev/nvme0n1 / ext4 rw,errors=remount-ro 0 1\n' > "$root/etc/fstab"
+for unit in cloud-init.service cloud-init-network.service; do
+  mkdir -p "$root/etc/systemd/system/$unit.d"
+  printf '[Unit]\nWants=dev-vda.device\nAfter=dev-vda.device\n' > "$root/etc/systemd/system/$unit.d/90-e2e-seed.conf"
+done
 mkdir -p "$root/etc/cloud/cloud.cfg.d"
 cat > "$root/etc/cloud/cloud.cfg.d/90-e2e.cfg" <<'CFG'
 datasource_list: [ NoCloud, None ]
