@@ -240,7 +240,7 @@ def _boot_once(
     full_append = " ".join(x for x in (append, extra_append) if x)
     # -no-reboot: a guest that reboots ends its qemu process, and the harness starts the next one on the same
     # disk and seed (below). A reboot inside one process sometimes took 30-80 s under TCG between the
-    # kernel's "Restarting system" and the next kernel's first line (seen in two of eight two-boot runs on a
+    # kernel's "Restarting system" and the next kernel's first line (seen in two of twelve two-boot runs on a
     # busy host; about 1 s as a rule); a new process starts in about a second every time.
     qemu_args = [
         qemu,
