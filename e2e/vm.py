@@ -49,9 +49,8 @@ _KV = re.compile(r"(\w+)=(\S+)")
 
 
 _PANIC = "Kernel panic - not syncing"
-# The kernel's last line before it resets the machine (a reboot) or switches it off.
+# The kernel's last line before it resets the machine (a reboot; with -no-reboot qemu then exits).
 _REBOOTING = "reboot: Restarting system"
-_POWER_DOWN = "reboot: Power down"
 # A line printed by a process of the guest (journal and console style "name[pid]: ..."); the kernel's own
 # lines (an Oops, the panic) are not of that form.
 _PROCESS_LINE = re.compile(r"\S+\[\d+\]: ")
@@ -269,7 +268,7 @@ def _boot_once(
                 cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
             )
             assert proc.stdout is not None
-            last_kernel_line = ""
+            panicked = rebooted = False
             for raw in proc.stdout:
                 t = time.monotonic() - started
                 text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
@@ -278,11 +277,11 @@ def _boot_once(
                 out.write(f"[{t:8.3f}] {text}\n")
                 out.flush()
                 if _PANIC in text:
+                    panicked = True
                     proc.terminate()  # timeout passes it on to qemu: no point waiting for the time-out
-                if _REBOOTING in text or _POWER_DOWN in text:
-                    last_kernel_line = text
+                rebooted = rebooted or _REBOOTING in text
             rc = proc.wait()
-            if rc != 0 or _REBOOTING not in last_kernel_line or any(_PANIC in x for _, x in lines):
+            if rc != 0 or panicked or not rebooted:
                 break
     elapsed = time.monotonic() - started
     shutil.rmtree(seed_dir, ignore_errors=True)

@@ -36,7 +36,7 @@ if [ -f /etc/systemd/system/cdk-audit-backlog-sample.timer ] && [ -f "$sampler" 
   done
   echo "E2E-SAMPLER timer=$(systemctl is-active cdk-audit-backlog-sample.timer)" \
     "service_result=$(systemctl show -p Result --value cdk-audit-backlog-sample.service)" \
-    "service_ran_us=$(systemctl show -p ExecMainExitTimestampMonotonic --value cdk-audit-backlog-sample.service)" \
+    "service_ran_us=$ran" \
     "interval=$(sed -n 's/^OnUnitActiveSec=//p' /etc/systemd/system/cdk-audit-backlog-sample.timer)"
   systemctl stop cdk-audit-backlog-sample.timer
   # The storm's own `auditctl -b 320` is a drift the sampler restores once per boot: the sampler's mark that
